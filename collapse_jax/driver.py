@@ -1,0 +1,287 @@
+"""The generation driver: one mechanism for every recursive-training experiment.
+
+A model family gives pure functions for one run (draw real data, fit, sample,
+evaluate). The driver builds a generation from them and a regime, runs a batch
+of seeds x real-data fractions with `vmap` in one compiled program sharded over
+all devices, runs generations with `lax.scan` in chunks, and checkpoints with
+Orbax between chunks. Keys come from `fold_in(run_key, generation)`, so a
+resumed run draws exactly the numbers an uninterrupted one draws.
+
+Shapes in names: B runs in the batch, N samples, P pool rows, D dimensions.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+REGIMES = ('replace', 'accumulate', 'accumulate-subsample', 'mix', 'fresh')
+FRACTION_REGIMES = ('mix', 'fresh')  # the regimes that --real_fraction applies to
+POOL_REGIMES = ('accumulate', 'accumulate-subsample')  # the ones that keep all data
+
+
+class ConfigError(ValueError):
+  """Bad user input, reported as one line naming the flag."""
+
+  def __init__(self, flag: str, message: str):
+    super().__init__(f'--{flag}: {message}')
+    self.flag = flag
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """What a model family gives the driver; each function is for one run.
+
+  draw_real(key, n) -> x_NxD        samples of the true distribution
+  fit(x_NxD, w_N, key) -> (params, metrics)   train on weighted data
+  sample(params, key, n) -> x_NxD   the model's own samples
+  reference(params0, key) -> ref    what later generations are measured against
+  evaluate(params, x_NxD, ref) -> metrics     x_NxD: the model's samples
+  """
+  draw_real: Callable[..., Any]
+  fit: Callable[..., Any]
+  sample: Callable[..., Any]
+  reference: Callable[..., Any]
+  evaluate: Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """One regime's batch of runs: seeds x real-data fractions, G generations."""
+  regime: str
+  seeds: int
+  generations: int
+  samples: int
+  real_fractions: tuple[float, ...] = (0.0,)
+  first_seed: int = 0
+
+  @property
+  def fractions(self) -> tuple[float, ...]:
+    return self.real_fractions if self.regime in FRACTION_REGIMES else (0.0,)
+
+  def runs(self) -> tuple[np.ndarray, np.ndarray]:
+    """Seed and real fraction of every run, fraction-major, B each."""
+    seed_B = np.tile(np.arange(self.seeds) + self.first_seed, len(self.fractions))
+    fraction_B = np.repeat(np.asarray(self.fractions, np.float32), self.seeds)
+    return seed_B.astype(np.int32), fraction_B
+
+
+def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_samples=1):
+  """Checks the flags every experiment shares; raises ConfigError."""
+  if seeds < 1:
+    raise ConfigError('seeds', f'must be at least 1, got {seeds}')
+  if generations < 1:
+    raise ConfigError('generations', f'must be at least 1, got {generations}')
+  if samples < min_samples:
+    raise ConfigError('samples', f'must be at least {min_samples}, got {samples}')
+  if not regimes:
+    raise ConfigError('regime', 'needs at least one regime')
+  for r in regimes:
+    if r not in REGIMES:
+      raise ConfigError('regime', f'unknown regime {r!r}; choose from {", ".join(REGIMES)}')
+  if not real_fractions:
+    raise ConfigError('real_fraction', 'needs at least one fraction')
+  for f in real_fractions:
+    if not 0.0 <= f <= 1.0:
+      raise ConfigError('real_fraction', f'{f} is outside [0, 1]')
+  if not set(regimes) & set(FRACTION_REGIMES) and tuple(real_fractions) != (0.0,):
+    raise ConfigError('real_fraction', 'applies only to the regimes mix and fresh')
+
+
+# ---------------------------------------------------------------- regimes
+# Pure functions of the data pools. `last_NxD` holds the previous generation's
+# samples; `pool_PxD` holds, in blocks of N rows, the original data and every
+# generation's samples (only the pool regimes keep it).
+
+def training_set(regime, g, key, fraction, x0_NxD, last_NxD, pool_PxD, draw_real):
+  """The training data of generation g >= 1 and its weights."""
+  n = x0_NxD.shape[0]
+  if regime == 'replace':
+    return last_NxD, jnp.ones(n)
+  if regime == 'accumulate':
+    return pool_PxD, (jnp.arange(pool_PxD.shape[0]) < (g + 1) * n).astype(jnp.float32)
+  if regime == 'accumulate-subsample':
+    # n rows uniformly without replacement from the g + 1 filled blocks.
+    filled_P = jnp.arange(pool_PxD.shape[0]) < (g + 1) * n
+    score_P = jnp.where(filled_P, jax.random.uniform(key, filled_P.shape), -1.0)
+    return pool_PxD[jax.lax.top_k(score_P, n)[1]], jnp.ones(n)
+  # mix and fresh: the first round(fraction * n) rows are real, the rest the model's.
+  if regime == 'mix':
+    real_NxD = x0_NxD[jax.random.permutation(key, n)]
+  elif regime == 'fresh':
+    real_NxD = draw_real(key, n)
+  else:
+    raise ValueError(regime)
+  is_real_N = jnp.arange(n) < jnp.round(fraction * n)
+  return jnp.where(is_real_N[:, None], real_NxD, last_NxD), jnp.ones(n)
+
+
+def pool_rows(regime, generations: int, n: int) -> int:
+  """Rows of the pool: the original data and every generation's samples."""
+  return (generations + 2) * n if regime in POOL_REGIMES else 0
+
+
+# ---------------------------------------------------------------- one run
+
+def _keys(seed):
+  data_key, ref_key, run_key = jax.random.split(jax.random.key(seed), 3)
+  return data_key, ref_key, run_key
+
+
+def _first_generation(family: Family, sweep: Sweep, seed, fraction):
+  """Generation 0 of one run: fit the original data. Returns const, carry, metrics."""
+  data_key, ref_key, run_key = _keys(seed)
+  _, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, 0), 3)
+  n = sweep.samples
+  x0_NxD = family.draw_real(data_key, n)
+  params, fit_metrics = family.fit(x0_NxD, jnp.ones(n), fit_key)
+  synth_NxD = family.sample(params, sample_key, n)
+  ref = family.reference(params, ref_key)
+  const = {'seed': seed, 'fraction': fraction, 'x0': x0_NxD, 'ref': ref}
+  carry = {'last': synth_NxD}
+  rows = pool_rows(sweep.regime, sweep.generations, n)
+  if rows:
+    pool_PxD = jnp.zeros((rows, x0_NxD.shape[-1]), x0_NxD.dtype)
+    carry['pool'] = pool_PxD.at[:n].set(x0_NxD).at[n:2 * n].set(synth_NxD)
+  return const, carry, {**fit_metrics, **family.evaluate(params, synth_NxD, ref)}
+
+
+def _generation(family: Family, sweep: Sweep, const, carry, g):
+  """Generation g >= 1 of one run: build the training set, fit, sample, measure."""
+  _, _, run_key = _keys(const['seed'])
+  train_key, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, g), 3)
+  n = sweep.samples
+  x_NxD, w_N = training_set(sweep.regime, g, train_key, const['fraction'], const['x0'],
+                            carry['last'], carry.get('pool'), family.draw_real)
+  params, fit_metrics = family.fit(x_NxD, w_N, fit_key)
+  synth_NxD = family.sample(params, sample_key, n)
+  carry = {**carry, 'last': synth_NxD}
+  if 'pool' in carry:
+    carry['pool'] = jax.lax.dynamic_update_slice_in_dim(carry['pool'], synth_NxD, (g + 1) * n, 0)
+  return carry, {**fit_metrics, **family.evaluate(params, synth_NxD, const['ref'])}
+
+
+# ---------------------------------------------------------------- compiled programs
+
+def _mesh():
+  return Mesh(np.asarray(jax.devices()), ('runs',))
+
+
+def _programs(family: Family, sweep: Sweep, chunk: int):
+  """The two compiled programs of a sweep: generation 0, and `chunk` generations."""
+  first = jax.jit(jax.vmap(lambda s, f: _first_generation(family, sweep, s, f)))
+  step_B = jax.vmap(lambda c, x, g: _generation(family, sweep, c, x, g), in_axes=(0, 0, None))
+
+  def advance(const_B, carry_B, g0):
+    """Generations g0 .. g0 + chunk - 1; those past the last leave the carry alone."""
+    def body(carry_B, g):
+      shapes = jax.eval_shape(step_B, const_B, carry_B, g)[1]
+      skip = lambda: (carry_B, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+      return jax.lax.cond(g <= sweep.generations, lambda: step_B(const_B, carry_B, g), skip)
+    return jax.lax.scan(body, carry_B, g0 + jnp.arange(chunk))
+
+  return first, jax.jit(advance, donate_argnums=1)
+
+
+def _padded_runs(sweep: Sweep):
+  """Runs padded to a multiple of the device count by repeating the last one."""
+  seed_B, fraction_B = sweep.runs()
+  pad = -len(seed_B) % jax.device_count()
+  return np.pad(seed_B, (0, pad), mode='edge'), np.pad(fraction_B, (0, pad), mode='edge')
+
+
+# ---------------------------------------------------------------- the host loop
+
+def _check_finite(metrics, g0, sweep, seed_B, fraction_B):
+  """Raises on the first non-finite metric, naming generation, seed and fraction."""
+  for name, v_CxB in metrics.items():
+    if np.issubdtype(v_CxB.dtype, np.floating) and not np.all(np.isfinite(v_CxB)):
+      c, b = np.argwhere(~np.isfinite(v_CxB))[0]
+      raise FloatingPointError(
+          f'{name} is {v_CxB[c, b]} at generation {g0 + c} of seed {seed_B[b]} '
+          f'(regime {sweep.regime}, real fraction {fraction_B[b]:g})')
+
+
+def _manager(directory):
+  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
+        progress: bool = True) -> dict[str, np.ndarray]:
+  """Runs (or resumes, or reloads) a sweep; returns metrics, each (G+1) x B.
+
+  Checkpoints land in `directory` every `checkpoint_every` generations. A sweep
+  whose last checkpoint is its final generation is reloaded, not recomputed.
+  """
+  seed_B, fraction_B = _padded_runs(sweep)
+  b = len(sweep.runs()[0])
+  manager = _manager(directory)
+  step = manager.latest_step()
+  if step == sweep.generations:  # finished: read the metrics back, compile nothing
+    saved = manager.restore(step, args=ocp.args.Composite(history=ocp.args.StandardRestore()))
+    return {k: np.asarray(v)[:, :b] for k, v in saved.history.items()}
+
+  chunk = min(checkpoint_every, sweep.generations)
+  first, advance = _programs(family, sweep, chunk)
+  sharding = NamedSharding(_mesh(), PartitionSpec('runs'))
+  seed_B, fraction_B = jax.device_put((seed_B, fraction_B), sharding)
+  const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
+  metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
+
+  if step is None:
+    const_B, carry_B, metrics0 = first(seed_B, fraction_B)
+    for k, v in metrics0.items():
+      metrics[k][0] = np.asarray(v)
+    step = 0
+  else:  # resume: restore onto the same sharding
+    abstract = lambda t: jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), t)
+    saved = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract({'const': const_B, 'carry': carry_B})),
+        history=ocp.args.StandardRestore(metrics)))
+    const_B, carry_B = saved.state['const'], saved.state['carry']
+    metrics = {k: np.asarray(v) for k, v in saved.history.items()}
+
+  with tqdm.tqdm(total=sweep.generations, initial=step, desc=sweep.regime, unit='gen',
+                 disable=not progress, dynamic_ncols=True) as bar:
+    while step < sweep.generations:
+      carry_B, chunk_metrics = advance(const_B, carry_B, step + 1)
+      done = min(chunk, sweep.generations - step)
+      chunk_metrics = {k: np.asarray(v)[:done] for k, v in chunk_metrics.items()}
+      _check_finite(chunk_metrics, step + 1, sweep, np.asarray(seed_B), np.asarray(fraction_B))
+      for k, v in chunk_metrics.items():
+        metrics[k][step + 1:step + 1 + done] = v
+      step += done
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave({'const': const_B, 'carry': carry_B}),
+          history=ocp.args.StandardSave(metrics)))
+      bar.update(done)
+  manager.wait_until_finished()
+  return {k: v[:, :b] for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------- run configs
+
+def check_config(workdir: str, config: dict[str, Any]) -> None:
+  """Records the run's flags in workdir, or refuses flags that differ from them."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    for key in sorted(set(saved) | set(config)):
+      if saved.get(key) != config.get(key):
+        raise ConfigError(key, f'is {config.get(key)!r} but the run in {workdir} used '
+                          f'{saved.get(key)!r}; pass the same flags to resume it, or '
+                          'another --workdir')
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(config, f, indent=2, sort_keys=True)

@@ -1,0 +1,415 @@
+"""Gaussian mixtures fitted by EM, written for one run and batched with vmap.
+
+Shapes in names: N samples, K components, D dimensions, T k-means++ trials.
+The fit follows scikit-learn's `GaussianMixture(covariance_type='full')`:
+k-means (k-means++ seeding, Lloyd iterations) for the initial responsibilities,
+then EM until the mean log-likelihood changes by less than `tol`.
+Every function takes per-sample weights `w_N` (1 for data, 0 for padding), so
+pools of growing size fit in one fixed-shape program.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_jax import driver, plots, results
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class Mixture(NamedTuple):
+  """A Gaussian mixture: weights_K, means_KxD, covs_KxDxD."""
+  weights: jax.Array
+  means: jax.Array
+  covs: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class EMConfig:
+  """The fitting protocol; defaults are the paper's (scikit-learn's, tol 1e-5)."""
+  components: int = 2
+  tol: float = 1e-5
+  max_iter: int = 2000
+  reg_covar: float = 1e-6
+  kmeans_max_iter: int = 300
+  kmeans_tol: float = 1e-4
+
+
+# ---------------------------------------------------------------- densities
+
+def _precision_cholesky(covs_KxDxD):
+  """Upper factor P with P P^T = inverse covariance, as scikit-learn keeps it."""
+  chol = jnp.linalg.cholesky(covs_KxDxD)
+  eye = jnp.broadcast_to(jnp.eye(covs_KxDxD.shape[-1]), covs_KxDxD.shape)
+  return jnp.swapaxes(jax.scipy.linalg.solve_triangular(chol, eye, lower=True), -1, -2)
+
+
+def component_log_prob(mix: Mixture, x_NxD):
+  """log w_k + log N(x_n; mu_k, Sigma_k) for every sample and component, NxK."""
+  prec_KxDxD = _precision_cholesky(mix.covs)
+  diff_KxDxN = x_NxD.T[None] - mix.means[..., None]  # samples on the minor axis
+  y_KxDxN = jnp.sum(prec_KxDxD[..., None] * diff_KxDxN[:, :, None], axis=1)
+  log_det_K = jnp.sum(jnp.log(jnp.diagonal(prec_KxDxD, axis1=1, axis2=2)), -1)
+  d = x_NxD.shape[-1]
+  log_gauss_KxN = -0.5 * (d * _LOG_2PI + jnp.sum(y_KxDxN**2, 1)) + log_det_K[:, None]
+  return log_gauss_KxN.T + jnp.log(mix.weights)
+
+
+def log_prob(mix: Mixture, x_NxD):
+  """Mixture log-density at each sample, N."""
+  return jax.nn.logsumexp(component_log_prob(mix, x_NxD), axis=-1)
+
+
+def draw_index(key, p_N, shape=()):
+  """Indices drawn with probability proportional to p_N, by inverting the CDF.
+
+  One uniform per draw (a Gumbel draw would need N), which matters in a loop
+  that runs millions of times.
+  """
+  cdf_N = jnp.cumsum(p_N)
+  u = jax.random.uniform(key, shape) * cdf_N[-1]
+  method = 'compare_all' if p_N.shape[0] <= 16 else 'scan'
+  return jnp.minimum(jnp.searchsorted(cdf_N, u, side='right', method=method), p_N.shape[0] - 1)
+
+
+def sample(mix: Mixture, key, n: int):
+  """n samples from the mixture, NxD."""
+  comp_key, noise_key = jax.random.split(key)
+  z_N = draw_index(comp_key, mix.weights, (n,))
+  eps_DxN = jax.random.normal(noise_key, (mix.means.shape[-1], n))
+  chol_KxDxD = jnp.linalg.cholesky(mix.covs)
+  # Every component transforms the noise and each sample keeps its own (K is small).
+  k, d = mix.means.shape
+  y_KxDxN = mix.means[..., None] + (chol_KxDxD.reshape(k * d, d) @ eps_DxN).reshape(k, d, n)
+  x_DxN = y_KxDxN[0]
+  for c in range(1, k):
+    x_DxN = jnp.where(z_N == c, y_KxDxN[c], x_DxN)
+  return x_DxN.T
+
+
+# ---------------------------------------------------------------- features
+# With features f = [1, x_d, x_d x_e (d <= e)] (F of them) of centred data, a
+# Gaussian's log-density is a linear function of f and every statistic EM and
+# k-means need is a moment r @ f^T: each iteration is two small matmuls, which
+# is what makes thousands of fits a second possible.
+
+def features(xc_NxD):
+  """Features of centred samples, FxN with F = 1 + D + D(D+1)/2."""
+  d = xc_NxD.shape[-1]
+  i, j = np.triu_indices(d)
+  x_DxN = xc_NxD.T
+  return jnp.concatenate([jnp.ones_like(x_DxN[:1]), x_DxN, x_DxN[i] * x_DxN[j]])
+
+
+def _log_density_coefs(mix: Mixture):
+  """Coefficients A_KxF with A @ f = log w_k + log N(x; mu_k, Sigma_k)."""
+  d = mix.means.shape[-1]
+  i, j = np.triu_indices(d)
+  prec_KxDxD = _precision_cholesky(mix.covs)
+  lam_KxDxD = prec_KxDxD @ jnp.swapaxes(prec_KxDxD, -1, -2)
+  lam_mu_KxD = jnp.sum(lam_KxDxD * mix.means[:, None], -1)
+  log_det_K = jnp.sum(jnp.log(jnp.diagonal(prec_KxDxD, axis1=1, axis2=2)), -1)
+  const_K = (jnp.log(mix.weights) + log_det_K - 0.5 * d * _LOG_2PI
+             - 0.5 * jnp.sum(lam_mu_KxD * mix.means, -1))
+  quad_KxP = jnp.where(i == j, -0.5, -1.0) * lam_KxDxD[:, i, j]
+  return jnp.concatenate([const_K[:, None], lam_mu_KxD, quad_KxP], -1)
+
+
+def _from_moments(m_KxF, d: int, reg_covar: float) -> Mixture:
+  """Maximum-likelihood mixture from weighted moments sum_n r_nk f_n."""
+  i, j = np.triu_indices(d)
+  n_K = m_KxF[:, 0] + 10 * jnp.finfo(m_KxF.dtype).eps
+  means_KxD = m_KxF[:, 1:1 + d] / n_K[:, None]
+  second_KxDxD = jnp.zeros((m_KxF.shape[0], d, d), m_KxF.dtype)
+  second_KxDxD = second_KxDxD.at[:, i, j].set(m_KxF[:, 1 + d:]).at[:, j, i].set(m_KxF[:, 1 + d:])
+  covs_KxDxD = (second_KxDxD / n_K[:, None, None] - means_KxD[:, :, None] * means_KxD[:, None]
+                + reg_covar * jnp.eye(d))
+  return Mixture(n_K / jnp.sum(n_K), means_KxD, covs_KxDxD)
+
+
+# ---------------------------------------------------------------- k-means init
+
+def kmeans_plus_plus(x_NxD, w_N, key, k: int):
+  """Greedy k-means++ seeding (2 + log k candidates per centre), KxD."""
+  trials = 2 + int(math.log(k))
+  first_key, *keys = jax.random.split(key, k)
+  first = draw_index(first_key, w_N)
+  centres_KxD = jnp.broadcast_to(x_NxD[first], (k, x_NxD.shape[-1]))
+  d2_N = jnp.sum((x_NxD - x_NxD[first]) ** 2, -1)
+  for c, trial_key in enumerate(keys, start=1):
+    # Candidates drawn with probability proportional to weight x squared distance;
+    # the tiny floor keeps a fully collapsed pool drawable.
+    cand_T = draw_index(trial_key, w_N * (d2_N + 1e-30), (trials,))
+    d2_TxN = jnp.minimum(d2_N, jnp.sum((x_NxD[cand_T][:, None] - x_NxD) ** 2, -1))
+    best = jnp.argmin(jnp.sum(w_N * d2_TxN, -1))
+    centres_KxD = centres_KxD.at[c].set(x_NxD[cand_T[best]])
+    d2_N = d2_TxN[best]
+  return centres_KxD
+
+
+def _nearest_onehot_KxN(f_FxN, centres_KxD):
+  """One-hot nearest-centre assignment; |x - c|^2 - |x|^2 is linear in f."""
+  d = centres_KxD.shape[-1]
+  coef_KxF = jnp.concatenate([jnp.sum(centres_KxD**2, -1, keepdims=True), -2 * centres_KxD], -1)
+  label_N = jnp.argmin(coef_KxF @ f_FxN[:1 + d], 0)
+  return jax.nn.one_hot(label_N, centres_KxD.shape[0], axis=0, dtype=f_FxN.dtype)
+
+
+def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
+  """Lloyd iterations from k-means++ until centres move less than tol.
+
+  Returns the one-hot assignment KxN and the number of iterations.
+  """
+  d = xc_NxD.shape[-1]
+  w_sum = jnp.sum(w_N)
+  tol = cfg.kmeans_tol * jnp.mean(w_N @ (xc_NxD - w_N @ xc_NxD / w_sum) ** 2 / w_sum)
+
+  def step(state):
+    centres_KxD, it, _ = state
+    m_KxF = (_nearest_onehot_KxN(f_FxN, centres_KxD) * w_N) @ f_FxN[:1 + d].T
+    count_K = m_KxF[:, :1]
+    new_KxD = jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30),
+                        centres_KxD)  # an empty cluster keeps its centre
+    return new_KxD, it + 1, jnp.sum((new_KxD - centres_KxD) ** 2)
+
+  def moving(state):
+    _, it, shift = state
+    return (it < cfg.kmeans_max_iter) & (shift > tol)
+
+  centres_KxD = kmeans_plus_plus(xc_NxD, w_N, key, cfg.components)
+  centres_KxD, iters, _ = jax.lax.while_loop(moving, step, (centres_KxD, 0, jnp.inf))
+  return _nearest_onehot_KxN(f_FxN, centres_KxD), iters
+
+
+# ---------------------------------------------------------------- EM
+
+def m_step(x_NxD, w_N, resp_NxK, reg_covar: float) -> Mixture:
+  """Weighted maximum-likelihood mixture from responsibilities."""
+  shift_D = w_N @ x_NxD / jnp.sum(w_N)
+  f_FxN = features(x_NxD - shift_D)
+  mix = _from_moments((resp_NxK * w_N[:, None]).T @ f_FxN.T, x_NxD.shape[-1], reg_covar)
+  return mix._replace(means=mix.means + shift_D)
+
+
+def fit(x_NxD, w_N, key, cfg: EMConfig):
+  """EM from a k-means start; returns the mixture and its iteration counts.
+
+  The data are centred on their weighted mean first, which keeps the moment
+  form of the covariance accurate in float32.
+  """
+  d = x_NxD.shape[-1]
+  w_sum = jnp.sum(w_N)
+  shift_D = w_N @ x_NxD / w_sum
+  xc_NxD = x_NxD - shift_D
+  f_FxN = features(xc_NxD)
+  resp_KxN, kmeans_iters = kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg)
+  mix = _from_moments((resp_KxN * w_N) @ f_FxN.T, d, cfg.reg_covar)
+
+  def step(state):
+    mix, lower_bound, it, _ = state
+    log_prob_KxN = _log_density_coefs(mix) @ f_FxN
+    top_N = jnp.max(log_prob_KxN, 0)
+    p_KxN = jnp.exp(log_prob_KxN - top_N)  # K exponentials and one log per sample
+    norm_N = jnp.sum(p_KxN, 0)
+    new_bound = jnp.sum(w_N * (top_N + jnp.log(norm_N))) / w_sum
+    resp_KxN = p_KxN * (w_N / norm_N)
+    mix = _from_moments(resp_KxN @ f_FxN.T, d, cfg.reg_covar)
+    return mix, new_bound, it + 1, jnp.abs(new_bound - lower_bound) < cfg.tol
+
+  def running(state):
+    _, _, it, converged = state
+    return (~converged) & (it < cfg.max_iter)
+
+  init = (mix, jnp.array(-jnp.inf, x_NxD.dtype), jnp.array(0), jnp.array(False))
+  mix, _, iters, converged = jax.lax.while_loop(running, step, init)
+  return mix._replace(means=mix.means + shift_D), {
+      'em_iters': iters, 'kmeans_iters': kmeans_iters, 'converged': converged}
+
+
+# ---------------------------------------------------------------- distances
+
+def _overlap(p: Mixture, q: Mixture):
+  """Closed form of the integral of p(x) q(x) dx for two mixtures."""
+  s_KxKxDxD = p.covs[:, None] + q.covs[None]
+  d_KxKxD = p.means[:, None] - q.means[None]
+  chol = jnp.linalg.cholesky(s_KxKxDxD)
+  y = jax.scipy.linalg.solve_triangular(chol, d_KxKxD[..., None], lower=True)[..., 0]
+  log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+  dim = p.means.shape[-1]
+  log_n = -0.5 * (dim * _LOG_2PI + log_det + jnp.sum(y**2, -1))
+  return jnp.sum(p.weights[:, None] * q.weights[None] * jnp.exp(log_n))
+
+
+def l2_distance(p: Mixture, q: Mixture):
+  """L2 distance between two mixture densities, sqrt of the integral of (p - q)^2."""
+  sq = _overlap(p, p) - 2 * _overlap(p, q) + _overlap(q, q)
+  return jnp.sqrt(jnp.maximum(sq, 0.0))
+
+
+def total_variance(mix: Mixture):
+  """Trace of the mixture's covariance: the fitted spread."""
+  mean_D = mix.weights @ mix.means
+  second = jnp.sum(mix.weights * (jnp.trace(mix.covs, axis1=1, axis2=2)
+                                  + jnp.sum(mix.means**2, -1)))
+  return second - jnp.sum(mean_D**2)
+
+
+def canonical(mix: Mixture) -> Mixture:
+  """Components ordered by their first mean coordinate, so reports line up."""
+  order = jnp.argsort(mix.means[:, 0])
+  return Mixture(mix.weights[order], mix.means[order], mix.covs[order])
+
+
+def tail_thresholds(true: Mixture, probs=(0.95, 0.99), n: int = 1 << 20):
+  """Log-density levels whose super-level sets hold `probs` of the true mass.
+
+  The highest-density region holding 95% of a distribution is {x: log p(x) >= t}
+  with t the 5% quantile of log p(X), X ~ p; estimated once from 2^20 draws.
+  """
+  lp = jax.jit(lambda k: log_prob(true, sample(true, k, n)))(jax.random.key(0))
+  return tuple(float(np.quantile(np.asarray(lp), 1 - p)) for p in probs)
+
+
+# ---------------------------------------------------------------- the experiment
+
+@dataclasses.dataclass(frozen=True)
+class GMMConfig:
+  """The GMM experiment; defaults are the paper's protocol.
+
+  The true distribution is an equal-weight mixture of isotropic Gaussians at
+  `true_means` with standard deviation `true_std` (the paper fits "two
+  artificially-generated Gaussians" without publishing their parameters).
+  """
+  seeds: int = 64
+  generations: int = 2000
+  samples: int = 1000
+  regimes: tuple[str, ...] = ('replace',)
+  real_fractions: tuple[float, ...] = (0.0,)
+  components: int = 2
+  tol: float = 1e-5
+  max_iter: int = 2000
+  reg_covar: float = 1e-6
+  heldout: int = 1000
+  true_means: tuple[tuple[float, ...], ...] = ((-2.0, 0.0), (2.0, 0.0))
+  true_std: float = 1.0
+  checkpoint_every: int = 100
+  first_seed: int = 0
+
+  @property
+  def em(self) -> EMConfig:
+    return EMConfig(self.components, self.tol, self.max_iter, self.reg_covar)
+
+  def true_mixture(self) -> Mixture:
+    means_KxD = jnp.asarray(self.true_means, jnp.float32)
+    k, d = means_KxD.shape
+    return Mixture(jnp.full((k,), 1.0 / k), means_KxD,
+                   jnp.broadcast_to(self.true_std**2 * jnp.eye(d), (k, d, d)))
+
+  def sweep(self, regime: str):
+    return driver.Sweep(regime, self.seeds, self.generations, self.samples,
+                        self.real_fractions, self.first_seed)
+
+  def validate(self) -> 'GMMConfig':
+    if self.components < 1:
+      raise driver.ConfigError('components', f'must be at least 1, got {self.components}')
+    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+                   self.real_fractions, min_samples=self.components)
+    checks = [('tol', self.tol > 0, 'must be positive'),
+              ('max_iter', self.max_iter >= 1, 'must be at least 1'),
+              ('reg_covar', self.reg_covar >= 0, 'must be non-negative'),
+              ('heldout', self.heldout >= 1, 'must be at least 1'),
+              ('true_std', self.true_std > 0, 'must be positive'),
+              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
+              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+    for flag, ok, message in checks:
+      if not ok:
+        raise driver.ConfigError(flag, f'{message}, got {getattr(self, flag)}')
+    if not self.true_means or len({len(m) for m in self.true_means}) != 1:
+      raise driver.ConfigError('true_means', 'needs one or more means of the same dimension')
+    return self
+
+
+SMALL = dict(seeds=8, generations=100, samples=200, heldout=200, checkpoint_every=25)
+
+
+def metric_fns(cfg: GMMConfig):
+  """reference and evaluate for the driver: what each generation is measured by."""
+  true = cfg.true_mixture()
+  t95, t99 = tail_thresholds(true)
+
+  def reference(mix0: Mixture, key):
+    return {'mix0': mix0, 'heldout': sample(true, key, cfg.heldout)}
+
+  def evaluate(mix: Mixture, synth_NxD, ref):
+    lp_true_N = log_prob(true, synth_NxD)  # the fit's samples, scored by the truth
+    out = {'l2_gen0': l2_distance(mix, ref['mix0']), 'l2_true': l2_distance(mix, true),
+           'heldout_ll': jnp.mean(log_prob(mix, ref['heldout'])),
+           'tail_mass_95': jnp.mean(lp_true_N < t95), 'tail_mass_99': jnp.mean(lp_true_N < t99),
+           'total_var': total_variance(mix)}
+    c = canonical(mix)
+    d = c.means.shape[-1]
+    for k in range(cfg.components):
+      out[f'weight_{k}'] = c.weights[k]
+      out.update({f'mean_{k}_{i}': c.means[k, i] for i in range(d)})
+      out.update({f'cov_{k}_{i}{j}': c.covs[k, i, j] for i, j in zip(*np.triu_indices(d))})
+      out[f'cov_trace_{k}'] = jnp.trace(c.covs[k])
+      out[f'cov_det_{k}'] = jnp.linalg.det(c.covs[k])
+    return out
+
+  return reference, evaluate
+
+
+def family(cfg: GMMConfig):
+  """The GMM as a driver family: true data, EM fit, sampling, the paper's metrics."""
+  true = cfg.true_mixture()
+  reference, evaluate = metric_fns(cfg)
+  em = cfg.em
+  return driver.Family(draw_real=lambda key, n: sample(true, key, n),
+                       fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, key, em),
+                       sample=sample, reference=reference, evaluate=evaluate)
+
+
+SUMMARY_COLUMNS = ('l2_gen0', 'total_var', 'heldout_ll', 'tail_mass_99', 'em_iters')
+LEADING_COLUMNS = ('l2_gen0', 'l2_true', 'total_var', 'heldout_ll', 'tail_mass_95',
+                   'tail_mass_99', 'em_iters', 'kmeans_iters', 'converged')
+
+
+def run(cfg: GMMConfig, workdir: str, progress: bool = True, log=print):
+  """Runs, resumes or reloads the GMM experiment in `workdir`; returns its table.
+
+  Leaves there: config.json, checkpoints/<regime>/, metrics.csv (one row per
+  generation x seed x regime x real fraction), collapse.png, scatter.png (2-D
+  only) and summary.txt.
+  """
+  cfg.validate()
+  driver.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
+
+  # -- every regime is one compiled program over seeds x real fractions
+  gmm_family = family(cfg)
+  sweeps = []
+  for regime in cfg.regimes:
+    sweep = cfg.sweep(regime)
+    metrics = driver.run(gmm_family, sweep, os.path.join(workdir, 'checkpoints', regime),
+                         cfg.checkpoint_every, progress)
+    sweeps.append((sweep, metrics))
+
+  # -- the table, the figures and the summary
+  table = results.long_table(sweeps, first=LEADING_COLUMNS)
+  results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
+  plots.curves(table, [('l2_gen0', 'L2 distance to the generation-0 fit', True),
+                       ('total_var', 'fitted spread (trace of covariance)', True)],
+               os.path.join(workdir, 'collapse.png'),
+               title=f'GMM refitted on its own samples, {cfg.seeds} seeds')
+  if len(cfg.true_means[0]) == 2:
+    plots.gmm_scatter(table, os.path.join(workdir, 'scatter.png'))
+  text = results.summary(table, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
+  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
+    f.write(text + '\n')
+  log(text)
+  return table
