@@ -1,6 +1,9 @@
 """What every experiment's command line shares: presets, list flags, one-line errors."""
 
+import os
 import sys
+
+import jax
 
 
 from collapse_jax import driver
@@ -38,3 +41,13 @@ def parse_points(flag: str, text: str) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in p.split(',')) for p in text.split(';') if p.strip())
   except ValueError as e:
     raise driver.ConfigError(flag, f"expects points like '-2,0;2,0' ({e})") from None
+
+
+def split_cpu(devices: int) -> None:
+  """Makes the CPU backend `devices` devices, so sharded runs use every core.
+
+  Must run before JAX first touches a device; XLA_FLAGS that set a host device
+  count take precedence. Accelerators are unaffected.
+  """
+  if devices > 0 and 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
+    jax.config.update('jax_num_cpu_devices', devices)

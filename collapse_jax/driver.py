@@ -174,19 +174,34 @@ def _mesh():
   return Mesh(np.asarray(jax.devices()), ('runs',))
 
 
-def _programs(family: Family, sweep: Sweep, chunk: int):
-  """The two compiled programs of a sweep: generation 0, and `chunk` generations."""
+def _programs(family: Family, sweep: Sweep, chunk: int, width: int):
+  """The two compiled programs of a sweep: generation 0, and `chunk` generations.
+
+  Each device advances its own runs independently (shard_map), `width` runs
+  vectorised together (lax.map over vmapped groups). A run's fit stops when that
+  run converges: a wide group waits for its slowest member, which pays on an
+  accelerator and not on a CPU, where one run already fills the vector units.
+  """
+  mesh = _mesh()
   first = jax.jit(jax.vmap(lambda s, f: _first_generation(family, sweep, s, f)))
-  step_B = jax.vmap(lambda c, x, g: _generation(family, sweep, c, x, g), in_axes=(0, 0, None))
 
-  def advance(const_B, carry_B, g0):
-    """Generations g0 .. g0 + chunk - 1; those past the last leave the carry alone."""
-    def body(carry_B, g):
-      shapes = jax.eval_shape(step_B, const_B, carry_B, g)[1]
-      skip = lambda: (carry_B, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
-      return jax.lax.cond(g <= sweep.generations, lambda: step_B(const_B, carry_B, g), skip)
-    return jax.lax.scan(body, carry_B, g0 + jnp.arange(chunk))
+  def one_run(const, carry, g0):
+    """Generations g0 .. g0 + chunk - 1 of one run; those past the last are skipped."""
+    def body(carry, g):
+      step = lambda: _generation(family, sweep, const, carry, g)
+      shapes = jax.eval_shape(step)[1]
+      skip = lambda: (carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+      return jax.lax.cond(g <= sweep.generations, step, skip)
+    return jax.lax.scan(body, carry, g0 + jnp.arange(chunk))
 
+  def advance_local(const_b, carry_b, g0):
+    carry_b, metrics_bxC = jax.lax.map(lambda cc: one_run(*cc, g0), (const_b, carry_b),
+                                       batch_size=min(width, len(const_b['seed'])))
+    return carry_b, jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), metrics_bxC)
+
+  runs = PartitionSpec('runs')
+  advance = jax.shard_map(advance_local, mesh=mesh, in_specs=(runs, runs, PartitionSpec()),
+                          out_specs=(runs, PartitionSpec(None, 'runs')), check_vma=False)
   return first, jax.jit(advance, donate_argnums=1)
 
 
@@ -214,12 +229,18 @@ def _manager(directory):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def default_width() -> int:
+  """Runs vectorised together: all of a device's on accelerators, a few on a CPU."""
+  return 8 if jax.default_backend() == 'cpu' else 1 << 30
+
+
 def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
-        progress: bool = True) -> dict[str, np.ndarray]:
+        progress: bool = True, width: int | None = None) -> dict[str, np.ndarray]:
   """Runs (or resumes, or reloads) a sweep; returns metrics, each (G+1) x B.
 
   Checkpoints land in `directory` every `checkpoint_every` generations. A sweep
   whose last checkpoint is its final generation is reloaded, not recomputed.
+  `width` runs are vectorised together on each device (default_width()).
   """
   seed_B, fraction_B = _padded_runs(sweep)
   b = len(sweep.runs()[0])
@@ -230,7 +251,7 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
     return {k: np.asarray(v)[:, :b] for k, v in saved.history.items()}
 
   chunk = min(checkpoint_every, sweep.generations)
-  first, advance = _programs(family, sweep, chunk)
+  first, advance = _programs(family, sweep, chunk, width or default_width())
   sharding = NamedSharding(_mesh(), PartitionSpec('runs'))
   seed_B, fraction_B = jax.device_put((seed_B, fraction_B), sharding)
   const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)

@@ -130,6 +130,12 @@ def _from_moments(m_KxF, d: int, reg_covar: float) -> Mixture:
   second_KxDxD = second_KxDxD.at[:, i, j].set(m_KxF[:, 1 + d:]).at[:, j, i].set(m_KxF[:, 1 + d:])
   covs_KxDxD = (second_KxDxD / n_K[:, None, None] - means_KxD[:, :, None] * means_KxD[:, None]
                 + reg_covar * jnp.eye(d))
+  # A component with almost no data, or narrower than float32 resolves at its
+  # distance from the data's centre, can round to a matrix that is not positive
+  # definite; it keeps its (floored) variances and loses its correlations.
+  pd_K = jnp.all(jnp.isfinite(jnp.linalg.cholesky(covs_KxDxD)), axis=(-2, -1))
+  var_KxD = jnp.maximum(jnp.diagonal(covs_KxDxD, axis1=-2, axis2=-1), reg_covar)
+  covs_KxDxD = jnp.where(pd_K[:, None, None], covs_KxDxD, var_KxD[..., None] * jnp.eye(d))
   return Mixture(n_K / jnp.sum(n_K), means_KxD, covs_KxDxD)
 
 
@@ -189,12 +195,16 @@ def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
 
 # ---------------------------------------------------------------- EM
 
-def m_step(x_NxD, w_N, resp_NxK, reg_covar: float) -> Mixture:
-  """Weighted maximum-likelihood mixture from responsibilities."""
-  shift_D = w_N @ x_NxD / jnp.sum(w_N)
-  f_FxN = features(x_NxD - shift_D)
-  mix = _from_moments((resp_NxK * w_N[:, None]).T @ f_FxN.T, x_NxD.shape[-1], reg_covar)
-  return mix._replace(means=mix.means + shift_D)
+def em_step(mix: Mixture, f_FxN, w_N, reg_covar: float):
+  """One E and M step on centred features; returns the new mixture and the
+  weighted mean log-likelihood of the old one (scikit-learn's lower bound)."""
+  log_prob_KxN = _log_density_coefs(mix) @ f_FxN
+  top_N = jnp.max(log_prob_KxN, 0)
+  p_KxN = jnp.exp(log_prob_KxN - top_N)  # K exponentials and one log per sample
+  norm_N = jnp.sum(p_KxN, 0)
+  bound = jnp.sum(w_N * (top_N + jnp.log(norm_N))) / jnp.sum(w_N)
+  resp_KxN = p_KxN * (w_N / norm_N)
+  return _from_moments(resp_KxN @ f_FxN.T, mix.means.shape[-1], reg_covar), bound
 
 
 def fit(x_NxD, w_N, key, cfg: EMConfig):
@@ -213,13 +223,7 @@ def fit(x_NxD, w_N, key, cfg: EMConfig):
 
   def step(state):
     mix, lower_bound, it, _ = state
-    log_prob_KxN = _log_density_coefs(mix) @ f_FxN
-    top_N = jnp.max(log_prob_KxN, 0)
-    p_KxN = jnp.exp(log_prob_KxN - top_N)  # K exponentials and one log per sample
-    norm_N = jnp.sum(p_KxN, 0)
-    new_bound = jnp.sum(w_N * (top_N + jnp.log(norm_N))) / w_sum
-    resp_KxN = p_KxN * (w_N / norm_N)
-    mix = _from_moments(resp_KxN @ f_FxN.T, d, cfg.reg_covar)
+    mix, new_bound = em_step(mix, f_FxN, w_N, cfg.reg_covar)
     return mix, new_bound, it + 1, jnp.abs(new_bound - lower_bound) < cfg.tol
 
   def running(state):

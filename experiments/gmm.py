@@ -5,6 +5,8 @@
   python -m experiments.gmm --preset=small     # a CPU-sized run in seconds
 """
 
+import os
+
 from absl import app, flags, logging
 
 from collapse_jax import cli, driver, gmm
@@ -30,6 +32,8 @@ flags.DEFINE_string('true_means', ';'.join(','.join(str(v) for v in m) for m in 
                     "Means of the true mixture's components, 'x,y;x,y'.")
 flags.DEFINE_float('true_std', _D.true_std, 'Standard deviation of each true component.')
 flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every, 'Generations between checkpoints.')
+flags.DEFINE_integer('cpu_devices', os.cpu_count() or 1, 'On a CPU, split it into this many '
+                     'devices so the batch of runs uses every core (0: leave it as it is).')
 flags.DEFINE_integer('first_seed', _D.first_seed, 'Seeds are first_seed, first_seed + 1, ...')
 
 _FIELDS = {f: f for f in ('seeds', 'generations', 'samples', 'components', 'tol', 'max_iter',
@@ -40,6 +44,7 @@ def main(argv):
   del argv
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # checkpointing is chatty at INFO
+  cli.split_cpu(FLAGS.cpu_devices)
   try:
     cfg = cli.preset_config(gmm.GMMConfig, {'paper': {}, 'small': gmm.SMALL}, FLAGS.preset,
                             FLAGS, _FIELDS)
