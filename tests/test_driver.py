@@ -1,0 +1,141 @@
+"""The generation driver: regimes, exact resume, no recompiling, clear failures."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapse_jax import driver
+
+
+def _gaussian_family(calls=None):
+  """A 1-D Gaussian refitted on its own samples: the cheapest family to compile."""
+  def fit(x_NxD, w_N, key):
+    del key
+    if calls is not None:
+      calls.append(1)  # runs once per trace
+    mu = w_N @ x_NxD[:, 0] / jnp.sum(w_N)
+    var = w_N @ (x_NxD[:, 0] - mu) ** 2 / jnp.sum(w_N)
+    return {'mu': mu, 'sd': jnp.sqrt(var)}, {'rows': jnp.sum(w_N)}
+
+  return driver.Family(
+      draw_real=lambda key, n: 1.0 + 2.0 * jax.random.normal(key, (n, 1)),
+      fit=fit,
+      sample=lambda p, key, n: p['mu'] + p['sd'] * jax.random.normal(key, (n, 1)),
+      reference=lambda p0, key: {'mu0': p0['mu']},
+      evaluate=lambda p, x, ref: {'mu': p['mu'], 'sd': p['sd'], 'shift': p['mu'] - ref['mu0']})
+
+
+def _sweep(regime='replace', generations=7, fractions=(0.0,)):
+  return driver.Sweep(regime, seeds=3, generations=generations, samples=50,
+                      real_fractions=fractions)
+
+
+# ---------------------------------------------------------------- regimes
+
+X0 = jnp.arange(10.0)[:, None]
+LAST = -jnp.arange(1.0, 11.0)[:, None]
+POOL = jnp.concatenate([X0, LAST, jnp.full((20, 1), 99.0)])  # blocks: x0, gen-0 samples, empty
+
+
+def _train(regime, fraction=0.0, g=1):
+  return driver.training_set(regime, g, jax.random.key(0), fraction, X0, LAST, POOL,
+                             lambda key, n: 1000.0 + jnp.arange(n)[:, None])
+
+
+def test_replace_trains_on_the_last_samples_only():
+  x, w = _train('replace')
+  np.testing.assert_array_equal(x, LAST)
+  np.testing.assert_array_equal(w, 1.0)
+
+
+@pytest.mark.parametrize('fraction, n_real', [(0.0, 0), (0.1, 1), (0.5, 5), (1.0, 10)])
+def test_mix_keeps_a_fraction_of_the_original_data(fraction, n_real):
+  x, _ = _train('mix', fraction)
+  real = x[:, 0] >= 0
+  assert int(real.sum()) == n_real
+  assert len(set(np.asarray(x[real, 0]))) == n_real  # resampled without repeats
+  assert set(np.asarray(x[~real, 0])) <= set(np.asarray(LAST[:, 0]))
+
+
+def test_fresh_draws_new_real_data():
+  x, _ = _train('fresh', 0.3)
+  assert np.all(np.asarray(x[:3, 0]) >= 1000) and np.all(np.asarray(x[3:, 0]) < 0)
+
+
+def test_accumulate_weights_every_filled_block():
+  x, w = _train('accumulate', g=1)
+  np.testing.assert_array_equal(x, POOL)
+  np.testing.assert_array_equal(w, np.r_[np.ones(20), np.zeros(20)])
+
+
+def test_accumulate_subsample_draws_filled_rows_without_repeats():
+  x, w = _train('accumulate-subsample', g=1)
+  values = np.asarray(x[:, 0])
+  assert len(set(values)) == 10 and 99.0 not in values
+  np.testing.assert_array_equal(w, 1.0)
+
+
+# ---------------------------------------------------------------- running
+
+def _run(tmp, sweep, every=3, calls=None):
+  return driver.run(_gaussian_family(calls), sweep, str(tmp), every, progress=False)
+
+
+@pytest.mark.parametrize('regime, fractions', [('accumulate-subsample', (0.0,)),
+                                               ('fresh', (0.0, 0.5))])
+def test_resume_is_bit_identical(tmp_path, regime, fractions):
+  sweep = _sweep(regime, fractions=fractions)
+  whole = _run(tmp_path / 'whole', sweep)
+  _run(tmp_path / 'cut', sweep)
+  # A kill after the generation-6 checkpoint: drop the final one and rerun.
+  assert sorted(os.listdir(tmp_path / 'cut')) == ['6', '7']
+  shutil.rmtree(tmp_path / 'cut' / '7')
+  resumed = _run(tmp_path / 'cut', sweep)
+  assert set(whole) == {'mu', 'sd', 'shift', 'rows'}
+  for k in whole:
+    assert whole[k].shape == (8, 3 * len(fractions))
+    np.testing.assert_array_equal(whole[k], resumed[k])
+
+
+def test_chunks_compile_once_and_finished_runs_reload(tmp_path, monkeypatch):
+  sweep = _sweep(generations=10)
+  one_chunk, four_chunks = [], []
+  _run(tmp_path / 'one', sweep, every=10, calls=one_chunk)
+  first = _run(tmp_path / 'four', sweep, every=3, calls=four_chunks)
+  assert 0 < len(four_chunks) == len(one_chunk)  # chunks reuse one compiled program
+  monkeypatch.setattr(driver, '_programs', lambda *a: pytest.fail('recompiled'))
+  again = _run(tmp_path / 'four', sweep, every=3)
+  for k in first:
+    np.testing.assert_array_equal(first[k], again[k])
+
+
+
+
+def test_nonfinite_metrics_name_generation_and_seed():
+  bad = {'sd': np.array([[1.0, 1.0], [1.0, np.nan]])}
+  with pytest.raises(FloatingPointError, match='generation 5 of seed 12'):
+    driver._check_finite(bad, 4, _sweep(), np.array([11, 12]), np.array([0.0, 0.0]))
+
+
+def test_changed_flags_refuse_to_resume(tmp_path):
+  driver.check_config(str(tmp_path), {'seeds': 4, 'tol': 1e-5})
+  driver.check_config(str(tmp_path), {'seeds': 4, 'tol': 1e-5})  # same: fine
+  with pytest.raises(driver.ConfigError, match='--seeds'):
+    driver.check_config(str(tmp_path), {'seeds': 8, 'tol': 1e-5})
+  assert json.load(open(tmp_path / 'config.json')) == {'seeds': 4, 'tol': 1e-5}
+
+
+@pytest.mark.parametrize('kwargs, flag', [
+    (dict(seeds=0), 'seeds'), (dict(generations=0), 'generations'),
+    (dict(samples=0), 'samples'), (dict(regimes=('grow',)), 'regime'),
+    (dict(real_fractions=(1.5,)), 'real_fraction'),
+    (dict(real_fractions=(0.5,)), 'real_fraction')])  # replace alone takes no fraction
+def test_validation_names_the_flag(kwargs, flag):
+  args = dict(seeds=2, generations=2, samples=10, regimes=('replace',), real_fractions=(0.0,))
+  with pytest.raises(driver.ConfigError, match=f'--{flag}:'):
+    driver.validate_sweep(**{**args, **kwargs})

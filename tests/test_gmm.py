@@ -1,0 +1,140 @@
+"""EM against scikit-learn, its invariants, the closed forms, and the science."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture
+
+from collapse_jax import driver, gmm, results
+
+CFG = gmm.EMConfig()
+fit_jit = jax.jit(lambda x, w, key: gmm.fit(x, w, key, CFG))
+
+
+def _separated(seed, n=1000):
+  """Two well-separated, differently shaped and weighted 2-D clusters."""
+  rng = np.random.default_rng(seed)
+  a = rng.normal(size=(int(0.3 * n), 2)) @ np.array([[1.0, 0.3], [0.0, 0.5]]) + [-4, 1]
+  b = rng.normal(size=(n - len(a), 2)) @ np.array([[0.7, 0.0], [-0.2, 1.2]]) + [3, -2]
+  return np.concatenate([a, b]).astype(np.float32)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_fit_matches_scikit_learn(seed):
+  x = _separated(seed)
+  mix, info = fit_jit(x, jnp.ones(len(x)), jax.random.key(seed))
+  mix = gmm.canonical(mix)
+  ref = GaussianMixture(2, tol=1e-5, max_iter=2000, random_state=seed).fit(x.astype(np.float64))
+  order = np.argsort(ref.means_[:, 0])
+  np.testing.assert_allclose(mix.means, ref.means_[order], atol=1e-3)
+  np.testing.assert_allclose(mix.covs, ref.covariances_[order], atol=1e-3)
+  np.testing.assert_allclose(mix.weights, ref.weights_[order], atol=1e-3)
+  ours = float(jnp.mean(gmm.log_prob(mix, x)))
+  assert ours >= ref.score(x) - 1e-4, (ours, ref.score(x))
+  assert bool(info['converged'])
+
+
+def test_em_log_likelihood_never_decreases():
+  x = _separated(3) * 0.4  # overlapping clusters: many iterations to watch
+  xc = x - x.mean(0)
+  f_FxN, w_N = gmm.features(jnp.asarray(xc)), jnp.ones(len(x))
+  start = gmm.Mixture(jnp.array([0.5, 0.5]), jnp.array([[-0.1, 0.0], [0.1, 0.0]]),
+                      jnp.stack([jnp.eye(2)] * 2))
+
+  def step(mix, _):
+    mix, bound = gmm.em_step(mix, f_FxN, w_N, 1e-6)
+    return mix, bound
+
+  _, bounds = jax.jit(lambda m: jax.lax.scan(step, m, None, length=200))(start)
+  bounds = np.asarray(bounds, np.float64)
+  assert bounds[-1] > bounds[0] + 0.1  # it did climb
+  assert np.all(np.diff(bounds) >= -1e-5 * np.abs(bounds[1:])), np.diff(bounds).min()
+
+
+def test_vmapped_fits_equal_a_per_seed_loop():
+  x_SxNxD = np.stack([_separated(s, 300) for s in range(4)])
+  keys = jax.random.split(jax.random.key(0), 4)
+  w = jnp.ones(x_SxNxD.shape[:2])
+  batch, _ = jax.jit(jax.vmap(lambda x, w, k: gmm.fit(x, w, k, CFG)))(x_SxNxD, w, keys)
+  for s in range(4):
+    one, _ = fit_jit(x_SxNxD[s], w[s], keys[s])
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(jax.tree.map(lambda v: v[s], batch))):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_weight_rows_are_ignored():
+  x = _separated(4, 400)
+  padded = np.concatenate([x, np.full((200, 2), 50.0, np.float32)])
+  w = np.concatenate([np.ones(400), np.zeros(200)]).astype(np.float32)
+  a, _ = fit_jit(x, jnp.ones(400), jax.random.key(1))
+  b, _ = fit_jit(padded, w, jax.random.key(1))
+  np.testing.assert_allclose(gmm.canonical(a).means, gmm.canonical(b).means, atol=1e-3)
+
+
+def test_collapsed_data_gives_a_finite_fit():
+  x = np.full((300, 2), 1.5, np.float32)
+  mix, _ = fit_jit(x, jnp.ones(300), jax.random.key(0))
+  assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(mix))
+  np.testing.assert_allclose(mix.weights @ mix.means, [1.5, 1.5], atol=1e-4)
+
+
+def _mixture(seed, k=2):
+  rng = np.random.default_rng(seed)
+  a = rng.normal(size=(k, 2, 2)) * 0.6
+  return gmm.Mixture(jnp.asarray(rng.dirichlet(np.ones(k)), jnp.float32),
+                     jnp.asarray(rng.normal(size=(k, 2)), jnp.float32),
+                     jnp.asarray(a @ np.swapaxes(a, 1, 2) + 0.2 * np.eye(2), jnp.float32))
+
+
+def test_l2_distance_agrees_with_monte_carlo():
+  p, q = _mixture(0), _mixture(1)
+  kp, kq = jax.random.split(jax.random.key(0))
+  n = 400_000
+  xp, xq = gmm.sample(p, kp, n), gmm.sample(q, kq, n)
+  diff = lambda x: jnp.exp(gmm.log_prob(p, x)) - jnp.exp(gmm.log_prob(q, x))
+  # integral of (p - q)^2 = E_p[p - q] - E_q[p - q]
+  mc = float(jnp.mean(diff(xp)) - jnp.mean(diff(xq)))
+  closed = float(gmm.l2_distance(p, q)) ** 2
+  assert closed == pytest.approx(mc, rel=0.03)
+  assert float(gmm.l2_distance(p, p)) == 0.0
+
+
+def test_samples_have_the_mixture_moments():
+  mix = _mixture(2)
+  x = np.asarray(gmm.sample(mix, jax.random.key(3), 400_000), np.float64)
+  mean = np.asarray(mix.weights @ mix.means)
+  np.testing.assert_allclose(x.mean(0), mean, atol=0.01)
+  np.testing.assert_allclose(np.trace(np.cov(x.T)), float(gmm.total_variance(mix)), rtol=0.01)
+
+
+def test_tail_thresholds_match_the_chi_square_region():
+  # For N(0, I) in 2-D the p-region is r^2 <= -2 log(1 - p), so
+  # log p(x) >= -log(2 pi) + log(1 - p).
+  std = gmm.Mixture(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
+  t95, t99 = gmm.tail_thresholds(std)
+  assert t95 == pytest.approx(-math.log(2 * math.pi) + math.log(0.05), abs=0.01)
+  assert t99 == pytest.approx(-math.log(2 * math.pi) + math.log(0.01), abs=0.03)
+
+
+def test_config_validation_names_the_flag():
+  with pytest.raises(driver.ConfigError, match='--samples'):
+    gmm.GMMConfig(samples=1, components=2).validate()
+  with pytest.raises(driver.ConfigError, match='--true_means'):
+    gmm.GMMConfig(true_means=((0.0, 0.0), (1.0,))).validate()
+
+
+def test_replace_collapses_and_accumulate_stays_bounded(tmp_path):
+  """The paper's finding, at CPU size: under replace the fit drifts from its
+  generation-0 self and its spread shrinks; keeping all data bounds the drift."""
+  cfg = gmm.GMMConfig(seeds=16, generations=60, samples=100, heldout=100,
+                      regimes=('replace', 'accumulate'), checkpoint_every=60)
+  table = gmm.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
+  rep = results.select(table, 'replace', 0.0)
+  acc = results.select(table, 'accumulate', 0.0)
+  l2_rep, l2_acc = np.median(rep['l2_gen0'], 1), np.median(acc['l2_gen0'], 1)
+  assert l2_rep[60] > 3 * l2_rep[5]  # drift grows
+  assert l2_acc[60] < 0.5 * l2_rep[60]  # accumulating bounds it
+  assert np.median(rep['total_var'][60]) < 0.8 * np.median(rep['total_var'][0])
