@@ -174,18 +174,31 @@ def _mesh():
   return Mesh(np.asarray(jax.devices()), ('runs',))
 
 
-def _programs(family: Family, sweep: Sweep, chunk: int, width: int):
+def programs(family: Family, sweep: Sweep, chunk: int, width: int):
   """The two compiled programs of a sweep: generation 0, and `chunk` generations.
 
   Each device advances its own runs independently (shard_map), `width` runs
   vectorised together (lax.map over vmapped groups). A run's fit stops when that
   run converges: a wide group waits for its slowest member, which pays on an
   accelerator and not on a CPU, where one run already fills the vector units.
+  The groups never depend on the device count, so neither do the results.
   """
-  mesh = _mesh()
-  first = jax.jit(jax.vmap(lambda s, f: _first_generation(family, sweep, s, f)))
+  runs, replicated = PartitionSpec('runs'), PartitionSpec()
 
-  def one_run(const, carry, g0):
+  def per_device(one_run, in_specs, donate=()):
+    """one_run(*per_run_args, *shared_args) over this device's runs, in groups of width."""
+    mapped = sum(spec == runs for spec in in_specs)
+
+    def local(*args):
+      shared = args[mapped:]
+      return jax.lax.map(lambda a: one_run(*a, *shared), args[:mapped], batch_size=width)
+    return jax.jit(jax.shard_map(local, mesh=_mesh(), in_specs=in_specs, out_specs=runs,
+                                 check_vma=False), donate_argnums=donate)
+
+  def first_run(seed, fraction):
+    return _first_generation(family, sweep, seed, fraction)
+
+  def chunk_run(const, carry, g0):
     """Generations g0 .. g0 + chunk - 1 of one run; those past the last are skipped."""
     def body(carry, g):
       step = lambda: _generation(family, sweep, const, carry, g)
@@ -194,22 +207,26 @@ def _programs(family: Family, sweep: Sweep, chunk: int, width: int):
       return jax.lax.cond(g <= sweep.generations, step, skip)
     return jax.lax.scan(body, carry, g0 + jnp.arange(chunk))
 
-  def advance_local(const_b, carry_b, g0):
-    carry_b, metrics_bxC = jax.lax.map(lambda cc: one_run(*cc, g0), (const_b, carry_b),
-                                       batch_size=min(width, len(const_b['seed'])))
-    return carry_b, jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), metrics_bxC)
-
-  runs = PartitionSpec('runs')
-  advance = jax.shard_map(advance_local, mesh=mesh, in_specs=(runs, runs, PartitionSpec()),
-                          out_specs=(runs, PartitionSpec(None, 'runs')), check_vma=False)
-  return first, jax.jit(advance, donate_argnums=1)
+  first = per_device(first_run, (runs, runs))
+  # g0 is traced and shared by all runs, so one program serves every chunk.
+  advance = per_device(chunk_run, (runs, runs, replicated), donate=1)
+  return first, lambda const_B, carry_B, g0: _swap(advance(const_B, carry_B, g0))
 
 
-def _padded_runs(sweep: Sweep):
-  """Runs padded to a multiple of the device count by repeating the last one."""
+def _swap(out):
+  """Per-run metrics B x chunk -> chunk x B, as the host loop stores them."""
+  carry_B, metrics_BxC = out
+  return carry_B, jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), metrics_BxC)
+
+
+def placed_runs(sweep: Sweep):
+  """Seeds and fractions, padded to a multiple of the device count by repeating
+  the last run, sharded over the devices; and the runs per device."""
   seed_B, fraction_B = sweep.runs()
   pad = -len(seed_B) % jax.device_count()
-  return np.pad(seed_B, (0, pad), mode='edge'), np.pad(fraction_B, (0, pad), mode='edge')
+  seed_B, fraction_B = np.pad(seed_B, (0, pad), 'edge'), np.pad(fraction_B, (0, pad), 'edge')
+  sharding = NamedSharding(_mesh(), PartitionSpec('runs'))
+  return jax.device_put((seed_B, fraction_B), sharding), len(seed_B) // jax.device_count()
 
 
 # ---------------------------------------------------------------- the host loop
@@ -229,9 +246,9 @@ def _manager(directory):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def default_width() -> int:
-  """Runs vectorised together: all of a device's on accelerators, a few on a CPU."""
-  return 8 if jax.default_backend() == 'cpu' else 1 << 30
+def default_width(runs_per_device: int) -> int:
+  """Runs vectorised together: all of a device's on accelerators, one on a CPU."""
+  return 1 if jax.default_backend() == 'cpu' else runs_per_device
 
 
 def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
@@ -242,7 +259,7 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
   whose last checkpoint is its final generation is reloaded, not recomputed.
   `width` runs are vectorised together on each device (default_width()).
   """
-  seed_B, fraction_B = _padded_runs(sweep)
+  (seed_B, fraction_B), per_device = placed_runs(sweep)
   b = len(sweep.runs()[0])
   manager = _manager(directory)
   step = manager.latest_step()
@@ -251,9 +268,9 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
     return {k: np.asarray(v)[:, :b] for k, v in saved.history.items()}
 
   chunk = min(checkpoint_every, sweep.generations)
-  first, advance = _programs(family, sweep, chunk, width or default_width())
-  sharding = NamedSharding(_mesh(), PartitionSpec('runs'))
-  seed_B, fraction_B = jax.device_put((seed_B, fraction_B), sharding)
+  first, advance = programs(family, sweep, chunk, min(width or default_width(per_device),
+                                                      per_device))
+  sharding = seed_B.sharding
   const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
 
@@ -274,7 +291,7 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
   with tqdm.tqdm(total=sweep.generations, initial=step, desc=sweep.regime, unit='gen',
                  disable=not progress, dynamic_ncols=True) as bar:
     while step < sweep.generations:
-      carry_B, chunk_metrics = advance(const_B, carry_B, step + 1)
+      carry_B, chunk_metrics = advance(const_B, carry_B, jnp.int32(step + 1))
       done = min(chunk, sweep.generations - step)
       chunk_metrics = {k: np.asarray(v)[:done] for k, v in chunk_metrics.items()}
       _check_finite(chunk_metrics, step + 1, sweep, np.asarray(seed_B), np.asarray(fraction_B))

@@ -108,7 +108,7 @@ def test_chunks_compile_once_and_finished_runs_reload(tmp_path, monkeypatch):
   _run(tmp_path / 'one', sweep, every=10, calls=one_chunk)
   first = _run(tmp_path / 'four', sweep, every=3, calls=four_chunks)
   assert 0 < len(four_chunks) == len(one_chunk)  # chunks reuse one compiled program
-  monkeypatch.setattr(driver, '_programs', lambda *a: pytest.fail('recompiled'))
+  monkeypatch.setattr(driver, 'programs', lambda *a: pytest.fail('recompiled'))
   again = _run(tmp_path / 'four', sweep, every=3)
   for k in first:
     np.testing.assert_array_equal(first[k], again[k])
