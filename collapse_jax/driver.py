@@ -274,10 +274,13 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
   const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
 
+  labels = (sweep, np.asarray(seed_B), np.asarray(fraction_B))  # for error messages
   if step is None:
     const_B, carry_B, metrics0 = first(seed_B, fraction_B)
+    metrics0 = {k: np.asarray(v)[None] for k, v in metrics0.items()}
+    _check_finite(metrics0, 0, *labels)
     for k, v in metrics0.items():
-      metrics[k][0] = np.asarray(v)
+      metrics[k][0] = v[0]
     step = 0
   else:  # resume: restore onto the same sharding
     abstract = lambda t: jax.tree.map(
@@ -294,7 +297,7 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
       carry_B, chunk_metrics = advance(const_B, carry_B, jnp.int32(step + 1))
       done = min(chunk, sweep.generations - step)
       chunk_metrics = {k: np.asarray(v)[:done] for k, v in chunk_metrics.items()}
-      _check_finite(chunk_metrics, step + 1, sweep, np.asarray(seed_B), np.asarray(fraction_B))
+      _check_finite(chunk_metrics, step + 1, *labels)
       for k, v in chunk_metrics.items():
         metrics[k][step + 1:step + 1 + done] = v
       step += done
