@@ -51,7 +51,7 @@ def main(argv):
     cfg = gmm.GMMConfig(**{
         **vars(cfg), 'regimes': tuple(FLAGS.regime),
         'real_fractions': cli.parse_floats('real_fraction', FLAGS.real_fraction),
-        'true_means': cli.parse_points('true_means', FLAGS.true_means)}).validate()
+        'true_means': cli.parse_points('true_means', FLAGS.true_means)})
     gmm.run(cfg, FLAGS.workdir)
   except driver.ConfigError as e:
     cli.fail(e)
