@@ -31,8 +31,8 @@ def ours(cfg: gmm.GMMConfig, chunk: int):
   """(compile seconds, fits per second) of the whole recursive loop."""
   sweep = cfg.sweep('replace')
   (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
-  first, advance = driver.programs(gmm.family(cfg), sweep, chunk,
-                                   driver.default_width(per_device))
+  family = gmm.family(cfg)
+  first, advance = driver.programs(family, sweep, chunk, driver.default_width(family, per_device))
 
   def loop():
     const_B, carry_B, _ = first(seed_B, fraction_B)

@@ -5,7 +5,6 @@ import sys
 
 import jax
 
-
 from collapse_jax import driver
 
 
@@ -27,12 +26,18 @@ def fail(error: Exception) -> None:
   sys.exit(2)
 
 
-
 def parse_floats(flag: str, values) -> tuple[float, ...]:
   try:
     return tuple(float(v) for v in values)
   except ValueError as e:
     raise driver.ConfigError(flag, f'expects numbers separated by commas ({e})') from None
+
+
+def parse_ints(flag: str, values) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError as e:
+    raise driver.ConfigError(flag, f'expects whole numbers separated by commas ({e})') from None
 
 
 def parse_points(flag: str, text: str) -> tuple[tuple[float, ...], ...]:

@@ -36,6 +36,22 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Summary:
+  """Sufficient statistics of a family whose fit depends on data only through them.
+
+  of(x_NxD, w_N) -> stats           the statistics of weighted data
+  combine(stats, stats) -> stats    those of the two data sets together
+  fit(stats, key) -> (params, metrics)   the fit they determine
+
+  With these, `accumulate` keeps a running summary instead of every sample:
+  constant memory and work per generation instead of a pool that grows.
+  """
+  of: Callable[..., Any]
+  combine: Callable[..., Any]
+  fit: Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
   """What a model family gives the driver; each function is for one run.
 
@@ -44,12 +60,21 @@ class Family:
   sample(params, key, n) -> x_NxD   the model's own samples
   reference(params0, key) -> ref    what later generations are measured against
   evaluate(params, x_NxD, ref) -> metrics     x_NxD: the model's samples
+  summary: sufficient statistics, when the fit has them (see Summary)
+  iterative_fit: the fit iterates to a per-run convergence test, so runs take
+    different times; on a CPU they then go one at a time (default_width)
   """
   draw_real: Callable[..., Any]
   fit: Callable[..., Any]
   sample: Callable[..., Any]
   reference: Callable[..., Any]
   evaluate: Callable[..., Any]
+  summary: Summary | None = None
+  iterative_fit: bool = False
+
+  def running(self, regime: str) -> bool:
+    """Whether this regime keeps a running summary in place of a pool."""
+    return regime == 'accumulate' and self.summary is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +148,11 @@ def training_set(regime, g, key, fraction, x0_NxD, last_NxD, pool_PxD, draw_real
   return jnp.where(is_real_N[:, None], real_NxD, last_NxD), jnp.ones(n)
 
 
-def pool_rows(regime, generations: int, n: int) -> int:
+def pool_rows(family: Family, regime, generations: int, n: int) -> int:
   """Rows of the pool: the original data and every generation's samples."""
-  return (generations + 2) * n if regime in POOL_REGIMES else 0
+  if regime not in POOL_REGIMES or family.running(regime):
+    return 0
+  return (generations + 2) * n
 
 
 # ---------------------------------------------------------------- one run
@@ -146,7 +173,11 @@ def _first_generation(family: Family, sweep: Sweep, seed, fraction):
   ref = family.reference(params, ref_key)
   const = {'seed': seed, 'fraction': fraction, 'x0': x0_NxD, 'ref': ref}
   carry = {'last': synth_NxD}
-  rows = pool_rows(sweep.regime, sweep.generations, n)
+  rows = pool_rows(family, sweep.regime, sweep.generations, n)
+  if family.running(sweep.regime):
+    ones = jnp.ones(n)
+    carry['summary'] = family.summary.combine(family.summary.of(x0_NxD, ones),
+                                              family.summary.of(synth_NxD, ones))
   if rows:
     pool_PxD = jnp.zeros((rows, x0_NxD.shape[-1]), x0_NxD.dtype)
     carry['pool'] = pool_PxD.at[:n].set(x0_NxD).at[n:2 * n].set(synth_NxD)
@@ -158,11 +189,17 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
   _, _, run_key = _keys(const['seed'])
   train_key, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, g), 3)
   n = sweep.samples
-  x_NxD, w_N = training_set(sweep.regime, g, train_key, const['fraction'], const['x0'],
-                            carry['last'], carry.get('pool'), family.draw_real)
-  params, fit_metrics = family.fit(x_NxD, w_N, fit_key)
+  if family.running(sweep.regime):
+    params, fit_metrics = family.summary.fit(carry['summary'], fit_key)
+  else:
+    x_NxD, w_N = training_set(sweep.regime, g, train_key, const['fraction'], const['x0'],
+                              carry['last'], carry.get('pool'), family.draw_real)
+    params, fit_metrics = family.fit(x_NxD, w_N, fit_key)
   synth_NxD = family.sample(params, sample_key, n)
   carry = {**carry, 'last': synth_NxD}
+  if 'summary' in carry:
+    carry['summary'] = family.summary.combine(carry['summary'],
+                                              family.summary.of(synth_NxD, jnp.ones(n)))
   if 'pool' in carry:
     carry['pool'] = jax.lax.dynamic_update_slice_in_dim(carry['pool'], synth_NxD, (g + 1) * n, 0)
   return carry, {**fit_metrics, **family.evaluate(params, synth_NxD, const['ref'])}
@@ -235,7 +272,7 @@ def _check_finite(metrics, g0, sweep, seed_B, fraction_B):
   """Raises on the first non-finite metric, naming generation, seed and fraction."""
   for name, v_CxB in metrics.items():
     if np.issubdtype(v_CxB.dtype, np.floating) and not np.all(np.isfinite(v_CxB)):
-      c, b = np.argwhere(~np.isfinite(v_CxB))[0]
+      c, b = np.argwhere(~np.isfinite(v_CxB))[0][:2]
       raise FloatingPointError(
           f'{name} is {v_CxB[c, b]} at generation {g0 + c} of seed {seed_B[b]} '
           f'(regime {sweep.regime}, real fraction {fraction_B[b]:g})')
@@ -246,18 +283,28 @@ def _manager(directory):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def default_width(runs_per_device: int) -> int:
-  """Runs vectorised together: all of a device's on accelerators, one on a CPU."""
-  return 1 if jax.default_backend() == 'cpu' else runs_per_device
+def default_width(family: Family, runs_per_device: int) -> int:
+  """Runs vectorised together: all of a device's, except one at a time on a CPU
+  when fits iterate to convergence (there one run already fills the vector units,
+  and each stops when it converges)."""
+  if family.iterative_fit and jax.default_backend() == 'cpu':
+    return 1
+  return runs_per_device
 
 
 def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
-        progress: bool = True, width: int | None = None) -> dict[str, np.ndarray]:
-  """Runs (or resumes, or reloads) a sweep; returns metrics, each (G+1) x B.
+        progress: bool = True, width: int | None = None,
+        settled: Callable[[dict[str, np.ndarray]], bool] | None = None
+        ) -> dict[str, np.ndarray]:
+  """Runs (or resumes, or reloads) a sweep; returns metrics, each (G+1) x B x ...
 
   Checkpoints land in `directory` every `checkpoint_every` generations. A sweep
   whose last checkpoint is its final generation is reloaded, not recomputed.
   `width` runs are vectorised together on each device (default_width()).
+  `settled(metrics_B)`, given the latest generation's metrics, says whether every
+  run has reached a state that later generations repeat exactly (an absorbed
+  chain); the sweep then stops at the end of that chunk and the remaining
+  generations repeat its metrics.
   """
   (seed_B, fraction_B), per_device = placed_runs(sweep)
   b = len(sweep.runs()[0])
@@ -268,8 +315,8 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
     return {k: np.asarray(v)[:, :b] for k, v in saved.history.items()}
 
   chunk = min(checkpoint_every, sweep.generations)
-  first, advance = programs(family, sweep, chunk, min(width or default_width(per_device),
-                                                      per_device))
+  first, advance = programs(family, sweep, chunk,
+                            min(width or default_width(family, per_device), per_device))
   sharding = seed_B.sharding
   const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
@@ -301,6 +348,12 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
       for k, v in chunk_metrics.items():
         metrics[k][step + 1:step + 1 + done] = v
       step += done
+      if settled is not None and step < sweep.generations and settled(
+          {k: v[step] for k, v in metrics.items()}):
+        for v in metrics.values():
+          v[step + 1:] = v[step]
+        bar.update(sweep.generations - step)
+        step = sweep.generations
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave({'const': const_B, 'carry': carry_B}),
           history=ocp.args.StandardSave(metrics)))

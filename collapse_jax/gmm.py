@@ -376,7 +376,8 @@ def family(cfg: GMMConfig):
   em = cfg.em
   return driver.Family(draw_real=lambda key, n: sample(true, key, n),
                        fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, key, em),
-                       sample=sample, reference=reference, evaluate=evaluate)
+                       sample=sample, reference=reference, evaluate=evaluate,
+                       iterative_fit=True)
 
 
 SUMMARY_COLUMNS = ('l2_gen0', 'total_var', 'heldout_ll', 'tail_mass_99', 'em_iters')
@@ -406,13 +407,14 @@ def run(cfg: GMMConfig, workdir: str, progress: bool = True, log=print):
   # -- the table, the figures and the summary
   table = results.long_table(sweeps, first=LEADING_COLUMNS)
   results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
-  plots.curves(table, [('l2_gen0', 'L2 distance to the generation-0 fit', True),
-                       ('total_var', 'fitted spread (trace of covariance)', True)],
+  curves = results.over_seeds(sweeps)
+  plots.curves(curves, [('l2_gen0', 'L2 distance to the generation-0 fit', True),
+                        ('total_var', 'fitted spread (trace of covariance)', True)],
                os.path.join(workdir, 'collapse.png'),
                title=f'GMM refitted on its own samples, {cfg.seeds} seeds')
   if len(cfg.true_means[0]) == 2:
     plots.gmm_scatter(table, os.path.join(workdir, 'scatter.png'))
-  text = results.summary(table, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
+  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
   with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
     f.write(text + '\n')
   log(text)

@@ -1,4 +1,4 @@
-"""Figures: metric curves over generations, and the GMM's scatter panels."""
+"""Figures: metric curves over generations, closed forms over them, the GMM's scatter panels."""
 
 import matplotlib
 
@@ -9,27 +9,74 @@ import numpy as np  # noqa: E402
 from collapse_jax import results  # noqa: E402
 
 
-def curves(table, panels, path, title=None):
-  """Median and 90% band over seeds against generation, one line per regime and fraction.
+def _label(regime, samples, fraction, with_regime=True, with_samples=False):
+  name = regime if with_regime else ''
+  if regime in ('mix', 'fresh'):
+    name += f' {fraction:g}'
+  if with_samples:
+    name += f', M={samples}'
+  return name.strip(' ,')
 
-  `panels` is a list of (column, label, log_y).
+
+def curves(table, panels, path, title=None):
+  """Median and 90% band over seeds against generation, one line per sweep.
+
+  `table` is an over_seeds table; `panels` a list of (metric, label, log_y).
   """
+  keys = results.groups(table)
+  several_m = len({m for _, m, _ in keys}) > 1
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
   for ax, (column, label, log_y) in zip(axes[0], panels):
-    for regime, fraction in results.groups(table):
-      sub = results.select(table, regime, fraction)
+    for regime, samples, fraction in keys:
+      sub = results.select(table, regime, fraction, samples)
       g_G = sub['generation'][:, 0]
-      v_GxS = sub[column].astype(np.float64)
-      lo, mid, hi = np.percentile(v_GxS, [5, 50, 95], axis=1)
-      name = regime if regime not in ('mix', 'fresh') else f'{regime} {fraction:g}'
-      line, = ax.plot(g_G, mid, label=name)
-      ax.fill_between(g_G, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+      line, = ax.plot(g_G, sub[f'{column}_q50'][:, 0],
+                      label=_label(regime, samples, fraction, with_samples=several_m))
+      ax.fill_between(g_G, sub[f'{column}_q05'][:, 0], sub[f'{column}_q95'][:, 0],
+                      color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel('generation')
     ax.set_ylabel(label)
     if log_y:
       ax.set_yscale('log')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+  _finish(fig, path, title)
+
+
+def theory_panels(table, panels, path, title=None):
+  """Measured curves (solid) and their closed forms (dashed) against generation on
+  a log axis: a row per panel, a column per regime, a line per sample size M.
+
+  `panels` is a list of (column, label): `table[column]` is measured and
+  `table[column + '_theory']` its closed form, NaN where there is none.
+  """
+  keys = results.groups(table)
+  regimes = list(dict.fromkeys(r for r, _, _ in keys))
+  fig, axes = plt.subplots(len(panels), len(regimes), figsize=(4.8 * len(regimes), 3.6 * len(panels)),
+                           squeeze=False, sharex=True)
+  for row, (column, label) in enumerate(panels):
+    for ax, regime in zip(axes[row], regimes):
+      for i, (r, samples, fraction) in enumerate(k for k in keys if k[0] == regime):
+        sub = results.select(table, r, fraction, samples)
+        g_G = sub['generation'][1:, 0]  # generation 0 has no place on a log axis
+        color = f'C{i}'
+        ax.plot(g_G, sub[column][1:, 0], color=color,
+                label=_label(r, samples, fraction, with_regime=False, with_samples=True))
+        theory = sub.get(column + '_theory')
+        if theory is not None and np.isfinite(theory[1:, 0]).any():
+          ax.plot(g_G, theory[1:, 0], color=color, linestyle='--', linewidth=1)
+      ax.set_xscale('log')
+      if np.all(table[column][np.isfinite(table[column])] > 0):
+        ax.set_yscale('log')
+      ax.set_title(regime if row == 0 else '', fontsize=10)
+      ax.set_xlabel('generation')
+      ax.set_ylabel(label)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7, title='dashed: closed form', title_fontsize=7)
+  _finish(fig, path, title)
+
+
+def _finish(fig, path, title):
   if title:
     fig.suptitle(title)
   fig.tight_layout()
@@ -50,8 +97,8 @@ def _mixture_at(sub, g, seed_col, components, dims):
 
 def gmm_scatter(table, path, generations=(0, 50, 100, 150, 200, 350, 2000), n=1000):
   """The paper's panels: n samples of the seed-0 fit at chosen generations, 2-D."""
-  regime, fraction = results.groups(table)[0]
-  sub = results.select(table, regime, fraction)
+  regime, samples, fraction = results.groups(table)[0]
+  sub = results.select(table, regime, fraction, samples)
   last = sub['generation'].shape[0] - 1
   shown = [g for g in generations if g <= last] or [last]
   components = sum(k.startswith('weight_') for k in sub)
@@ -66,6 +113,4 @@ def gmm_scatter(table, path, generations=(0, 50, 100, 150, 200, 350, 2000), n=10
     ax.scatter(x[:, 0], x[:, 1], s=2, c=z, cmap='coolwarm', vmin=0, vmax=components - 1)
     ax.set_title(f'generation {g}', fontsize=9)
   fig.suptitle(f'{n} samples of the fit, seed {int(sub["seed"][0, 0])}, {regime}', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _finish(fig, path, None)

@@ -4,11 +4,12 @@ import io
 
 import numpy as np
 
-ID_COLUMNS = ('regime', 'real_fraction', 'seed', 'generation')
+GROUP_COLUMNS = ('regime', 'samples', 'real_fraction')  # what tells sweeps apart
+ID_COLUMNS = GROUP_COLUMNS + ('seed', 'generation')
 
 
 def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
-  """One row per generation x seed x regime x real fraction, as named columns.
+  """One row per generation x seed x regime x samples x real fraction, as named columns.
 
   `sweeps` pairs each driver.Sweep with its metrics, each (G+1) x B; the metric
   columns named in `first` lead, in that order, the rest follow sorted.
@@ -18,12 +19,42 @@ def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
     seed_B, fraction_B = sweep.runs()
     g1 = sweep.generations + 1
     cols = {'regime': np.full(g1 * len(seed_B), sweep.regime),
+            'samples': np.full(g1 * len(seed_B), sweep.samples),
             'real_fraction': np.tile(fraction_B, g1),
             'seed': np.tile(seed_B, g1),
             'generation': np.repeat(np.arange(g1), len(seed_B))}
     names = [k for k in first if k in metrics] + sorted(set(metrics) - set(first))
     cols.update({k: metrics[k].reshape(-1) for k in names})
     parts.append(cols)
+  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
+  """Statistics over seeds: one row per generation x regime x samples x real fraction.
+
+  Each metric m gets m_mean, m_sd, m_q05, m_q50, m_q95, and m_rms (the root mean
+  square) when named in `rms`; `extra(sweep, fraction)` returns further columns,
+  each of G+1 values (closed forms to read beside the measurements).
+  """
+  parts = []
+  for sweep, metrics in sweeps:
+    _, fraction_B = sweep.runs()
+    g1 = sweep.generations + 1
+    for fraction in sweep.fractions:
+      cols_B = fraction_B == np.float32(fraction)
+      part = {'regime': np.full(g1, sweep.regime), 'samples': np.full(g1, sweep.samples),
+              'real_fraction': np.full(g1, fraction, np.float32), 'generation': np.arange(g1),
+              'seeds': np.full(g1, cols_B.sum())}
+      for name in sorted(metrics):
+        v_GxS = metrics[name][:, cols_B].astype(np.float64)
+        lo, mid, hi = np.percentile(v_GxS, [5, 50, 95], axis=1)
+        part.update({f'{name}_mean': v_GxS.mean(1), f'{name}_sd': v_GxS.std(1, ddof=1)
+                     if v_GxS.shape[1] > 1 else np.zeros(g1),
+                     f'{name}_q05': lo, f'{name}_q50': mid, f'{name}_q95': hi})
+        if name in rms:
+          part[f'{name}_rms'] = np.sqrt(np.mean(v_GxS**2, axis=1))
+      part.update(extra(sweep, fraction) if extra else {})
+      parts.append(part)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
@@ -39,32 +70,34 @@ def write_csv(table: dict[str, np.ndarray], path: str) -> None:
 
 
 def groups(table):
-  """(regime, real fraction) pairs in the order they appear."""
-  pairs = zip(table['regime'], table['real_fraction'])
-  return list(dict.fromkeys((str(r), float(f)) for r, f in pairs))
+  """(regime, samples, real fraction) of each sweep, in the order they appear."""
+  keys = zip(*(table[c] for c in GROUP_COLUMNS))
+  return list(dict.fromkeys((str(r), int(m), float(f)) for r, m, f in keys))
 
 
-def select(table, regime, fraction):
-  """The (generation x seed) matrix of every column for one regime and fraction."""
-  rows = (table['regime'] == regime) & (table['real_fraction'] == fraction)
+def select(table, regime, fraction, samples=None):
+  """The (generation x seed) matrix of every column for one sweep; from an
+  over_seeds table, generation x 1."""
+  rows = (table['regime'] == regime) & (table['real_fraction'] == np.float32(fraction))
+  if samples is not None:
+    rows &= table['samples'] == samples
   g1 = int(table['generation'][rows].max()) + 1
   return {k: v[rows].reshape(g1, -1) for k, v in table.items()}
 
 
-def summary(table, columns, generations=None) -> str:
-  """Median [5%, 95%] over seeds of `columns` at chosen generations, as text."""
+def summary(curves, columns, generations=None) -> str:
+  """Median [5%, 95%] over seeds of `columns` at chosen generations, as text,
+  from an over_seeds table."""
   lines = []
-  for regime, fraction in groups(table):
-    sub = select(table, regime, fraction)
+  for regime, samples, fraction in groups(curves):
+    sub = select(curves, regime, fraction, samples)
     last = sub['generation'].shape[0] - 1
     for g in sorted({g for g in (generations or ()) if g <= last} | {last}):
-      cells = []
-      for c in columns:
-        lo, mid, hi = np.percentile(sub[c][g].astype(np.float64), [5, 50, 95])
-        cells.append(f'{mid:10.4g} [{lo:.3g}, {hi:.3g}]')
-      lines.append((f'{regime:20s} {fraction:4g} {g:6d} ', cells))
-  header = f'{"regime":20s} {"frac":>4s} {"gen":>6s} '
+      cells = [f'{sub[c + "_q50"][g, 0]:10.4g} [{sub[c + "_q05"][g, 0]:.3g}, '
+               f'{sub[c + "_q95"][g, 0]:.3g}]' for c in columns]
+      lines.append((f'{regime:20s} {samples:6d} {fraction:4g} {g:6d} ', cells))
+  header = f'{"regime":20s} {"M":>6s} {"frac":>4s} {"gen":>6s} '
   widths = [max(len(c), *(len(cells[i]) for _, cells in lines)) for i, c in enumerate(columns)]
   out = [header + '  '.join(c.rjust(w) for c, w in zip(columns, widths))]
   out += [head + '  '.join(x.rjust(w) for x, w in zip(cells, widths)) for head, cells in lines]
-  return '\n'.join(out) + '\n(median [5%, 95%] over seeds)'
+  return '\n'.join(out) + '\n(median [5%, 95%] over seeds; M: samples per generation)'
