@@ -1,0 +1,82 @@
+"""Gaussian generation-fits per second: this project against a NumPy loop, same machine, same run.
+
+  python -m benchmarks.gaussian_throughput          # 10,000 seeds x 1,000 generations, M = 100
+
+One generation-fit is one seed's step of the recursion: draw M samples of the
+last fit, then fit mean and unbiased variance to them (and, here, measure the
+fit against the truth). The reference does the same in NumPy, a Python loop
+over seeds and generations. Compile time is measured apart and excluded.
+"""
+
+import os
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from collapse_jax import cli, driver, gaussian
+
+flags.DEFINE_integer('seeds', 10_000, 'Seeds run together by this project.')
+flags.DEFINE_integer('generations', 1000, 'Generations timed for this project.')
+flags.DEFINE_integer('samples', 100, 'Samples M per generation.')
+flags.DEFINE_integer('chunk', 250, 'Generations per compiled chunk, as --checkpoint_every.')
+flags.DEFINE_integer('ref_seeds', 50, 'Seeds for the NumPy loop.')
+flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU into this many devices (0: one per core).')
+FLAGS = flags.FLAGS
+
+
+def ours(cfg: gaussian.GaussianConfig, chunk: int):
+  """(compile seconds, warm seconds) of the whole recursive loop, metrics included."""
+  sweep = cfg.sweep('replace', cfg.samples[0])
+  (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
+  family = gaussian.family(cfg)
+  first, advance = driver.programs(family, sweep, chunk, driver.default_width(family, per_device))
+
+  def loop():
+    const_B, carry_B, _ = first(seed_B, fraction_B)
+    for g0 in range(1, cfg.generations + 1, chunk):
+      carry_B, metrics = advance(const_B, carry_B, np.int32(g0))
+    return jax.block_until_ready(metrics)
+
+  t0 = time.perf_counter()
+  loop()
+  cold = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  loop()
+  warm = time.perf_counter() - t0
+  return cold - warm, warm
+
+
+def numpy_loop(seeds: int, generations: int, m: int):
+  """Fits per second of the same recursion in NumPy, one seed at a time."""
+  t0 = time.perf_counter()
+  for seed in range(seeds):
+    rng = np.random.default_rng(seed)
+    mean, std = 0.0, 1.0
+    for _ in range(generations + 1):
+      x = rng.normal(mean, std, m)
+      mean, var = x.mean(), x.var(ddof=1)
+      std = np.sqrt(var)
+  return seeds * (generations + 1) / (time.perf_counter() - t0)
+
+
+def main(argv):
+  del argv
+  cli.split_cpu(FLAGS.cpu_devices or os.cpu_count() or 1)
+  cfg = gaussian.GaussianConfig(seeds=FLAGS.seeds, generations=FLAGS.generations,
+                                samples=(FLAGS.samples,), regimes=('replace',)).validate()
+  compile_s, warm_s = ours(cfg, min(FLAGS.chunk, cfg.generations))
+  rate = cfg.seeds * (cfg.generations + 1) / warm_s
+  print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}')
+  print(f'collapse-jax : {rate:12.0f} fits/s  ({cfg.seeds} seeds x {cfg.generations} '
+        f'generations, M={FLAGS.samples}: {warm_s:.2f} s; compile {compile_s:.1f} s, excluded)')
+  if FLAGS.ref_seeds:
+    ref = numpy_loop(FLAGS.ref_seeds, cfg.generations, FLAGS.samples)
+    print(f'NumPy loop   : {ref:12.0f} fits/s  ({FLAGS.ref_seeds} seeds x {cfg.generations} '
+          f'generations; {cfg.seeds * (cfg.generations + 1) / ref:.0f} s for all seeds)')
+    print(f'ratio        : {rate / ref:12.1f}x')
+
+
+if __name__ == '__main__':
+  app.run(main)

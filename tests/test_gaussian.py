@@ -1,0 +1,169 @@
+"""The Gaussian refitted on its own samples, against its closed forms."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import linalg
+
+from collapse_jax import driver, gaussian
+
+Z999 = 3.2905  # two-sided 99.9% normal quantile
+
+
+def _simulate(tmp_path, regime='replace', estimator='unbiased', dims=1, samples=20,
+              seeds=4000, generations=30):
+  cfg = gaussian.GaussianConfig(seeds=seeds, generations=generations, samples=(samples,),
+                                dims=dims, estimator=estimator, regimes=(regime,),
+                                checkpoint_every=generations)
+  metrics = driver.run(gaussian.family(cfg), cfg.sweep(regime, samples),
+                       str(tmp_path / f'{regime}-{estimator}-{dims}'), generations, progress=False)
+  theory = gaussian.theory(regime, estimator, samples, dims, cfg.true_std, generations)
+  return metrics, theory
+
+
+def _in_ci(values_S, expected, sd=None):
+  """Whether the mean of values_S lies in the 99.9% interval around `expected`;
+  sd: the exact per-seed standard deviation if known, else the sample's."""
+  values_S = np.asarray(values_S, np.float64)
+  sd = np.std(values_S, ddof=1) if sd is None else sd
+  return abs(values_S.mean() - expected) <= Z999 * sd / np.sqrt(len(values_S))
+
+
+@pytest.fixture(scope='module')
+def unbiased(tmp_path_factory):
+  return _simulate(tmp_path_factory.mktemp('unbiased'))
+
+
+def test_log_det_follows_the_wishart_chain_and_an_off_by_one_fails(unbiased):
+  """E log sigma_n^2 falls by psi((M-1)/2) + log(2/(M-1)) per fit (n = g + 1)."""
+  metrics, theory = unbiased
+  for g in (0, 1, 10, 30):
+    assert _in_ci(metrics['logdet'][g], theory['logdet_mean'][g], theory['logdet_sd'][g]), g
+  # the same check rejects a generation off by one, and the other estimator
+  assert not _in_ci(metrics['logdet'][0], theory['logdet_mean'][1], theory['logdet_sd'][1])
+  mle = gaussian.theory('replace', 'mle', 20, 1, 1.0, 30)
+  assert not _in_ci(metrics['logdet'][0], mle['logdet_mean'][0], mle['logdet_sd'][0])
+
+
+def test_unbiased_variance_is_a_martingale_and_the_mean_random_walks(unbiased):
+  """E sigma_n^2 = sigma^2; E (mu_n - mu)^2 = n sigma^2 / M; the samples of
+  generation n spread like sigma^2 (1 + n/M) (the paper's supplement)."""
+  metrics, theory = unbiased
+  for g in (0, 1, 5):  # later the variance is lognormal-like: its mean converges slowly
+    assert _in_ci(metrics['trace'][g], theory['trace_mean'][g]), g
+  for g in (0, 1, 10, 30):
+    assert _in_ci(metrics['mean_error'][g] ** 2, theory['mean_error_rms'][g] ** 2), g
+  for g in (0, 1, 10):
+    assert _in_ci(metrics['sample_msd'][g], theory['sample_msd_mean'][g]), g
+  np.testing.assert_allclose(theory['sample_msd_mean'], 1 + np.arange(1, 32) / 20)
+
+
+def test_sigma_and_wasserstein_follow_their_closed_forms(unbiased):
+  """E sigma_n = sigma a^n and E W2^2 = E (mu_n - mu)^2 + E (sigma_n - sigma)^2,
+  growing without bound (Theorem 3.1)."""
+  metrics, theory = unbiased
+  for g in (0, 1, 10):
+    assert _in_ci(metrics['sigma'][g], theory['sigma_mean'][g]), g
+    assert _in_ci(metrics['w2_sq'][g], theory['w2_sq_mean'][g]), g
+  long_run = gaussian.theory('replace', 'unbiased', 20, 1, 1.0, 10_000)['w2_sq_mean']
+  assert long_run[-1] > 400 and np.all(np.diff(long_run) > 0)
+
+
+def test_mle_variance_shrinks_geometrically(tmp_path):
+  """E sigma_n^2 = sigma^2 ((M-1)/M)^n, and W2^2 stays below 2 sigma^2."""
+  metrics, theory = _simulate(tmp_path, estimator='mle')
+  np.testing.assert_allclose(theory['trace_mean'], (19 / 20) ** np.arange(1, 32))
+  for g in (0, 1, 5):
+    assert _in_ci(metrics['trace'][g], theory['trace_mean'][g]), g
+  for g in (0, 1, 30):
+    assert _in_ci(metrics['logdet'][g], theory['logdet_mean'][g], theory['logdet_sd'][g]), g
+    assert _in_ci(metrics['mean_error'][g] ** 2, theory['mean_error_rms'][g] ** 2), g
+  for g in (0, 1, 10):
+    assert _in_ci(metrics['w2_sq'][g], theory['w2_sq_mean'][g]), g
+  assert np.all(gaussian.theory('replace', 'mle', 20, 1, 1.0, 10_000)['w2_sq_mean'] < 2)
+
+
+def test_accumulating_bounds_the_mean_error_by_pi_squared_over_six(tmp_path):
+  metrics, theory = _simulate(tmp_path, regime='accumulate', samples=50)
+  for g in (0, 1, 30):
+    assert _in_ci(metrics['mean_error'][g] ** 2, theory['mean_error_rms'][g] ** 2), g
+  assert theory['mean_error_rms'][-1] ** 2 < np.pi**2 / 6 / 50
+
+
+def test_d_dimensional_log_det_and_mean(tmp_path):
+  metrics, theory = _simulate(tmp_path, dims=3, seeds=2000, generations=20)
+  for g in (0, 1, 20):
+    assert _in_ci(metrics['logdet'][g], theory['logdet_mean'][g], theory['logdet_sd'][g]), g
+    assert _in_ci(metrics['mean_error'][g] ** 2, theory['mean_error_rms'][g] ** 2), g
+  for g in (0, 1):
+    assert _in_ci(metrics['trace'][g], theory['trace_mean'][g]), g
+
+
+# ---------------------------------------------------------------- pieces
+
+def test_combined_statistics_equal_those_of_the_joined_data():
+  x = jax.random.normal(jax.random.key(0), (30, 3)) * 0.01 + 5.0
+  w = (jnp.arange(30) % 3 > 0).astype(jnp.float32)
+  joined = gaussian.summarise(x, w)
+  split = gaussian.combine(gaussian.summarise(x[:11], w[:11]), gaussian.summarise(x[11:], w[11:]))
+  for k in joined:
+    np.testing.assert_allclose(split[k], joined[k], rtol=1e-4, atol=1e-7)  # float32 at 5 +- 0.01
+  cov = np.cov(np.asarray(x)[np.asarray(w) > 0].T)
+  np.testing.assert_allclose(gaussian.fit_summary(joined, 'unbiased')[0]['cov'], cov, rtol=1e-3,
+                             atol=1e-7)
+
+
+def test_running_summary_equals_fitting_the_whole_pool(tmp_path):
+  cfg = gaussian.GaussianConfig(seeds=3, generations=12, samples=(16,), dims=2,
+                                regimes=('accumulate',), checkpoint_every=12)
+  fam = gaussian.family(cfg)
+  sweep = cfg.sweep('accumulate', 16)
+  running = driver.run(fam, sweep, str(tmp_path / 'a'), 12, progress=False)
+  pooled = driver.run(dataclasses.replace(fam, summary=None), sweep, str(tmp_path / 'b'), 12,
+                      progress=False)
+  for k in running:
+    np.testing.assert_allclose(running[k], pooled[k], rtol=2e-4, atol=1e-6, err_msg=k)
+
+
+def test_wasserstein_distance_matches_matrix_square_roots():
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(3, 3))
+  cov, mean = a @ a.T + 0.1 * np.eye(3), rng.normal(size=3)
+  params = {'mean': jnp.asarray(mean, jnp.float32), 'cov': jnp.asarray(cov, jnp.float32)}
+  out = gaussian.evaluate(params, jnp.zeros((4, 3)), true_mean=0.5, true_std=1.5)
+  true_cov = 1.5**2 * np.eye(3)
+  root = linalg.sqrtm(linalg.sqrtm(true_cov) @ cov @ linalg.sqrtm(true_cov)).real
+  expected = np.sum((mean - 0.5) ** 2) + np.trace(cov + true_cov - 2 * root)
+  np.testing.assert_allclose(out['w2_sq'], expected, rtol=1e-4)
+  np.testing.assert_allclose(out['logdet'], np.linalg.slogdet(cov)[1], rtol=1e-4)
+
+
+@pytest.mark.parametrize('change, flag', [
+    (dict(samples=(100, 1)), 'samples'), (dict(dims=4, samples=(4,)), 'samples'),
+    (dict(estimator='median'), 'estimator'), (dict(true_std=0.0), 'true_std'),
+    (dict(regimes=('replace', 'keep')), 'regime'), (dict(real_fractions=(0.5,)), 'real_fraction'),
+    (dict(seeds=0), 'seeds')])
+def test_bad_configs_name_their_flag(change, flag):
+  with pytest.raises(driver.ConfigError, match=f'--{flag}'):
+    gaussian.GaussianConfig(**change).validate()
+
+
+def test_run_writes_curves_with_closed_forms_and_figures(tmp_path):
+  cfg = gaussian.GaussianConfig(seeds=5, generations=6, samples=(8, 30), checkpoint_every=3,
+                                regimes=('replace', 'mix'), real_fractions=(0.0, 0.5),
+                                per_seed_csv=True)
+  gaussian.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
+  curves = pd.read_csv(tmp_path / 'curves.csv')
+  assert len(curves) == (1 + 2) * 2 * 7  # (replace + mix x 2 fractions) x 2 M x 7 generations
+  assert set(curves.seeds) == {5}
+  replace = curves[(curves.regime == 'replace') & (curves.samples == 8)]
+  np.testing.assert_allclose(replace.sample_msd_mean_theory, 1 + np.arange(1, 8) / 8, rtol=1e-6)
+  assert curves[curves.regime == 'mix'].w2_sq_mean_theory.isna().all()
+  per_seed = pd.read_csv(tmp_path / 'metrics.csv')
+  assert len(per_seed) == 5 * 7 * 6
+  for name in ('panels.png', 'w2.png', 'summary.txt'):
+    assert (tmp_path / name).stat().st_size > 0
