@@ -76,6 +76,46 @@ def theory_panels(table, panels, path, title=None):
   _finish(fig, path, title)
 
 
+def absorption(outcomes, path, title=None):
+  """Per outcome, for each absorbing sweep: how often the chain was absorbed there
+  beside its original probability (theory: equal), and the mean generation of
+  its loss against its expected count M p, with the Wright-Fisher expectation."""
+  keys = [k for k in results.groups(outcomes)
+          if np.nansum(results.select(outcomes, k[0], k[2], k[1])['absorbed_frequency']) > 0]
+  keys = keys or results.groups(outcomes)[:1]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+  ax = axes[0, 0]
+  width = 0.8 / (len(keys) + 1)
+  first = results.select(outcomes, keys[0][0], keys[0][2], keys[0][1])
+  i_K = first['outcome'][:, 0]
+  ax.bar(i_K, first['probability'][:, 0], width, color='0.6', label='original probability')
+  for j, (regime, samples, fraction) in enumerate(keys):
+    sub = results.select(outcomes, regime, fraction, samples)
+    ax.bar(i_K + (j + 1) * width, sub['absorbed_frequency'][:, 0], width,
+           label=f'absorbed there, {_label(regime, samples, fraction, with_samples=True)}')
+  ax.set_xlabel('outcome')
+  ax.set_ylabel('probability / frequency over seeds')
+  ax.legend(fontsize=8)
+  ax = axes[0, 1]
+  for j, (regime, samples, fraction) in enumerate(keys):
+    sub = results.select(outcomes, regime, fraction, samples)
+    c_K = samples * sub['probability'][:, 0]
+    order = np.argsort(c_K)
+    ax.plot(c_K[order], sub['mean_loss_generation'][order, 0], 'o', color=f'C{j}',
+            label=_label(regime, samples, fraction, with_samples=True))
+    ax.plot(c_K[order], sub['mean_loss_generation_theory'][order, 0], '--', color=f'C{j}',
+            linewidth=1)
+  c = np.geomspace(max(ax.get_xlim()[0], 0.1), ax.get_xlim()[1], 50)
+  ax.plot(c, c, ':', color='k', linewidth=1, label='c generations')
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  ax.set_xlabel('expected count c = M p of the outcome')
+  ax.set_ylabel('mean generation of its loss, when lost')
+  ax.legend(fontsize=8, title='dashed: Wright-Fisher diffusion', title_fontsize=8)
+  ax.grid(alpha=0.3)
+  _finish(fig, path, title)
+
+
 def _finish(fig, path, title):
   if title:
     fig.suptitle(title)

@@ -77,11 +77,11 @@ def groups(table):
 
 def select(table, regime, fraction, samples=None):
   """The (generation x seed) matrix of every column for one sweep; from an
-  over_seeds table, generation x 1."""
+  over_seeds table, generation x 1; from a table without generations, row x 1."""
   rows = (table['regime'] == regime) & (table['real_fraction'] == np.float32(fraction))
   if samples is not None:
     rows &= table['samples'] == samples
-  g1 = int(table['generation'][rows].max()) + 1
+  g1 = int(table['generation'][rows].max()) + 1 if 'generation' in table else int(rows.sum())
   return {k: v[rows].reshape(g1, -1) for k, v in table.items()}
 
 

@@ -37,7 +37,7 @@ flags.DEFINE_bool('per_seed_csv', _D.per_seed_csv, 'Also write metrics.csv, one 
                   'and generation (large: about 80 MB per million rows).')
 
 _FIELDS = {f: f for f in ('seeds', 'generations', 'dims', 'estimator', 'true_mean', 'true_std',
-                          'checkpoint_every', 'first_seed', 'per_seed_csv')}
+                          'checkpoint_every', 'first_seed', 'per_seed_csv', 'samples')}
 
 
 def main(argv):
@@ -47,7 +47,7 @@ def main(argv):
   cli.split_cpu(FLAGS.cpu_devices)
   try:
     cfg = cli.preset_config(gaussian.GaussianConfig, {'paper': {}, 'small': gaussian.SMALL},
-                            FLAGS.preset, FLAGS, {**_FIELDS, 'samples': 'samples'})
+                            FLAGS.preset, FLAGS, _FIELDS)
     cfg = gaussian.GaussianConfig(**{
         **vars(cfg), 'regimes': tuple(FLAGS.regime),
         'samples': cli.parse_ints('samples', FLAGS.samples if FLAGS['samples'].present

@@ -1,0 +1,280 @@
+"""A categorical distribution re-estimated by counting M of its own samples.
+
+Generation 0 counts M samples of the true distribution p over K outcomes;
+generation g >= 1 counts M samples of generation g - 1's estimate. Under
+`replace` this is a Wright-Fisher chain: every outcome's frequency is a
+martingale, an outcome that reaches zero never returns, and the chain is
+absorbed in a single outcome with probability 1 (the paper's Markov-chain
+argument, Nature 2024, Section 3.1). Outcomes are stored as float32 indices,
+one column, so the driver's regimes apply unchanged.
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from collapse_jax import driver, plots, results
+
+
+# ---------------------------------------------------------------- fit and sample
+
+def summarise(x_Nx1, w_N, outcomes: int):
+  """Weighted counts of each outcome: the sufficient statistics."""
+  return jnp.zeros(outcomes).at[x_Nx1[:, 0].astype(jnp.int32)].add(w_N)
+
+
+def sample(counts_K, key, n):
+  """n outcomes drawn with probability proportional to counts_K (inverse CDF).
+
+  An outcome with zero count is never drawn: u * total < total, and the search
+  returns the first outcome whose cumulative count exceeds it.
+  """
+  cum_K = jnp.cumsum(counts_K)
+  u_N = jax.random.uniform(key, (n,)) * cum_K[-1]
+  idx_N = jnp.searchsorted(cum_K, u_N, side='right', method='compare_all')
+  last = counts_K.shape[0] - 1 - jnp.argmax(counts_K[::-1] > 0)  # should u * total round up
+  return jnp.minimum(idx_N, last).astype(jnp.float32)[:, None]
+
+
+# ---------------------------------------------------------------- metrics
+
+def tail_outcomes(p_K: np.ndarray, tail: float) -> np.ndarray:
+  """The least likely outcomes whose total original probability is at most `tail`."""
+  order = np.argsort(p_K, kind='stable')
+  mask = np.zeros(len(p_K), bool)
+  mask[order[np.cumsum(p_K[order]) <= tail + 1e-12]] = True
+  return mask
+
+
+def evaluate(counts_K, p_K, tail_K):
+  """Diversity of one estimate, and what it lost of the original distribution."""
+  q_K = counts_K / jnp.sum(counts_K)
+  alive_K = counts_K > 0
+  gone_K = (p_K > 0) & ~alive_K
+  support = jnp.sum(alive_K)
+  entropy = -jnp.sum(jnp.where(alive_K, q_K * jnp.log2(jnp.where(alive_K, q_K, 1.0)), 0.0))
+  return {'entropy_bits': jnp.where(support > 1, entropy, 0.0),  # not -0.0 once absorbed
+          'support': support, 'zeroed': jnp.sum(gone_K),
+          'gini_simpson': 1.0 - jnp.sum(q_K**2),
+          'tail_mass': jnp.sum(jnp.where(tail_K, q_K, 0.0)),
+          'tail_mass_lost': jnp.sum(jnp.where(tail_K & gone_K, p_K, 0.0)),
+          'mass_lost': jnp.sum(jnp.where(gone_K, p_K, 0.0)),
+          'max_prob': jnp.max(q_K), 'top_outcome': jnp.argmax(q_K).astype(jnp.int32),
+          'absorbed': support == 1, 'alive': alive_K}
+
+
+# ---------------------------------------------------------------- closed forms
+
+def gini_simpson_theory(p_K, samples: int, generations: int) -> np.ndarray:
+  """E[1 - sum_i q_n(i)^2] = (1 - sum_i p_i^2) (1 - 1/M)^n after n = g + 1 counts.
+
+  A count of M samples keeps each frequency's mean and adds its binomial
+  variance: E[q_n(i)^2 | q_{n-1}] = q_{n-1}(i)^2 (1 - 1/M) + q_{n-1}(i) / M, the
+  Wright-Fisher decay of heterozygosity. Generation 0 is the first count (n = 1).
+  """
+  n_G = np.arange(1, generations + 2)
+  return (1 - np.sum(np.asarray(p_K, np.float64) ** 2)) * (1 - 1 / samples) ** n_G
+
+
+def loss_time_theory(p, samples: int):
+  """Expected generations to the loss of an outcome of probability p, given that it
+  is lost: -2 M p ln p / (1 - p) (Wright-Fisher diffusion; Kimura and Ohta 1969).
+  For an outcome of count c = M p this is about 2 c ln(M / c): of the order of c
+  generations (Suresh et al. 2025)."""
+  p = np.asarray(p, np.float64)
+  return -2 * samples * p * np.log(p) / (1 - p)
+
+
+# ---------------------------------------------------------------- the experiment
+
+@dataclasses.dataclass(frozen=True)
+class DiscreteConfig:
+  """The discrete experiment: a Zipf law over `outcomes` outcomes by default, or
+  the probabilities `probs`, re-estimated from M samples until every seed is
+  absorbed in one outcome or `generations` is reached."""
+  seeds: int = 1000
+  generations: int = 5000
+  samples: tuple[int, ...] = (100,)
+  probs: tuple[float, ...] = ()
+  outcomes: int = 20
+  zipf_exponent: float = 1.0
+  tail: float = 0.1
+  regimes: tuple[str, ...] = ('replace',)
+  real_fractions: tuple[float, ...] = (0.0,)
+  checkpoint_every: int = 100
+  first_seed: int = 0
+  per_seed_csv: bool = False
+
+  def true_probs(self) -> np.ndarray:
+    if self.probs:
+      p = np.asarray(self.probs, np.float64)
+      return p / p.sum()
+    p = np.arange(1, self.outcomes + 1, dtype=np.float64) ** -self.zipf_exponent
+    return p / p.sum()
+
+  def sweep(self, regime: str, samples: int):
+    return driver.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
+                        self.first_seed)
+
+  def validate(self) -> 'DiscreteConfig':
+    if not self.samples:
+      raise driver.ConfigError('samples', 'needs at least one sample size')
+    driver.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
+                          self.real_fractions)
+    if self.probs and (min(self.probs) < 0 or sum(self.probs) <= 0 or len(self.probs) < 2):
+      raise driver.ConfigError('probs', 'needs two or more non-negative probabilities '
+                               f'with a positive sum, got {list(self.probs)}')
+    checks = [('outcomes', self.outcomes >= 2, 'must be at least 2'),
+              ('zipf_exponent', self.zipf_exponent >= 0, 'must be non-negative'),
+              ('tail', 0 < self.tail < 1, 'must be between 0 and 1'),
+              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
+              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+    for flag, ok, message in checks:
+      if not ok:
+        raise driver.ConfigError(flag, f'{message}, got {getattr(self, flag)}')
+    return self
+
+
+SMALL = dict(seeds=200, generations=1000, samples=(50,), outcomes=10, checkpoint_every=100)
+
+
+def family(cfg: DiscreteConfig) -> driver.Family:
+  """The categorical chain as a driver family; counts are its sufficient statistics."""
+  p = cfg.true_probs()
+  k = len(p)
+  p_K, tail_K = jnp.asarray(p, jnp.float32), jnp.asarray(tail_outcomes(p, cfg.tail))
+  fit_counts = lambda counts_K, key: (counts_K, {})
+  return driver.Family(
+      draw_real=lambda key, n: sample(p_K, key, n),
+      fit=lambda x_Nx1, w_N, key: fit_counts(summarise(x_Nx1, w_N, k), key),
+      sample=sample,
+      reference=lambda counts0, key: {},
+      evaluate=lambda counts_K, synth, ref: evaluate(counts_K, p_K, tail_K),
+      summary=driver.Summary(lambda x, w: summarise(x, w, k), jnp.add, fit_counts))
+
+
+def absorbing(cfg: DiscreteConfig, regime: str) -> bool:
+  """Whether an absorbed run stays absorbed: it trains on its own samples only."""
+  return regime == 'replace' or (regime in driver.FRACTION_REGIMES
+                                 and max(cfg.real_fractions) == 0)
+
+
+def absorption(metrics):
+  """Per run: the generation from which it stays absorbed (-1: not absorbed at
+  the end), and the outcome it is absorbed in (-1: none)."""
+  absorbed_GxB = metrics['absorbed']
+  # row j says whether generation j - 1 was not absorbed; row 0 stands before generation 0
+  not_G1xB = np.concatenate([np.ones_like(absorbed_GxB[:1]), ~absorbed_GxB])
+  when_B = not_G1xB.shape[0] - 1 - np.argmax(not_G1xB[::-1], axis=0)
+  stays_B = absorbed_GxB[-1]
+  return np.where(stays_B, when_B, -1), np.where(stays_B, metrics['top_outcome'][-1], -1)
+
+
+def extinction(alive_GxBxK):
+  """Per run and outcome: the first generation with a zero count (-1: never)."""
+  dead = ~alive_GxBxK
+  return np.where(dead.any(0), np.argmax(dead, axis=0), -1)
+
+
+SUMMARY_COLUMNS = ('entropy_bits', 'support', 'tail_mass', 'tail_mass_lost')
+
+
+def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
+  """Runs, resumes or reloads the discrete experiment in `workdir`; returns the curves.
+
+  Leaves there: config.json, checkpoints/<regime>/M<samples>/, curves.csv (one
+  row per generation x regime x M x real fraction, statistics over seeds),
+  outcomes.csv (per outcome: original probability, absorption frequency,
+  extinction times), absorption.csv (per seed), metrics.csv with
+  --per_seed_csv, chain.png, diversity.png, absorption.png and summary.txt.
+  Tables stop at the generation where the last seed was absorbed.
+  """
+  cfg.validate()
+  driver.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
+  p = cfg.true_probs()
+  tail = tail_outcomes(p, cfg.tail)
+
+  # -- every regime x M is one compiled program over seeds x real fractions
+  fam = family(cfg)
+  sweeps, per_seed, per_outcome = [], [], []
+  for regime in cfg.regimes:
+    for m in cfg.samples:
+      sweep = cfg.sweep(regime, m)
+      directory = os.path.join(workdir, 'checkpoints', regime, f'M{m}')
+      settled = (lambda mb: bool(np.all(mb['absorbed']))) if absorbing(cfg, regime) else None
+      metrics = driver.run(fam, sweep, directory, cfg.checkpoint_every, progress,
+                           settled=settled)
+      # -- absorption and extinction per seed; tables end where the last seed settled
+      when_B, where_B = absorption(metrics)
+      last = int(when_B.max()) if absorbing(cfg, regime) and np.all(when_B >= 0) else sweep.generations
+      sweep = dataclasses.replace(sweep, generations=max(last, 1))
+      alive_GxBxK = metrics.pop('alive')
+      extinct_BxK = extinction(alive_GxBxK)
+      metrics = {k: v[:sweep.generations + 1] for k, v in metrics.items()}
+      sweeps.append((sweep, metrics))
+      seed_B, fraction_B = sweep.runs()
+      per_seed.append({'regime': np.full(len(seed_B), regime), 'samples': np.full(len(seed_B), m),
+                       'real_fraction': fraction_B, 'seed': seed_B,
+                       'absorbed_outcome': where_B, 'absorption_generation': when_B})
+      for fraction in sweep.fractions:
+        cols_B = fraction_B == np.float32(fraction)
+        ext_SxK = extinct_BxK[cols_B]
+        lost_SxK = ext_SxK >= 0
+        mean_loss = np.where(lost_SxK, ext_SxK, 0).sum(0) / np.maximum(lost_SxK.sum(0), 1)
+        per_outcome.append({
+            'regime': np.full(len(p), regime), 'samples': np.full(len(p), m),
+            'real_fraction': np.full(len(p), fraction), 'outcome': np.arange(len(p)),
+            'probability': p, 'tail': tail,
+            'absorbed_frequency': np.bincount(where_B[cols_B][where_B[cols_B] >= 0],
+                                              minlength=len(p)) / cols_B.sum(),
+            'lost_frequency': lost_SxK.mean(0),
+            'lost_at_generation_0': (ext_SxK == 0).mean(0),
+            'lost_at_generation_0_theory': (1 - p) ** m,
+            'mean_loss_generation': np.where(lost_SxK.any(0), mean_loss, np.nan),
+            'mean_loss_generation_theory': loss_time_theory(p, m) - 1})
+
+  # -- tables
+  def closed_form(sweep, fraction):
+    g1 = sweep.generations + 1
+    theory = (gini_simpson_theory(p, sweep.samples, sweep.generations)
+              if absorbing(cfg, sweep.regime) else np.full(g1, np.nan))
+    return {'gini_simpson_mean_theory': theory}
+
+  curves = results.over_seeds(sweeps, extra=closed_form)
+  results.write_csv(curves, os.path.join(workdir, 'curves.csv'))
+  outcomes = {k: np.concatenate([t[k] for t in per_outcome]) for k in per_outcome[0]}
+  results.write_csv(outcomes, os.path.join(workdir, 'outcomes.csv'))
+  results.write_csv({k: np.concatenate([t[k] for t in per_seed]) for k in per_seed[0]},
+                    os.path.join(workdir, 'absorption.csv'))
+  if cfg.per_seed_csv:
+    results.write_csv(results.long_table(sweeps), os.path.join(workdir, 'metrics.csv'))
+
+  # -- figures and summary
+  title = f'{len(p)} outcomes re-estimated from their own samples, {cfg.seeds} seeds'
+  plots.curves(curves, [('entropy_bits', 'entropy (bits)', False),
+                        ('zeroed', 'outcomes with zero probability', False),
+                        ('tail_mass', f'mass on the original {cfg.tail:.0%} tail', False)],
+               os.path.join(workdir, 'chain.png'), title)
+  plots.theory_panels(curves, [('gini_simpson_mean', 'mean 1 - sum q^2')],
+                      os.path.join(workdir, 'diversity.png'), title)
+  plots.absorption(outcomes, os.path.join(workdir, 'absorption.png'), title)
+  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
+  absorbed = [f'{r} M={m} real fraction {f:g}: {np.mean(w >= 0):.1%} of seeds absorbed'
+              + (f', median at generation {np.median(w[w >= 0]):g}' if np.any(w >= 0) else '')
+              for r, m, f, w in _absorption_lines(per_seed)]
+  text += '\n' + '\n'.join(absorbed)
+  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
+    f.write(text + '\n')
+  log(text)
+  return curves
+
+
+def _absorption_lines(per_seed):
+  for t in per_seed:
+    for fraction in np.unique(t['real_fraction']):
+      rows = t['real_fraction'] == fraction
+      yield t['regime'][0], int(t['samples'][0]), float(fraction), t['absorption_generation'][rows]
