@@ -338,8 +338,8 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
     const_B, carry_B = saved.state['const'], saved.state['carry']
     metrics = {k: np.asarray(v) for k, v in saved.history.items()}
 
-  with tqdm.tqdm(total=sweep.generations, initial=step, desc=sweep.regime, unit='gen',
-                 disable=not progress, dynamic_ncols=True) as bar:
+  with tqdm.tqdm(total=sweep.generations, initial=step, desc=f'{sweep.regime} M={sweep.samples}',
+                 unit='gen', disable=not progress, dynamic_ncols=True) as bar:
     while step < sweep.generations:
       carry_B, chunk_metrics = advance(const_B, carry_B, jnp.int32(step + 1))
       done = min(chunk, sweep.generations - step)
