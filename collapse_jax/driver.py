@@ -78,6 +78,31 @@ class Family:
 
 
 @dataclasses.dataclass(frozen=True)
+class WithData:
+  """A family whose functions read large arrays that every run shares (a dataset).
+
+  make(data) -> Family. The driver passes `data` to its compiled programs as an
+  argument, replicated on every device: closed over, the arrays would be baked
+  into each program as constants, slow to compile and held twice.
+  """
+  make: Callable[[Any], Family]
+  data: Any
+
+
+def _unbind(family):
+  """(make, data) of a family with or without shared data."""
+  if isinstance(family, WithData):
+    return family.make, family.data
+  return (lambda _: family), None
+
+
+def concrete(family) -> Family:
+  """The Family itself, its functions bound to the shared data outside any trace."""
+  make, data = _unbind(family)
+  return make(data)
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
   """One regime's batch of runs: seeds x real-data fractions, G generations."""
   regime: str
@@ -211,7 +236,7 @@ def _mesh():
   return Mesh(np.asarray(jax.devices()), ('runs',))
 
 
-def programs(family: Family, sweep: Sweep, chunk: int, width: int):
+def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
   """The two compiled programs of a sweep: generation 0, and `chunk` generations.
 
   Each device advances its own runs independently (shard_map), `width` runs
@@ -221,6 +246,7 @@ def programs(family: Family, sweep: Sweep, chunk: int, width: int):
   The groups never depend on the device count, so neither do the results.
   """
   runs, replicated = PartitionSpec('runs'), PartitionSpec()
+  make, data = _unbind(family)
 
   def per_device(one_run, in_specs, donate=()):
     """one_run(*per_run_args, *shared_args) over this device's runs, in groups of width."""
@@ -232,22 +258,25 @@ def programs(family: Family, sweep: Sweep, chunk: int, width: int):
     return jax.jit(jax.shard_map(local, mesh=_mesh(), in_specs=in_specs, out_specs=runs,
                                  check_vma=False), donate_argnums=donate)
 
-  def first_run(seed, fraction):
-    return _first_generation(family, sweep, seed, fraction)
+  def first_run(seed, fraction, data):
+    return _first_generation(make(data), sweep, seed, fraction)
 
-  def chunk_run(const, carry, g0):
+  def chunk_run(const, carry, g0, data):
     """Generations g0 .. g0 + chunk - 1 of one run; those past the last are skipped."""
+    bound = make(data)
+
     def body(carry, g):
-      step = lambda: _generation(family, sweep, const, carry, g)
+      step = lambda: _generation(bound, sweep, const, carry, g)
       shapes = jax.eval_shape(step)[1]
       skip = lambda: (carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
       return jax.lax.cond(g <= sweep.generations, step, skip)
     return jax.lax.scan(body, carry, g0 + jnp.arange(chunk))
 
-  first = per_device(first_run, (runs, runs))
+  first = per_device(first_run, (runs, runs, replicated))
   # g0 is traced and shared by all runs, so one program serves every chunk.
-  advance = per_device(chunk_run, (runs, runs, replicated), donate=1)
-  return first, lambda const_B, carry_B, g0: _swap(advance(const_B, carry_B, g0))
+  advance = per_device(chunk_run, (runs, runs, replicated, replicated), donate=1)
+  return (lambda seed_B, fraction_B: first(seed_B, fraction_B, data),
+          lambda const_B, carry_B, g0: _swap(advance(const_B, carry_B, g0, data)))
 
 
 def _swap(out):
@@ -292,7 +321,7 @@ def default_width(family: Family, runs_per_device: int) -> int:
   return runs_per_device
 
 
-def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
+def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_every: int,
         progress: bool = True, width: int | None = None,
         settled: Callable[[dict[str, np.ndarray]], bool] | None = None
         ) -> dict[str, np.ndarray]:
@@ -316,7 +345,7 @@ def run(family: Family, sweep: Sweep, directory: str, checkpoint_every: int,
 
   chunk = min(checkpoint_every, sweep.generations)
   first, advance = programs(family, sweep, chunk,
-                            min(width or default_width(family, per_device), per_device))
+                            min(width or default_width(concrete(family), per_device), per_device))
   sharding = seed_B.sharding
   const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}

@@ -154,3 +154,39 @@ def gmm_scatter(table, path, generations=(0, 50, 100, 150, 200, 350, 2000), n=10
     ax.set_title(f'generation {g}', fontsize=9)
   fig.suptitle(f'{n} samples of the fit, seed {int(sub["seed"][0, 0])}, {regime}', fontsize=9)
   _finish(fig, path, None)
+
+
+def image_grids(grid_GxNxD, path, title=None, generations=(0, 5, 10, 20), side=28):
+  """A 10 x 10 grid of images per chosen generation, side by side."""
+  last = grid_GxNxD.shape[0] - 1
+  shown = [g for g in generations if g <= last] or [last]
+  fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.5), squeeze=False)
+  for ax, g in zip(axes[0], shown):
+    tiles = np.asarray(grid_GxNxD[g][:100], np.float32).reshape(10, 10, side, side)
+    ax.imshow(tiles.transpose(0, 2, 1, 3).reshape(10 * side, 10 * side), cmap='gray',
+              vmin=0, vmax=1)
+    ax.set_title(f'generation {g}', fontsize=10)
+    ax.axis('off')
+  _finish(fig, path, title)
+
+
+def latent_hists(table, bins, limit, path, title=None):
+  """Histograms of the generation-0 encoder's latent means, one per generation,
+  averaged over seeds, for each sweep."""
+  keys = results.groups(table)
+  fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+  centres = np.linspace(-limit, limit, bins + 1)
+  centres = (centres[1:] + centres[:-1]) / 2
+  for ax, (regime, samples, fraction) in zip(axes[0], keys):
+    sub = results.select(table, regime, fraction, samples)
+    g1 = sub['generation'].shape[0]
+    colors = plt.cm.viridis(np.linspace(0, 1, g1))
+    for g in range(g1):
+      density = np.array([sub[f'hist_{i:02d}_mean'][g, 0] for i in range(bins)])
+      ax.plot(centres, density, color=colors[g], label=f'generation {g}' if g in (0, g1 - 1) else None)
+    ax.set_xlabel('latent mean under the generation-0 encoder')
+    ax.set_ylabel('share of values')
+    ax.set_title(_label(regime, samples, fraction), fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+  _finish(fig, path, title)

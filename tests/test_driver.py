@@ -1,5 +1,6 @@
 """The generation driver: regimes, exact resume, no recompiling, clear failures."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -139,3 +140,21 @@ def test_validation_names_the_flag(kwargs, flag):
   args = dict(seeds=2, generations=2, samples=10, regimes=('replace',), real_fractions=(0.0,))
   with pytest.raises(driver.ConfigError, match=f'--{flag}:'):
     driver.validate_sweep(**{**args, **kwargs})
+
+
+def test_shared_data_gives_the_closures_results(tmp_path):
+  """A family reading a dataset through WithData computes what the same family
+  closing over the dataset computes."""
+  table = jnp.arange(200_000.0) / 200_000.0  # 800 kB
+
+  def make(data):
+    base = _gaussian_family()
+    return dataclasses.replace(base, draw_real=lambda key, n: data['t'][
+        jax.random.randint(key, (n, 1), 0, data['t'].shape[0])])
+
+  sweep = _sweep(generations=3)
+  shared = driver.run(driver.WithData(make, {'t': table}), sweep, str(tmp_path / 'a'), 3,
+                      progress=False)
+  closed = driver.run(make({'t': table}), sweep, str(tmp_path / 'b'), 3, progress=False)
+  for k in closed:
+    np.testing.assert_array_equal(shared[k], closed[k])

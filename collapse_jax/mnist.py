@@ -1,0 +1,56 @@
+"""MNIST from the standard IDX files (gzip or not), or through tensorflow-datasets."""
+
+import gzip
+import os
+
+import numpy as np
+
+from collapse_jax import driver
+
+FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+         'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
+HOW = ('pass --mnist_dir=DIR holding train-images-idx3-ubyte, train-labels-idx1-ubyte, '
+       't10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (gzip or not), or install '
+       'tensorflow-datasets with access to its MNIST data')
+
+
+def read_idx(path: str) -> np.ndarray:
+  """An IDX array: magic (0, 0, type, ndim), big-endian uint32 dims, then the data."""
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    raw = f.read()
+  if raw[:2] != b'\0\0' or raw[2] != 0x08:
+    raise ValueError(f'{path} is not an IDX file of unsigned bytes')
+  ndim = raw[3]
+  shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+  return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(directory: str, name: str) -> str:
+  for candidate in (name, name + '.gz'):
+    path = os.path.join(directory, candidate)
+    if os.path.exists(path):
+      return path
+  raise driver.ConfigError('mnist_dir', f'{name}[.gz] is not in {directory}; {HOW}')
+
+
+def _from_tfds(split: str):
+  try:
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (optional)
+    data = tfds.as_numpy(tfds.load('mnist', split=split, batch_size=-1))
+  except Exception as e:  # noqa: BLE001 (any failure means: not available here)
+    raise driver.ConfigError('mnist_dir', f'MNIST not found ({type(e).__name__}); {HOW}') from None
+  return data['image'].reshape(-1, 784), data['label']
+
+
+def load(split: str, directory: str | None = None):
+  """(images_Nx784 float32 in [0, 1], labels_N int32) of the 'train' or 'test' split."""
+  if directory:
+    if not os.path.isdir(directory):
+      raise driver.ConfigError('mnist_dir', f'{directory} is not a directory; {HOW}')
+    images_file, labels_file = FILES[split]
+    images = read_idx(_find(directory, images_file)).reshape(-1, 784)
+    labels = read_idx(_find(directory, labels_file))
+  else:
+    images, labels = _from_tfds(split)
+  return (images.astype(np.float32) / 255.0), labels.astype(np.int32)

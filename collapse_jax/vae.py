@@ -1,0 +1,398 @@
+"""The paper's convolutional VAE on MNIST, trained generation after generation on its own samples.
+
+Images are rows of 784 pixels in [0, 1] (x_NxD, D = 784), so the driver's
+regimes apply unchanged; the network sees them as 28 x 28 x 1 (NHWC).
+"""
+
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+
+from collapse_jax import driver, mnist, plots, results
+
+SIDE, PIXELS = 28, 784
+
+
+class Encoder(nn.Module):
+  latent: int = 20
+
+  @nn.compact
+  def __call__(self, x_BxHxWx1):
+    h = nn.relu(nn.Conv(64, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name='conv1')(x_BxHxWx1))
+    h = nn.relu(nn.Conv(128, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name='conv2')(h))
+    h_BxF = h.reshape(h.shape[0], -1)  # flattened (H, W, C)
+    return nn.Dense(self.latent, name='mean')(h_BxF), nn.Dense(self.latent, name='logvar')(h_BxF)
+
+
+class UpConv(nn.Module):
+  """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1): n x n -> 2n x 2n.
+
+  Computed as one 3 x 3 convolution (padding 1) with an output channel per phase
+  (the parities r, s of the output row and column), the phases then interleaved,
+  because XLA's CPU backend runs the gradient of a transposed convolution several
+  times slower. Output row 2a + r reads input rows a - 1, a, a + 1 with kernel
+  taps (3, 1, -) for r = 0 and (-, 2, 0) for r = 1 (- : zero); columns alike.
+  kernel[ky, kx, in, out] is PyTorch's weight[in, out, ky, kx].
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x_BxNxNxC):
+    c = x_BxNxNxC.shape[-1]
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (4, 4, c, self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap 4 is zero
+    tap_PxR = jnp.array([[3, 4], [1, 2], [4, 0]])
+    k = padded[tap_PxR[:, :, None, None], tap_PxR[None, None, :, :]]  # py, ry, px, rx, in, out
+    k = k.transpose(0, 2, 4, 1, 3, 5).reshape(3, 3, c, 4 * self.features)
+    y = jax.lax.conv_general_dilated(x_BxNxNxC, k, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    b, n = y.shape[0], y.shape[1]
+    y = y.reshape(b, n, n, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)  # B, a, r, b, s, out
+    return y.reshape(b, 2 * n, 2 * n, self.features) + bias
+
+
+class Decoder(nn.Module):
+  """z -> pixel logits; the images are their sigmoid."""
+
+  @nn.compact
+  def __call__(self, z_BxL):
+    h = nn.Dense(128 * 7 * 7, name='dense')(z_BxL).reshape(z_BxL.shape[0], 7, 7, 128)
+    h = nn.relu(UpConv(64, name='deconv1')(h))  # 7 -> 14
+    return UpConv(1, name='deconv2')(h)  # 14 -> 28
+
+
+class VAE(nn.Module):
+  latent: int = 20
+
+  def setup(self):
+    self.encoder = Encoder(self.latent)
+    self.decoder = Decoder()
+
+  def __call__(self, x_BxD, key):
+    """(pixel logits, latent mean, latent log-variance) of a batch of images."""
+    mean_BxL, logvar_BxL = self.encode(x_BxD)
+    z_BxL = mean_BxL + jnp.exp(0.5 * logvar_BxL) * jax.random.normal(key, mean_BxL.shape)
+    return self.decode(z_BxL), mean_BxL, logvar_BxL
+
+  def encode(self, x_BxD):
+    return self.encoder(x_BxD.reshape(-1, SIDE, SIDE, 1))
+
+  def decode(self, z_BxL):
+    return self.decoder(z_BxL).reshape(z_BxL.shape[0], PIXELS)
+
+
+# ---------------------------------------------------------------- loss
+
+def bce_sum(logits_BxD, x_BxD):
+  """Binary cross-entropy of images x under Bernoulli(sigmoid(logits)), summed over pixels."""
+  return jnp.sum(jnp.maximum(logits_BxD, 0) - logits_BxD * x_BxD
+                 + jnp.log1p(jnp.exp(-jnp.abs(logits_BxD))), axis=-1)
+
+
+def kl_to_prior(mean_BxL, logvar_BxL):
+  """KL(N(mean, exp(logvar)) || N(0, I)), summed over latent dimensions."""
+  return 0.5 * jnp.sum(mean_BxL**2 + jnp.exp(logvar_BxL) - 1.0 - logvar_BxL, axis=-1)
+
+
+def neg_elbo_B(model: VAE, params, x_BxD, key):
+  """The negative ELBO of each image, one sample of z."""
+  logits_BxD, mean_BxL, logvar_BxL = model.apply({'params': params}, x_BxD, key)
+  return bce_sum(logits_BxD, x_BxD) + kl_to_prior(mean_BxL, logvar_BxL)
+
+
+# ---------------------------------------------------------------- training
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The paper's optimiser: Adam, lr 1e-3, weight decay 1e-5 (added to the gradient,
+  as PyTorch's Adam does), batch 256, 30 epochs, loss summed over the batch."""
+  latent: int = 20
+  epochs: int = 30
+  batch: int = 256
+  lr: float = 1e-3
+  weight_decay: float = 1e-5
+
+  def optimizer(self):
+    return optax.chain(optax.add_decayed_weights(self.weight_decay), optax.adam(self.lr))
+
+
+def init(model: VAE, key):
+  return model.init(key, jnp.zeros((1, PIXELS)), jax.random.key(0))['params']
+
+
+def train_step(model: VAE, tx, params, opt_state, x_BxD, key):
+  """One Adam step on a batch; returns the new state and the batch's loss per image."""
+  loss_fn = lambda p: jnp.sum(neg_elbo_B(model, p, x_BxD, key))
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, loss / x_BxD.shape[0]
+
+
+def fit(cfg: TrainConfig, x_NxD, w_N, key, epoch_rows: int | None = None):
+  """Trains a VAE from scratch on the rows of x with weight > 0.
+
+  An epoch is `steps = N // batch` batches drawn without replacement from those
+  rows, N the training set's size (for a pool: `epoch_rows` rows, the size of
+  one generation's data), the last partial batch dropped. Returns (params,
+  {'train_loss': mean loss per image over the last epoch}).
+  """
+  model, tx = VAE(cfg.latent), cfg.optimizer()
+  init_key, data_key = jax.random.split(key)
+  params = init(model, init_key)
+  opt_state = tx.init(params)
+  steps = (epoch_rows or x_NxD.shape[0]) // cfg.batch
+
+  def epoch(e, state):
+    params, opt_state, _ = state
+    epoch_key = jax.random.fold_in(data_key, e)
+    score_N = jnp.where(w_N > 0, jax.random.uniform(epoch_key, w_N.shape), -1.0)
+    order = jax.lax.top_k(score_N, steps * cfg.batch)[1].reshape(steps, cfg.batch)
+
+    def step(s, state):
+      params, opt_state, total = state
+      params, opt_state, loss = train_step(model, tx, params, opt_state, x_NxD[order[s]],
+                                           jax.random.fold_in(epoch_key, s))
+      return params, opt_state, total + loss
+    return jax.lax.fori_loop(0, steps, step, (params, opt_state, 0.0))
+
+  params, _, total = jax.lax.fori_loop(0, cfg.epochs, epoch, (params, opt_state, 0.0))
+  return params, {'train_loss': total / steps}
+
+
+def generate(latent: int, params, key, n, chunk: int = 1000):
+  """n images decoded from z ~ N(0, I): the decoder's pixel probabilities."""
+  model = VAE(latent)
+  z_NxL = jax.random.normal(key, (n, latent))
+  decode = lambda z_L: model.apply({'params': params}, z_L[None], method=VAE.decode)[0]
+  return jax.nn.sigmoid(jax.lax.map(decode, z_NxL, batch_size=min(chunk, n)))
+
+
+def encode_means(latent: int, params, x_NxD, chunk: int = 1000):
+  """Latent means of images under an encoder."""
+  model = VAE(latent)
+  enc = lambda x_D: model.apply({'params': params}, x_D[None], method=VAE.encode)[0][0]
+  return jax.lax.map(enc, x_NxD, batch_size=min(chunk, x_NxD.shape[0]))
+
+
+# ---------------------------------------------------------------- the digit classifier
+
+class Classifier(nn.Module):
+  """A small MLP that names the digit in an image: generated classes as a number."""
+
+  @nn.compact
+  def __call__(self, x_BxD):
+    return nn.Dense(10, name='out')(nn.relu(nn.Dense(256, name='hidden')(x_BxD)))
+
+
+def train_classifier(images_NxD, labels_N, key, epochs: int = 3, batch: int = 128):
+  """Adam on cross-entropy; 3 epochs reach about 97% on MNIST's test set."""
+  model, tx = Classifier(), optax.adam(1e-3)
+  init_key, data_key = jax.random.split(key)
+  params = model.init(init_key, jnp.zeros((1, PIXELS)))['params']
+  steps = images_NxD.shape[0] // batch
+
+  @jax.jit
+  def epoch(params, opt_state, key, x_NxD, y_N):  # the data as arguments, not constants
+    order = jax.random.permutation(key, x_NxD.shape[0])[:steps * batch].reshape(steps, batch)
+
+    def step(state, idx):
+      params, opt_state = state
+      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          model.apply({'params': p}, x_NxD[idx]), y_N[idx]).mean()
+      updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state)
+      return (optax.apply_updates(params, updates), opt_state), None
+    return jax.lax.scan(step, (params, opt_state), order)[0]
+
+  opt_state = tx.init(params)
+  for e in range(epochs):
+    params, opt_state = epoch(params, opt_state, jax.random.fold_in(data_key, e), images_NxD,
+                              labels_N)
+  return params
+
+
+def classify(params, x_NxD):
+  return jnp.argmax(Classifier().apply({'params': params}, x_NxD), axis=-1)
+
+
+# ---------------------------------------------------------------- metrics
+
+HIST_BINS, HIST_RANGE = 40, 4.0  # latent-mean histogram over [-4, 4]
+GRID = 100  # images kept per generation for the sample grids
+
+
+def evaluate(latent: int, params, synth_NxD, ref, data, eval_images: int):
+  """What one generation's model and images show, seed by seed.
+
+  The generation-0 encoder's latent means of `eval_images` generated images
+  (mean, standard deviation, histogram); the negative ELBO of the real test
+  images (one z per image, the same noise every generation); the classes the
+  classifier sees in the generated images and their entropy; and the first
+  GRID images.
+  """
+  x_NxD = synth_NxD[:eval_images]
+  mu_NxL = encode_means(latent, ref['params0'], x_NxD)
+  edges = jnp.linspace(-HIST_RANGE, HIST_RANGE, HIST_BINS + 1)
+  hist = jnp.histogram(mu_NxL.reshape(-1), edges)[0] / mu_NxL.size
+  model = VAE(latent)
+  test_NxD = data['test']
+  noise_key = jax.random.key(0)
+  nelbo_N = jax.lax.map(lambda a: neg_elbo_B(model, params, a[0][None], a[1])[0],
+                        (test_NxD, jax.random.split(noise_key, test_NxD.shape[0])),
+                        batch_size=min(1000, test_NxD.shape[0]))
+  freq_C = jnp.bincount(classify(data['classifier'], x_NxD), length=10) / x_NxD.shape[0]
+  out = {'latent_std': jnp.std(mu_NxL), 'latent_mean': jnp.mean(mu_NxL),
+         'test_nelbo': jnp.mean(nelbo_N),
+         'class_entropy_bits': -jnp.sum(jnp.where(freq_C > 0, freq_C * jnp.log2(
+             jnp.where(freq_C > 0, freq_C, 1.0)), 0.0)),
+         'grid': synth_NxD[:GRID]}
+  out.update({f'class_{c}': freq_C[c] for c in range(10)})
+  out.update({f'hist_{i:02d}': hist[i] for i in range(HIST_BINS)})
+  return out
+
+
+# ---------------------------------------------------------------- the experiment
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+  """The VAE experiment; defaults are the paper's protocol."""
+  seeds: int = 8
+  generations: int = 20
+  samples: int = 60_000
+  latent: int = 20
+  epochs: int = 30
+  batch: int = 256
+  lr: float = 1e-3
+  weight_decay: float = 1e-5
+  eval_images: int = 10_000
+  test_images: int = 10_000
+  regimes: tuple[str, ...] = ('replace',)
+  real_fractions: tuple[float, ...] = (0.0,)
+  checkpoint_every: int = 1
+  first_seed: int = 0
+  mnist_dir: str = ''
+  classifier_cache: str = '~/.cache/collapse_jax/mnist_mlp_v1.npz'
+
+  @property
+  def train(self) -> TrainConfig:
+    return TrainConfig(self.latent, self.epochs, self.batch, self.lr, self.weight_decay)
+
+  def sweep(self, regime: str):
+    return driver.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
+                        self.first_seed)
+
+  def validate(self) -> 'VAEConfig':
+    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+                          self.real_fractions, min_samples=self.batch)
+    checks = [('latent', self.latent >= 1, 'must be at least 1'),
+              ('epochs', self.epochs >= 1, 'must be at least 1'),
+              ('batch', self.batch >= 1, 'must be at least 1'),
+              ('lr', self.lr > 0, 'must be positive'),
+              ('weight_decay', self.weight_decay >= 0, 'must be non-negative'),
+              ('eval_images', 1 <= self.eval_images <= self.samples,
+               f'must be between 1 and --samples ({self.samples})'),
+              ('test_images', 1 <= self.test_images <= 10_000, 'must be between 1 and 10000'),
+              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
+              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+    for flag, ok, message in checks:
+      if not ok:
+        raise driver.ConfigError(flag, f'{message}, got {getattr(self, flag)}')
+    return self
+
+
+SMALL = dict(seeds=2, generations=4, samples=2048, epochs=3, batch=64, eval_images=1000,
+             test_images=1000)
+
+
+def load_data(cfg: VAEConfig):
+  """MNIST train and test images, checked against the config, and the classifier."""
+  train_x, train_y = mnist.load('train', cfg.mnist_dir or None)
+  test_x, _ = mnist.load('test', cfg.mnist_dir or None)
+  if cfg.samples > train_x.shape[0]:
+    raise driver.ConfigError('samples', f'MNIST has {train_x.shape[0]} training images, '
+                             f'got {cfg.samples}')
+  return {'train': jnp.asarray(train_x), 'test': jnp.asarray(test_x[:cfg.test_images]),
+          'classifier': cached_classifier(cfg.classifier_cache, train_x, train_y)}
+
+
+def cached_classifier(path: str, images_NxD, labels_N):
+  """The digit classifier, trained once (seconds) and kept at `path`."""
+  path = os.path.expanduser(path)
+  if os.path.exists(path):
+    flat = dict(np.load(path))
+    return traverse_util.unflatten_dict({tuple(k.split('/')): jnp.asarray(v)
+                                         for k, v in flat.items()})
+  params = train_classifier(jnp.asarray(images_NxD), jnp.asarray(labels_N), jax.random.key(0))
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  flat = {'/'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
+  np.savez(path + '.tmp.npz', **flat)
+  os.replace(path + '.tmp.npz', path)
+  return params
+
+
+def family(cfg: VAEConfig, data) -> driver.WithData:
+  """The VAE as a driver family reading MNIST as shared data."""
+  def make(data):
+    train = data['train']
+    return driver.Family(
+        draw_real=lambda key, n: train[jax.random.permutation(key, train.shape[0])[:n]],
+        fit=lambda x_NxD, w_N, key: fit(cfg.train, x_NxD, w_N, key, cfg.samples),
+        sample=lambda params, key, n: generate(cfg.latent, params, key, n),
+        reference=lambda params0, key: {'params0': params0},
+        evaluate=lambda params, synth, ref: evaluate(cfg.latent, params, synth, ref, data,
+                                                     cfg.eval_images))
+  return driver.WithData(make, data)
+
+
+SUMMARY_COLUMNS = ('latent_std', 'test_nelbo', 'class_entropy_bits', 'train_loss')
+LEADING_COLUMNS = ('latent_std', 'latent_mean', 'test_nelbo', 'class_entropy_bits', 'train_loss')
+
+
+def run(cfg: VAEConfig, workdir: str, progress: bool = True, log=print):
+  """Runs, resumes or reloads the VAE experiment in `workdir`; returns its table.
+
+  Leaves there: config.json, checkpoints/<regime>/ (one per generation),
+  metrics.csv (one row per generation x seed x regime x real fraction, with the
+  class frequencies and the latent-mean histogram), curves.png, samples.png,
+  latent_hist.png and summary.txt.
+  """
+  cfg.validate()
+  data = load_data(cfg)  # a missing dataset fails here, before anything is written
+  where = {'mnist_dir', 'classifier_cache'}  # where things are, not what the run is
+  driver.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
+      dataclasses.asdict(cfg))).items() if k not in where})
+
+  # -- every regime is one compiled program over seeds x real fractions, a generation per call
+  fam = family(cfg, data)
+  sweeps, grids = [], []
+  for regime in cfg.regimes:
+    sweep = cfg.sweep(regime)
+    metrics = driver.run(fam, sweep, os.path.join(workdir, 'checkpoints', regime),
+                         cfg.checkpoint_every, progress)
+    grids.append(metrics.pop('grid'))
+    sweeps.append((sweep, metrics))
+
+  # -- the table, the figures and the summary
+  table = results.long_table(sweeps, first=LEADING_COLUMNS)
+  results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
+  curves = results.over_seeds(sweeps)
+  plots.curves(curves, [('latent_std', 'sd of generation-0 latent means', False),
+                        ('test_nelbo', 'negative ELBO of real test images', False),
+                        ('class_entropy_bits', 'entropy of generated classes (bits)', False)],
+               os.path.join(workdir, 'curves.png'),
+               title=f'VAE trained on its own samples, {cfg.seeds} seeds')
+  plots.image_grids(grids[0][:, 0], os.path.join(workdir, 'samples.png'),
+                    f'{cfg.regimes[0]}, seed {cfg.first_seed}')
+  plots.latent_hists(curves, HIST_BINS, HIST_RANGE, os.path.join(workdir, 'latent_hist.png'))
+  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 5, 10))
+  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
+    f.write(text + '\n')
+  log(text)
+  return table
