@@ -8,9 +8,8 @@ MNIST-sized images, loss summed over the batch. This project runs `--steps`
 steps of vae.train_step in one jitted fori_loop, as vae.fit does, then S seeds
 together with jax.vmap; the reference runs the same network and optimiser in
 PyTorch's eager loop on every core, after a warm-up. Compile time is measured
-apart and excluded from the rates. On XLA:CPU, convolution gradients inside a
-loop body run many times slower than the same jitted step called from Python;
-the host-loop line shows by how much.
+apart and excluded from the rates. The host-loop line times the same jitted
+step called from Python, to show what the compiled loop costs or saves.
 """
 
 import functools

@@ -61,8 +61,9 @@ class Family:
   reference(params0, key) -> ref    what later generations are measured against
   evaluate(params, x_NxD, ref) -> metrics     x_NxD: the model's samples
   summary: sufficient statistics, when the fit has them (see Summary)
-  iterative_fit: the fit iterates to a per-run convergence test, so runs take
-    different times; on a CPU they then go one at a time (default_width)
+  one_at_a_time_on_cpu: on a CPU, run a device's runs one after another rather
+    than vectorised (default_width): for fits that iterate to a per-run
+    convergence test (EM), or whose vectorised form costs more than a loop
   """
   draw_real: Callable[..., Any]
   fit: Callable[..., Any]
@@ -70,7 +71,7 @@ class Family:
   reference: Callable[..., Any]
   evaluate: Callable[..., Any]
   summary: Summary | None = None
-  iterative_fit: bool = False
+  one_at_a_time_on_cpu: bool = False
 
   def running(self, regime: str) -> bool:
     """Whether this regime keeps a running summary in place of a pool."""
@@ -314,9 +315,8 @@ def _manager(directory):
 
 def default_width(family: Family, runs_per_device: int) -> int:
   """Runs vectorised together: all of a device's, except one at a time on a CPU
-  when fits iterate to convergence (there one run already fills the vector units,
-  and each stops when it converges)."""
-  if family.iterative_fit and jax.default_backend() == 'cpu':
+  for families that ask for it (there one run already fills the vector units)."""
+  if family.one_at_a_time_on_cpu and jax.default_backend() == 'cpu':
     return 1
   return runs_per_device
 

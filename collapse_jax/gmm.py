@@ -377,7 +377,7 @@ def family(cfg: GMMConfig):
   return driver.Family(draw_real=lambda key, n: sample(true, key, n),
                        fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, key, em),
                        sample=sample, reference=reference, evaluate=evaluate,
-                       iterative_fit=True)
+                       one_at_a_time_on_cpu=True)
 
 
 SUMMARY_COLUMNS = ('l2_gen0', 'total_var', 'heldout_ll', 'tail_mass_99', 'em_iters')

@@ -159,7 +159,7 @@ def gmm_scatter(table, path, generations=(0, 50, 100, 150, 200, 350, 2000), n=10
 def image_grids(grid_GxNxD, path, title=None, generations=(0, 5, 10, 20), side=28):
   """A 10 x 10 grid of images per chosen generation, side by side."""
   last = grid_GxNxD.shape[0] - 1
-  shown = [g for g in generations if g <= last] or [last]
+  shown = [g for g in generations if g < last] + [last]
   fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.5), squeeze=False)
   for ax, g in zip(axes[0], shown):
     tiles = np.asarray(grid_GxNxD[g][:100], np.float32).reshape(10, 10, side, side)

@@ -20,13 +20,41 @@ from collapse_jax import driver, mnist, plots, results
 SIDE, PIXELS = 28, 784
 
 
+def patch_conv(x_BxHxWxC, kernel_KxKxCxO, stride: int, pad: int):
+  """A convolution as strided slices and one matmul (im2col), no convolution op.
+
+  XLA's CPU backend runs convolution gradients inside a loop body (a training
+  loop under fori_loop or scan) some 20-40x slower than outside one; slices and
+  matmuls have no such penalty.
+  """
+  k = kernel_KxKxCxO.shape[0]
+  x = jnp.pad(x_BxHxWxC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  oh, ow = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
+  cols = [x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
+          for i in range(k) for j in range(k)]
+  kernel_PxCxO = kernel_KxKxCxO.reshape(k * k, *kernel_KxKxCxO.shape[2:])
+  return jnp.einsum('bhwpc,pco->bhwo', jnp.stack(cols, axis=3), kernel_PxCxO)
+
+
+class DownConv(nn.Module):
+  """Conv2d(kernel 4, stride 2, padding 1): n x n -> n/2 x n/2; kernel is HWIO, as nn.Conv's."""
+  features: int
+
+  @nn.compact
+  def __call__(self, x_BxNxNxC):
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (4, 4, x_BxNxNxC.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    return patch_conv(x_BxNxNxC, kernel, 2, 1) + bias
+
+
 class Encoder(nn.Module):
   latent: int = 20
 
   @nn.compact
   def __call__(self, x_BxHxWx1):
-    h = nn.relu(nn.Conv(64, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name='conv1')(x_BxHxWx1))
-    h = nn.relu(nn.Conv(128, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), name='conv2')(h))
+    h = nn.relu(DownConv(64, name='conv1')(x_BxHxWx1))
+    h = nn.relu(DownConv(128, name='conv2')(h))
     h_BxF = h.reshape(h.shape[0], -1)  # flattened (H, W, C)
     return nn.Dense(self.latent, name='mean')(h_BxF), nn.Dense(self.latent, name='logvar')(h_BxF)
 
@@ -36,8 +64,8 @@ class UpConv(nn.Module):
 
   Computed as one 3 x 3 convolution (padding 1) with an output channel per phase
   (the parities r, s of the output row and column), the phases then interleaved,
-  because XLA's CPU backend runs the gradient of a transposed convolution several
-  times slower. Output row 2a + r reads input rows a - 1, a, a + 1 with kernel
+  with patch_conv: no dilated or transposed convolution, whose gradients XLA's
+  CPU backend runs slowly. Output row 2a + r reads input rows a - 1, a, a + 1 with kernel
   taps (3, 1, -) for r = 0 and (-, 2, 0) for r = 1 (- : zero); columns alike.
   kernel[ky, kx, in, out] is PyTorch's weight[in, out, ky, kx].
   """
@@ -52,8 +80,7 @@ class UpConv(nn.Module):
     tap_PxR = jnp.array([[3, 4], [1, 2], [4, 0]])
     k = padded[tap_PxR[:, :, None, None], tap_PxR[None, None, :, :]]  # py, ry, px, rx, in, out
     k = k.transpose(0, 2, 4, 1, 3, 5).reshape(3, 3, c, 4 * self.features)
-    y = jax.lax.conv_general_dilated(x_BxNxNxC, k, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = patch_conv(x_BxNxNxC, k, 1, 1)
     b, n = y.shape[0], y.shape[1]
     y = y.reshape(b, n, n, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)  # B, a, r, b, s, out
     return y.reshape(b, 2 * n, 2 * n, self.features) + bias
@@ -347,7 +374,8 @@ def family(cfg: VAEConfig, data) -> driver.WithData:
         sample=lambda params, key, n: generate(cfg.latent, params, key, n),
         reference=lambda params0, key: {'params0': params0},
         evaluate=lambda params, synth, ref: evaluate(cfg.latent, params, synth, ref, data,
-                                                     cfg.eval_images))
+                                                     cfg.eval_images),
+        one_at_a_time_on_cpu=True)  # vmapped convolutions cost more than a loop there
   return driver.WithData(make, data)
 
 
