@@ -15,7 +15,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from collapse_jax import cli, driver, gaussian
+from benchmarks import timing
+from collapse_jax import cli, gaussian
 
 flags.DEFINE_integer('seeds', 10_000, 'Seeds run together by this project.')
 flags.DEFINE_integer('generations', 1000, 'Generations timed for this project.')
@@ -28,24 +29,7 @@ FLAGS = flags.FLAGS
 
 def ours(cfg: gaussian.GaussianConfig, chunk: int):
   """(compile seconds, warm seconds) of the whole recursive loop, metrics included."""
-  sweep = cfg.sweep('replace', cfg.samples[0])
-  (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
-  family = gaussian.family(cfg)
-  first, advance = driver.programs(family, sweep, chunk, driver.default_width(family, per_device))
-
-  def loop():
-    const_B, carry_B, _ = first(seed_B, fraction_B)
-    for g0 in range(1, cfg.generations + 1, chunk):
-      carry_B, metrics = advance(const_B, carry_B, np.int32(g0))
-    return jax.block_until_ready(metrics)
-
-  t0 = time.perf_counter()
-  loop()
-  cold = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  loop()
-  warm = time.perf_counter() - t0
-  return cold - warm, warm
+  return timing.sweep_seconds(gaussian.family(cfg), cfg.sweep('replace', cfg.samples[0]), chunk)
 
 
 def numpy_loop(seeds: int, generations: int, m: int):

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from collapse_jax import cli, driver, gmm
+from benchmarks import timing
+from collapse_jax import cli, gmm
 
 flags.DEFINE_integer('seeds', 64, 'Seeds fitted together by this project.')
 flags.DEFINE_integer('generations', 200, 'Generations timed for this project.')
@@ -29,24 +30,8 @@ FLAGS = flags.FLAGS
 
 def ours(cfg: gmm.GMMConfig, chunk: int):
   """(compile seconds, fits per second) of the whole recursive loop."""
-  sweep = cfg.sweep('replace')
-  (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
-  family = gmm.family(cfg)
-  first, advance = driver.programs(family, sweep, chunk, driver.default_width(family, per_device))
-
-  def loop():
-    const_B, carry_B, _ = first(seed_B, fraction_B)
-    for g0 in range(1, cfg.generations + 1, chunk):
-      carry_B, metrics = advance(const_B, carry_B, np.int32(g0))
-    return jax.block_until_ready(metrics)
-
-  t0 = time.perf_counter()
-  loop()
-  cold = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  loop()
-  warm = time.perf_counter() - t0
-  return cold - warm, cfg.seeds * cfg.generations / warm
+  compile_s, warm_s = timing.sweep_seconds(gmm.family(cfg), cfg.sweep('replace'), chunk)
+  return compile_s, cfg.seeds * cfg.generations / warm_s
 
 
 def scikit_learn(cfg: gmm.GMMConfig, seeds: int, generations: int):

@@ -4,8 +4,51 @@ import os
 import sys
 
 import jax
+from absl import flags, logging
 
 from collapse_jax import driver
+
+
+COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below
+
+
+def define_common_flags(defaults, workdir: str, small: dict) -> None:
+  """The flags every experiment has, with `defaults` (a config) as their defaults."""
+  flags.DEFINE_string('workdir', workdir, 'Where checkpoints, tables and figures go; '
+                      'rerunning with the same flags resumes there.')
+  flags.DEFINE_enum('preset', 'paper', ['paper', 'small'], "paper: the paper's protocol, as "
+                    f'below; small: {small}. Flags given explicitly override the preset.')
+  flags.DEFINE_integer('seeds', defaults.seeds, 'Independent runs, all in one program.')
+  flags.DEFINE_integer('generations', defaults.generations, 'Generations after the first.')
+  flags.DEFINE_list('regime', list(defaults.regimes),
+                    f'Comma-separated regimes: {", ".join(driver.REGIMES)}.')
+  flags.DEFINE_list('real_fraction', [str(f) for f in defaults.real_fractions],
+                    'Comma-separated fractions of real data, for the regimes mix and fresh.')
+  flags.DEFINE_integer('checkpoint_every', defaults.checkpoint_every,
+                       'Generations between checkpoints.')
+  flags.DEFINE_integer('cpu_devices', os.cpu_count() or 1, 'On a CPU, split it into this many '
+                       'devices so the batch of runs uses every core (0: leave it as it is).')
+  flags.DEFINE_integer('first_seed', defaults.first_seed,
+                       'Seeds are first_seed, first_seed + 1, ...')
+
+
+def regime_fields(flag_values) -> dict:
+  """The config's regimes and real fractions from their list flags."""
+  return {'regimes': tuple(flag_values.regime),
+          'real_fractions': parse_floats('real_fraction', flag_values.real_fraction)}
+
+
+def main(run) -> None:
+  """An experiment's main: quiet logs, the CPU split into devices, then `run()`;
+  a ConfigError it raises is printed as one line and exits 2."""
+  flag_values = flags.FLAGS
+  if not flag_values['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # checkpointing is chatty at INFO
+  split_cpu(flag_values.cpu_devices)
+  try:
+    run()
+  except driver.ConfigError as e:
+    fail(e)
 
 
 def preset_config(config_cls, presets: dict[str, dict], preset: str, flag_values, names):

@@ -133,9 +133,7 @@ class DiscreteConfig:
               ('tail', 0 < self.tail < 1, 'must be between 0 and 1'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    for flag, ok, message in checks:
-      if not ok:
-        raise driver.ConfigError(flag, f'{message}, got {getattr(self, flag)}')
+    driver.check_fields(self, checks)
     return self
 
 

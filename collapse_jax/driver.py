@@ -146,6 +146,13 @@ def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_sam
     raise ConfigError('real_fraction', 'applies only to the regimes mix and fresh')
 
 
+def check_fields(config, checks) -> None:
+  """Raises ConfigError for the first (field, ok, message) whose ok is false."""
+  for field, ok, message in checks:
+    if not ok:
+      raise ConfigError(field, f'{message}, got {getattr(config, field)}')
+
+
 # ---------------------------------------------------------------- regimes
 # Pure functions of the data pools. `last_NxD` holds the previous generation's
 # samples; `pool_PxD` holds, in blocks of N rows, the original data and every

@@ -174,9 +174,7 @@ class GaussianConfig:
     checks = [('true_std', self.true_std > 0, 'must be positive'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    for flag, ok, message in checks:
-      if not ok:
-        raise driver.ConfigError(flag, f'{message}, got {getattr(self, flag)}')
+    driver.check_fields(self, checks)
     return self
 
 

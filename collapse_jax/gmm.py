@@ -331,9 +331,7 @@ class GMMConfig:
               ('true_std', self.true_std > 0, 'must be positive'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    for flag, ok, message in checks:
-      if not ok:
-        raise driver.ConfigError(flag, f'{message}, got {getattr(self, flag)}')
+    driver.check_fields(self, checks)
     if not self.true_means or len({len(m) for m in self.true_means}) != 1:
       raise driver.ConfigError('true_means', 'needs one or more means of the same dimension')
     return self

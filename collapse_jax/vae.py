@@ -328,9 +328,7 @@ class VAEConfig:
               ('test_images', 1 <= self.test_images <= 10_000, 'must be between 1 and 10000'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    for flag, ok, message in checks:
-      if not ok:
-        raise driver.ConfigError(flag, f'{message}, got {getattr(self, flag)}')
+    driver.check_fields(self, checks)
     return self
 
 

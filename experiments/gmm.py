@@ -5,24 +5,14 @@
   python -m experiments.gmm --preset=small     # a CPU-sized run in seconds
 """
 
-import os
+from absl import app, flags
 
-from absl import app, flags, logging
-
-from collapse_jax import cli, driver, gmm
+from collapse_jax import cli, gmm
 
 _D = gmm.GMMConfig()
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', 'runs/gmm', 'Where checkpoints, metrics.csv and figures go; '
-                    'rerunning with the same flags resumes there.')
-flags.DEFINE_enum('preset', 'paper', ['paper', 'small'], 'paper: the paper\'s protocol; '
-                  f'small: {gmm.SMALL}. Flags given explicitly override the preset.')
-flags.DEFINE_integer('seeds', _D.seeds, 'Independent runs, all in one program.')
-flags.DEFINE_integer('generations', _D.generations, 'Generations after the first fit.')
+cli.define_common_flags(_D, 'runs/gmm', gmm.SMALL)
 flags.DEFINE_integer('samples', _D.samples, 'Samples each generation is fitted on.')
-flags.DEFINE_list('regime', list(_D.regimes), f'Comma-separated regimes: {", ".join(driver.REGIMES)}.')
-flags.DEFINE_list('real_fraction', [str(f) for f in _D.real_fractions],
-                  'Comma-separated fractions of real data, for the regimes mix and fresh.')
 flags.DEFINE_integer('components', _D.components, 'Mixture components fitted.')
 flags.DEFINE_float('tol', _D.tol, 'EM stops when the mean log-likelihood changes less.')
 flags.DEFINE_integer('max_iter', _D.max_iter, 'EM iterations at most.')
@@ -31,30 +21,21 @@ flags.DEFINE_integer('heldout', _D.heldout, 'Held-out original samples scored ea
 flags.DEFINE_string('true_means', ';'.join(','.join(str(v) for v in m) for m in _D.true_means),
                     "Means of the true mixture's components, 'x,y;x,y'.")
 flags.DEFINE_float('true_std', _D.true_std, 'Standard deviation of each true component.')
-flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every, 'Generations between checkpoints.')
-flags.DEFINE_integer('cpu_devices', os.cpu_count() or 1, 'On a CPU, split it into this many '
-                     'devices so the batch of runs uses every core (0: leave it as it is).')
-flags.DEFINE_integer('first_seed', _D.first_seed, 'Seeds are first_seed, first_seed + 1, ...')
 
-_FIELDS = {f: f for f in ('seeds', 'generations', 'samples', 'components', 'tol', 'max_iter',
-                          'reg_covar', 'heldout', 'true_std', 'checkpoint_every', 'first_seed')}
+_FIELDS = {f: f for f in cli.COMMON + ('samples', 'components', 'tol', 'max_iter', 'reg_covar',
+                                        'heldout', 'true_std')}
 
 
 def main(argv):
   del argv
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # checkpointing is chatty at INFO
-  cli.split_cpu(FLAGS.cpu_devices)
-  try:
+
+  def run():
     cfg = cli.preset_config(gmm.GMMConfig, {'paper': {}, 'small': gmm.SMALL}, FLAGS.preset,
                             FLAGS, _FIELDS)
-    cfg = gmm.GMMConfig(**{
-        **vars(cfg), 'regimes': tuple(FLAGS.regime),
-        'real_fractions': cli.parse_floats('real_fraction', FLAGS.real_fraction),
-        'true_means': cli.parse_points('true_means', FLAGS.true_means)})
-    gmm.run(cfg, FLAGS.workdir)
-  except driver.ConfigError as e:
-    cli.fail(e)
+    gmm.run(gmm.GMMConfig(**{**vars(cfg), **cli.regime_fields(FLAGS),
+                             'true_means': cli.parse_points('true_means', FLAGS.true_means)}),
+            FLAGS.workdir)
+  cli.main(run)
 
 
 if __name__ == '__main__':
