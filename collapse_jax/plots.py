@@ -190,3 +190,28 @@ def latent_hists(table, bins, limit, path, title=None):
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   _finish(fig, path, title)
+
+
+def perplexity_histograms(entries, path, title=None):
+  """The paper's histograms: perplexity of each generation's generated blocks under the
+  generation-0 model, log x, one panel per setting, seeds pooled.
+
+  `entries` is a list of (regime, fraction, seed, generation, ppl_N).
+  """
+  keys = list(dict.fromkeys((r, f) for r, f, *_ in entries))
+  fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+  every = np.concatenate([p for *_, p in entries])
+  bins = np.geomspace(max(every.min(), 1.0), every.max() * 1.01, 60)
+  for ax, (regime, fraction) in zip(axes[0], keys):
+    gens = sorted({g for r, f, _, g, _ in entries if (r, f) == (regime, fraction)})
+    colors = plt.cm.viridis(np.linspace(0, 1, len(gens)))
+    for color, g in zip(colors, gens):
+      ppl = np.concatenate([p for r, f, _, gg, p in entries if (r, f, gg) == (regime, fraction, g)])
+      ax.hist(ppl, bins=bins, density=True, histtype='step', color=color, label=f'data of generation {g}')
+    ax.set_xscale('log')
+    ax.set_xlabel('perplexity under the generation-0 model')
+    ax.set_ylabel('density')
+    ax.set_title(_label(regime, 0, fraction), fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+  _finish(fig, path, title)

@@ -1,0 +1,413 @@
+"""The language-model experiment: OPT fine-tuned on WikiText-2, then on its own beam-search text.
+
+Generation 0 fine-tunes the starting model on the original 64-token blocks and
+keeps its best epoch by validation perplexity; it then continues every original
+block by beam search, and those continuations are generation 1's training set
+(mixed with real blocks as the regime says), and so on. A generation is a whole
+training run, so generations and seeds run in a host loop; within one, batches
+and prompts are split over every device (data parallel).
+
+Everything a generation produces is on disk before the next starts, and a
+killed run resumes at the last finished epoch or batch of prompts, drawing the
+same random numbers: keys are folded from (seed, generation, epoch, step).
+"""
+
+import csv
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from collapse_jax import driver, opt, plots, results, wikitext
+
+# The paper's Example 1 prompt.
+PROMPT = ('some started before 1360 \u2014 was typically accomplished by a master mason and a small '
+          'team of itinerant masons, supplemented by local parish labourers, according to Poyntz '
+          'Wright. But other authors reject this model, suggesting instead that leading architects '
+          'designed the parish church towers based on early examples of Perpendicular')
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+  """The language-model experiment; defaults are the paper's no-original-data setting."""
+  model: str = 'facebook/opt-125m'  # a hub name, a local HF directory, or 'tiny' (random, small)
+  tokenizer: str = ''  # default: where the model is
+  data_dir: str = ''  # WikiText-2 Parquet or raw files; empty: the hub
+  train_split: str = 'train'
+  valid_split: str = 'validation'
+  seeds: int = 5
+  first_seed: int = 0
+  generations: int = 10  # after the first
+  regimes: tuple[str, ...] = ('replace',)
+  real_fractions: tuple[float, ...] = (0.0,)
+  epochs: int = 5
+  batch: int = 8
+  learning_rate: float = 5e-5
+  weight_decay: float = 0.0
+  warmup_steps: int = 0
+  block: int = 64
+  new_tokens: int = 64
+  beams: int = 5
+  repetition_penalty: float = 1.0
+  from_previous: bool = False  # start generation n from generation n-1's weights, not the first
+  train_blocks: int = 0  # use only the first this many training blocks (0: all)
+  eval_blocks: int = 0  # validation and test blocks measured (0: all)
+  eval_batch: int = 64
+  gen_batch: int = 64
+  prompt: str = PROMPT
+  dtype: str = 'float32'
+
+  def validate(self) -> 'LMConfig':
+    driver.validate_sweep(self.seeds, self.generations, max(self.train_blocks, self.batch),
+                          self.regimes, self.real_fractions, min_samples=self.batch)
+    devices = jax.device_count()
+    checks = [
+        ('epochs', self.epochs >= 1, 'must be at least 1'),
+        ('batch', self.batch >= 1 and self.batch % devices == 0,
+         f'must be a positive multiple of the {devices} devices'),
+        ('eval_batch', self.eval_batch >= 1 and self.eval_batch % devices == 0,
+         f'must be a positive multiple of the {devices} devices'),
+        ('gen_batch', self.gen_batch >= 1 and self.gen_batch % devices == 0,
+         f'must be a positive multiple of the {devices} devices'),
+        ('learning_rate', self.learning_rate > 0, 'must be positive'),
+        ('weight_decay', self.weight_decay >= 0, 'must be non-negative'),
+        ('warmup_steps', self.warmup_steps >= 0, 'must be non-negative'),
+        ('block', self.block >= 2, 'must be at least 2'),
+        ('new_tokens', self.new_tokens >= 2, 'must be at least 2'),
+        ('beams', self.beams >= 1, 'must be at least 1'),
+        ('repetition_penalty', self.repetition_penalty > 0, 'must be positive'),
+        ('train_blocks', self.train_blocks >= 0, 'must be non-negative'),
+        ('eval_blocks', self.eval_blocks >= 0, 'must be non-negative'),
+        ('train_split', self.train_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
+        ('valid_split', self.valid_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
+        ('dtype', self.dtype in ('float32', 'bfloat16'), 'must be float32 or bfloat16'),
+        ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+    driver.check_fields(self, checks)
+    return self
+
+  @property
+  def train(self) -> opt.TrainConfig:
+    return opt.TrainConfig(self.learning_rate, self.batch, self.weight_decay, self.warmup_steps)
+
+
+# The paper's two settings, and a CPU-sized one that needs nothing from the hub.
+SHARED = os.environ.get('COLLAPSE_JAX_DATA', os.path.join('..', 'shared', 'data'))
+PRESETS = {
+    'paper': {},
+    'keep10': dict(epochs=10, regimes=('mix',), real_fractions=(0.1,)),
+    'tiny': dict(model='tiny', tokenizer=os.path.join(SHARED, 'opt-125m'),
+                 data_dir=os.path.join(SHARED, 'wikitext-2-raw-v1'), train_split='validation',
+                 valid_split='test', seeds=1, generations=4, epochs=3, batch=16,
+                 learning_rate=2e-3, train_blocks=1024, eval_blocks=256, gen_batch=128,
+                 regimes=('replace', 'mix'), real_fractions=(0.1,)),
+}
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def load_data(cfg: LMConfig):
+  """The tokenizer and the original blocks: train, validation and test (ids_NxL int32)."""
+  tok = wikitext.tokenizer(cfg.tokenizer or _model_dir(cfg))
+  split = lambda name: wikitext.blocks(  # noqa: E731
+      wikitext.encode_lines(tok, wikitext.read_split(name, cfg.data_dir or None)), cfg.block)
+  train = split(cfg.train_split)
+  if cfg.train_blocks:
+    if cfg.train_blocks > len(train):
+      raise driver.ConfigError('train_blocks', f'{cfg.train_split} has {len(train)} blocks')
+    train = train[:cfg.train_blocks]
+  valid, test = split(cfg.valid_split), split('test')
+  n = cfg.eval_blocks or len(test)
+  # The first n validation blocks choose the epoch and the last n test blocks measure it, so
+  # they never overlap, even when both are the test split.
+  return {'tokenizer': tok, 'train': train, 'valid': valid[:n], 'test': test[-n:],
+          'rare': wikitext.rare_tokens(train)}
+
+
+def _model_dir(cfg: LMConfig) -> str:
+  if cfg.model == 'tiny':
+    raise driver.ConfigError('tokenizer', '--model=tiny needs --tokenizer (a directory with '
+                             "OPT's vocab.json and merges.txt, such as ../shared/data/opt-125m)")
+  try:
+    return opt.local_directory(cfg.model)
+  except Exception as e:  # noqa: BLE001 (no hub, no such name: one line either way)
+    raise driver.ConfigError('model', f'cannot find {cfg.model} ({type(e).__name__}); pass a '
+                             'local Hugging Face OPT directory or --model=tiny') from None
+
+
+def start_model(cfg: LMConfig, seed: int):
+  """(config, params) to fine-tune from: the pretrained weights, or a tiny OPT drawn from `seed`."""
+  if cfg.model == 'tiny':
+    config = opt.OPTConfig(**opt.TINY, dtype=cfg.dtype)
+    return config, opt.init(config, jax.random.key(seed))
+  try:
+    return opt.load(_model_dir(cfg), dtype=cfg.dtype)
+  except (OSError, ValueError) as e:
+    raise driver.ConfigError('model', f'cannot load {cfg.model}: {e}') from None
+
+
+def _mesh():
+  return Mesh(np.asarray(jax.devices()), ('data',))
+
+
+def _split(x):
+  """Rows over the devices (data parallel)."""
+  return jax.device_put(x, NamedSharding(_mesh(), PartitionSpec('data')))
+
+
+def _replicated(tree):
+  return jax.device_put(tree, NamedSharding(_mesh(), PartitionSpec()))
+
+
+def _chunks(ids_NxL, size: int):
+  """Fixed-size chunks (the last padded by repeating its final row) and each one's real rows."""
+  for start in range(0, len(ids_NxL), size):
+    part = ids_NxL[start:start + size]
+    yield start, np.pad(part, ((0, size - len(part)), (0, 0)), 'edge'), len(part)
+
+
+def block_nll(config, params, ids_NxL, batch: int):
+  """nll_N: every block's mean next-token negative log-likelihood."""
+  out = [np.asarray(opt.block_nll(config, params, _split(x)))[:n] for _, x, n in _chunks(ids_NxL, batch)]
+  return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- one generation
+
+
+def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory: str, desc: str,
+              progress: bool):
+  """The parameters of the epoch with the lowest validation loss, and every epoch's validation loss.
+
+  The state is saved after each epoch in `directory`, and a restarted call goes on from there.
+  """
+  steps = len(ids_NxL) // cfg.batch
+  tx = opt.optimizer(cfg.train, steps * cfg.epochs)
+  step_fn = opt.make_train_step(config, tx)
+  state = {'params': params, 'opt': tx.init(params), 'best': params,
+           'losses': np.full(cfg.epochs, np.nan, np.float32)}
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
+      max_to_keep=1, enable_async_checkpointing=False))
+  done = manager.latest_step() or 0
+  if done:
+    state = manager.restore(done, args=ocp.args.StandardRestore(state))
+  state = _replicated(state)
+  # Training donates its buffers: work on a copy, so the caller's parameters (the
+  # pretrained ones, reused by every generation) and the best epoch's survive.
+  params, opt_state, best = jax.tree.map(jnp.copy, state['params']), state['opt'], state['best']
+  losses = np.array(state['losses'])
+  bar = tqdm(total=steps * cfg.epochs, initial=steps * done, desc=desc, disable=not progress,
+             leave=False)
+  for epoch in range(done, cfg.epochs):
+    order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
+    order = np.asarray(jax.random.permutation(order_key, len(ids_NxL)))
+    for s in range(steps):
+      batch = _split(ids_NxL[order[s * cfg.batch:(s + 1) * cfg.batch]])
+      params, opt_state, loss = step_fn(params, opt_state, batch, jax.random.fold_in(step_key, s))
+      bar.update()
+      bar.set_postfix(loss=f'{float(loss):.3f}', refresh=False) if s % 20 == 0 else None
+    losses[epoch] = block_nll(config, params, valid_NxL, cfg.eval_batch).mean()
+    if losses[epoch] <= np.nanmin(losses):
+      best = jax.tree.map(jnp.copy, params)
+    manager.save(epoch + 1, args=ocp.args.StandardSave(
+        {'params': params, 'opt': opt_state, 'best': best, 'losses': losses}))
+  bar.close()
+  manager.close()
+  return best, losses
+
+
+def regenerate(cfg: LMConfig, config, params, prompts_NxL, directory: str, desc: str,
+               progress: bool):
+  """new_NxT: the beam-search continuation of every prompt; each batch of prompts is saved as
+  it finishes, and a restarted call generates only the missing ones."""
+  os.makedirs(directory, exist_ok=True)
+  out = []
+  chunks = list(_chunks(prompts_NxL, cfg.gen_batch))
+  for start, prompt, n in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+    path = os.path.join(directory, f'{start:08d}.npy')
+    if not os.path.exists(path):
+      new = opt.beam_search(config, params, _split(prompt), _split(np.ones_like(prompt)),
+                            cfg.new_tokens, cfg.beams, cfg.repetition_penalty)
+      _save_npy(path, np.asarray(new)[:n].astype(np.int32))
+    out.append(np.load(path))
+  return np.concatenate(out)
+
+
+def _save_npy(path: str, array):
+  np.save(path + '.tmp.npy', array)
+  os.replace(path + '.tmp.npy', path)
+
+
+def _write_json(path: str, value):
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def continuation(cfg: LMConfig, config, params, tok) -> str:
+  """The model's beam-search continuation of the fixed prompt."""
+  ids = np.asarray(tok(cfg.prompt)['input_ids'], np.int32)[None]
+  new = opt.beam_search(config, params, ids, np.ones_like(ids), cfg.new_tokens, cfg.beams,
+                        cfg.repetition_penalty)
+  return tok.decode(np.asarray(new)[0])
+
+
+def training_set(cfg: LMConfig, regime: str, fraction: float, g: int, key, data, generated):
+  """Generation g's training blocks: the original ones, or the driver's regime applied to
+  the blocks generated so far (`generated[k]` was written by generation k)."""
+  x0 = data['train']
+  if g == 0:
+    return x0
+  pool = np.concatenate([x0] + generated[:g]) if regime in driver.POOL_REGIMES else None
+  # With a finite corpus, fresh real blocks are drawn from the original ones with replacement.
+  draw_real = lambda k, n: x0[np.asarray(jax.random.randint(k, (n,), 0, len(x0)))]  # noqa: E731
+  rows, weight = driver.training_set(regime, g, key, fraction, jnp.asarray(x0),
+                                     jnp.asarray(generated[g - 1]),
+                                     None if pool is None else jnp.asarray(pool), draw_real)
+  return np.asarray(rows)[np.asarray(weight) > 0]
+
+
+def measure(cfg, config, params, params0, data, new_NxT):
+  """Generation metrics: test perplexity, and the generated blocks under the generation-0 model."""
+  test_nll = block_nll(config, params, data['test'], cfg.eval_batch)
+  gen_nll = block_nll(config, params0, new_NxT, cfg.eval_batch)
+  test_ppl = np.exp(test_nll)
+  return {'test_ppl': float(np.exp(test_nll.mean())), 'test_ppl_block_mean': float(test_ppl.mean()),
+          'test_ppl_block_sd': float(test_ppl.std()),
+          'generated_ppl_median': float(np.median(np.exp(gen_nll))),
+          'distinct_tokens': wikitext.distinct_tokens(new_NxT),
+          'rare_share': wikitext.rare_share(new_NxT, data['rare']),
+          'repeated_4grams': wikitext.repeated_ngrams(new_NxT, 4)}, np.exp(gen_nll)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+
+def run_one(cfg: LMConfig, regime: str, fraction: float, seed: int, data, directory: str,
+            progress: bool = True, log=print):
+  """All generations of one seed in `directory`; returns their metrics (a list of dicts)."""
+  config, pretrained = start_model(cfg, seed)
+  pretrained = _replicated(pretrained)
+  seed_key = jax.random.key(seed)
+  ckptr = ocp.StandardCheckpointer()
+  rows, generated, params0, params = [], [], None, pretrained
+  for g in range(cfg.generations + 1):
+    gdir = os.path.join(directory, f'gen_{g:02d}')
+    data_key, train_key = jax.random.split(jax.random.fold_in(seed_key, g))
+    model_dir = os.path.abspath(os.path.join(gdir, 'model'))
+    metrics_path = os.path.join(gdir, 'metrics.json')
+    needs_params = not os.path.exists(metrics_path) or g == 0 or cfg.from_previous
+    if not os.path.exists(model_dir) and needs_params:
+      ids = training_set(cfg, regime, fraction, g, data_key, data, generated)
+      start = params if cfg.from_previous else pretrained
+      params, losses = fine_tune(cfg, config, start, ids, data['valid'], train_key,
+                                 os.path.join(gdir, 'train'), f'seed {seed} gen {g} train', progress)
+      ckptr.save(model_dir, params)
+      ckptr.wait_until_finished()
+      shutil.rmtree(os.path.join(gdir, 'train'))  # the epochs' states are not needed any more
+      _write_json(os.path.join(gdir, 'train.json'), {'valid_nll': losses.tolist(), 'blocks': len(ids)})
+    elif needs_params:
+      params = _replicated(ckptr.restore(model_dir, jax.tree.map(np.asarray, pretrained)))
+    if g == 0:
+      params0 = params
+    new = regenerate(cfg, config, params, data['train'], os.path.join(gdir, 'generated'),
+                     f'seed {seed} gen {g} generate', progress)
+    generated.append(new)
+    if not os.path.exists(metrics_path):
+      metrics, gen_ppl = measure(cfg, config, params, params0, data, new)
+      with open(os.path.join(gdir, 'train.json')) as f:
+        losses = np.asarray(json.load(f)['valid_nll'])
+      metrics.update(valid_ppl=float(np.exp(np.nanmin(losses))), best_epoch=int(np.nanargmin(losses)) + 1,
+                     continuation=continuation(cfg, config, params, data['tokenizer']))
+      _save_npy(os.path.join(gdir, 'generated_ppl.npy'), gen_ppl.astype(np.float32))
+      _write_json(metrics_path, metrics)
+    with open(metrics_path) as f:
+      metrics = json.load(f)
+    rows.append({'generation': g, **metrics})
+    log(f'{regime} f={fraction} seed {seed} gen {g}: test ppl {metrics["test_ppl"]:.1f}, '
+        f'generated ppl (gen-0 model) median {metrics["generated_ppl_median"]:.1f}')
+  return rows
+
+
+METRICS = ('test_ppl', 'test_ppl_block_mean', 'test_ppl_block_sd', 'valid_ppl', 'best_epoch',
+           'generated_ppl_median', 'distinct_tokens', 'rare_share', 'repeated_4grams')
+
+
+def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
+  """Runs, resumes or reloads the experiment in `workdir`; returns its metrics table.
+
+  Leaves there: config.json; <regime>_<fraction>/seed_<s>/gen_<g>/ with the best
+  weights (Orbax), the generated blocks, their perplexities under the generation-0
+  model and the metrics; metrics.csv (a row per regime x fraction x seed x
+  generation), generated_perplexity.csv (a row per generated block),
+  continuations.csv, perplexity.png, histograms.png, tails.png and summary.txt.
+  """
+  cfg.validate()
+  data = load_data(cfg)  # missing data or tokenizer fail here, before anything is written
+  where = {'tokenizer', 'data_dir'}  # where things are, not what the run is
+  driver.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
+      dataclasses.asdict(cfg))).items() if k not in where})
+  log(f'{len(data["train"])} training blocks of {cfg.block} tokens, {len(data["valid"])} '
+      f'validation, {len(data["test"])} test; {jax.device_count()} {jax.default_backend()} device(s)')
+
+  # -- every setting x seed: a host loop over generations
+  sweeps, hist, texts = [], [], []
+  for regime in cfg.regimes:
+    for fraction in (cfg.real_fractions if regime in driver.FRACTION_REGIMES else (0.0,)):
+      name = f'{regime}_{fraction:g}' if regime in driver.FRACTION_REGIMES else regime
+      per_seed = []
+      for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
+        directory = os.path.join(workdir, name, f'seed_{seed}')
+        rows = run_one(cfg, regime, fraction, seed, data, directory, progress, log)
+        per_seed.append(rows)
+        for row in rows:
+          ppl = np.load(os.path.join(directory, f'gen_{row["generation"]:02d}', 'generated_ppl.npy'))
+          hist.append((regime, fraction, seed, row['generation'], ppl))
+          texts.append((regime, fraction, seed, row['generation'], row['continuation']))
+      sweep = driver.Sweep(regime, cfg.seeds, cfg.generations, len(data['train']), (fraction,),
+                           cfg.first_seed)
+      metrics = {m: np.array([[rows[g][m] for rows in per_seed] for g in range(cfg.generations + 1)],
+                             np.float64) for m in METRICS}
+      sweeps.append((sweep, metrics))
+
+  # -- tables, figures, summary
+  table = results.long_table(sweeps, first=METRICS)
+  results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
+  _write_rows(os.path.join(workdir, 'continuations.csv'),
+              ('regime', 'real_fraction', 'seed', 'generation', 'text'), texts)
+  _write_rows(os.path.join(workdir, 'generated_perplexity.csv'),
+              ('regime', 'real_fraction', 'seed', 'generation', 'block', 'perplexity'),
+              [(r, f, s, g, i, f'{p:.6g}') for r, f, s, g, ppl in hist for i, p in enumerate(ppl)])
+  curves = results.over_seeds(sweeps)
+  plots.curves(curves, [('test_ppl', 'test perplexity', True),
+                        ('generated_ppl_median', 'median perplexity of generated blocks\n'
+                         'under the generation-0 model', True)],
+               os.path.join(workdir, 'perplexity.png'),
+               title=f'{cfg.model} fine-tuned on its own beam-search text, {cfg.seeds} seed(s)')
+  plots.curves(curves, [('distinct_tokens', 'distinct tokens generated', False),
+                        ('rare_share', "share of the corpus's rarest 10% of tokens\nstill generated",
+                         False),
+                        ('repeated_4grams', 'repeated 4-grams within a block', False)],
+               os.path.join(workdir, 'tails.png'), title='Tails of the generated text')
+  plots.perplexity_histograms(hist, os.path.join(workdir, 'histograms.png'))
+  text = results.summary(curves, ('test_ppl', 'generated_ppl_median', 'distinct_tokens',
+                                  'rare_share', 'repeated_4grams'), generations=(1, 5))
+  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
+    f.write(text + '\n')
+  log(text)
+  return table
+
+
+def _write_rows(path: str, header, rows):
+  with open(path + '.tmp', 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(header)
+    writer.writerows(rows)
+  os.replace(path + '.tmp', path)

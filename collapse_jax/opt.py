@@ -1,0 +1,485 @@
+"""OPT in Flax: the decoder, Hugging Face checkpoints in and out, a KV cache, beam search and training.
+
+Parameters keep Hugging Face's names (`q_proj`, `fc1`, `self_attn_layer_norm`, ...);
+the layers are one `nn.scan`, so every layer parameter has a leading layer axis
+and the network compiles once, whatever its depth. Tokens are ids_BxS with a
+mask_BxS (1 for a real token); prompts are padded on the left, as for `generate`.
+"""
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+POSITION_OFFSET = 2  # OPT's learned positions start at row 2 of their table
+NEG = -1e9  # the score of a beam that is not there
+
+
+@dataclasses.dataclass(frozen=True)
+class OPTConfig:
+  """The fields of a Hugging Face OPT `config.json` that shape the network."""
+  vocab_size: int = 50272
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  ffn_dim: int = 3072
+  max_position_embeddings: int = 2048
+  word_embed_proj_dim: int = 768
+  do_layer_norm_before: bool = True
+  remove_final_layer_norm: bool = False
+  layer_norm_elementwise_affine: bool = True
+  enable_bias: bool = True
+  activation_function: str = 'relu'
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  init_std: float = 0.02
+  pad_token_id: int = 1
+  bos_token_id: int = 2
+  eos_token_id: int = 2
+  dtype: str = 'float32'  # compute dtype; parameters stay float32
+
+  @classmethod
+  def from_hf(cls, hf: dict, **overrides):
+    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {k: v for k, v in hf.items() if k in names}
+    fields['remove_final_layer_norm'] = hf.get('_remove_final_layer_norm', False)
+    fields.setdefault('word_embed_proj_dim', hf.get('hidden_size', cls.hidden_size))
+    fields.pop('dtype', None)
+    return cls(**{**fields, **overrides})
+
+  def to_hf(self) -> dict:
+    hf = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+          if f.name not in ('dtype', 'remove_final_layer_norm')}
+    hf.update(_remove_final_layer_norm=self.remove_final_layer_norm, model_type='opt',
+              architectures=['OPTForCausalLM'], activation_dropout=0.0, layerdrop=0.0,
+              tie_word_embeddings=True, use_cache=True, torch_dtype='float32')
+    return hf
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+
+# A small OPT for CPU runs and tests: the real vocabulary, a toy network.
+TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256,
+            word_embed_proj_dim=64, max_position_embeddings=256)
+
+
+# ----------------------------------------------------------------------------- the network
+
+
+def _dense(config: OPTConfig, features: int, name: str, bias: bool = True):
+  return nn.Dense(features, use_bias=bias and config.enable_bias, dtype=config.dtype,
+                  kernel_init=nn.initializers.normal(config.init_std), name=name)
+
+
+def _norm(config: OPTConfig, name: str):
+  affine = config.layer_norm_elementwise_affine
+  return nn.LayerNorm(epsilon=1e-5, use_bias=affine, use_scale=affine, dtype=config.dtype, name=name)
+
+
+class Attention(nn.Module):
+  """Causal self-attention; with a cache, writes this call's keys at slot `index` and reads all slots."""
+  config: OPTConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxSxE, allowed_BxSxK, cache, index):
+    c = self.config
+    split = lambda y: y.reshape(*y.shape[:2], c.num_attention_heads, c.head_dim)  # noqa: E731
+    q_BxSxHxD = split(_dense(c, c.hidden_size, 'q_proj')(x_BxSxE)) * c.head_dim**-0.5
+    k_BxSxHxD = split(_dense(c, c.hidden_size, 'k_proj')(x_BxSxE))
+    v_BxSxHxD = split(_dense(c, c.hidden_size, 'v_proj')(x_BxSxE))
+    if cache is not None:
+      k_BxSxHxD = jax.lax.dynamic_update_slice(cache[0], k_BxSxHxD.astype(cache[0].dtype), (0, index, 0, 0))
+      v_BxSxHxD = jax.lax.dynamic_update_slice(cache[1], v_BxSxHxD.astype(cache[1].dtype), (0, index, 0, 0))
+      cache = (k_BxSxHxD, v_BxSxHxD)
+    s_BxHxSxK = jnp.einsum('bshd,bkhd->bhsk', q_BxSxHxD, k_BxSxHxD).astype(jnp.float32)
+    s_BxHxSxK = jnp.where(allowed_BxSxK[:, None], s_BxHxSxK, jnp.finfo(jnp.float32).min)
+    p_BxHxSxK = nn.Dropout(c.attention_dropout)(jax.nn.softmax(s_BxHxSxK, axis=-1), self.deterministic)
+    out_BxSxHxD = jnp.einsum('bhsk,bkhd->bshd', p_BxHxSxK.astype(v_BxSxHxD.dtype), v_BxSxHxD)
+    out = _dense(c, c.hidden_size, 'out_proj')(out_BxSxHxD.reshape(x_BxSxE.shape))
+    return out, cache
+
+
+class Layer(nn.Module):
+  """One decoder layer, pre- or post-LayerNorm as `do_layer_norm_before` says (scanned: carry, xs)."""
+  config: OPTConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxSxE, cache, allowed_BxSxK, index):
+    c = self.config
+    pre = c.do_layer_norm_before
+    drop = lambda y: nn.Dropout(c.dropout)(y, self.deterministic)  # noqa: E731
+    norm1, norm2 = _norm(c, 'self_attn_layer_norm'), _norm(c, 'final_layer_norm')
+    h, cache = Attention(c, self.deterministic, name='self_attn')(
+        norm1(x_BxSxE) if pre else x_BxSxE, allowed_BxSxK, cache, index)
+    x_BxSxE = x_BxSxE + drop(h)
+    x_BxSxE = x_BxSxE if pre else norm1(x_BxSxE)
+    h = _dense(c, c.ffn_dim, 'fc1')(norm2(x_BxSxE) if pre else x_BxSxE)
+    h = _dense(c, c.hidden_size, 'fc2')(ACTIVATIONS[c.activation_function](h))
+    x_BxSxE = x_BxSxE + drop(h)
+    return (x_BxSxE if pre else norm2(x_BxSxE)), cache
+
+
+ACTIVATIONS = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=False),
+               'gelu_new': nn.gelu}
+
+
+class OPT(nn.Module):
+  """OPTForCausalLM: ids_BxS at positions_BxS -> logits_BxSxV (float32), and the updated cache."""
+  config: OPTConfig
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, ids_BxS, positions_BxS, allowed_BxSxK, cache=None, index=0):
+    c = self.config
+    init = nn.initializers.normal(c.init_std)
+    embed = nn.Embed(c.vocab_size, c.word_embed_proj_dim, dtype=c.dtype, embedding_init=init,
+                     name='embed_tokens')
+    x = embed(ids_BxS)
+    projected = c.word_embed_proj_dim != c.hidden_size
+    if projected:
+      x = _dense(c, c.hidden_size, 'project_in', bias=False)(x)
+    x = x + nn.Embed(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size, dtype=c.dtype,
+                     embedding_init=init, name='embed_positions')(positions_BxS + POSITION_OFFSET)
+    layers = nn.scan(Layer, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                     in_axes=(0, nn.broadcast, nn.broadcast), length=c.num_hidden_layers)
+    x, cache = layers(c, self.deterministic, name='layers')(x, cache, allowed_BxSxK, index)
+    if c.do_layer_norm_before and not c.remove_final_layer_norm:
+      x = _norm(c, 'final_layer_norm')(x)
+    if projected:
+      x = _dense(c, c.word_embed_proj_dim, 'project_out', bias=False)(x)
+    return embed.attend(x).astype(jnp.float32), cache
+
+
+def positions(mask_BxS):
+  """OPT's positions from the mask: 0, 1, ... over the real tokens, -1 on padding."""
+  return jnp.cumsum(mask_BxS, axis=1) * mask_BxS - 1
+
+
+def causal(mask_BxS):
+  """allowed_BxSxS: a token sees itself and the real tokens before it."""
+  s = mask_BxS.shape[1]
+  return jnp.tril(jnp.ones((s, s), bool))[None] & (mask_BxS[:, None, :] > 0)
+
+
+def init(config: OPTConfig, key):
+  ids = jnp.zeros((1, 2), jnp.int32)
+  return OPT(config).init(key, ids, ids, causal(jnp.ones((1, 2), jnp.int32)))['params']
+
+
+def logits(config: OPTConfig, params, ids_BxS, mask_BxS):
+  """The logits of whole sequences, no cache, no dropout."""
+  return OPT(config).apply({'params': params}, ids_BxS, positions(mask_BxS), causal(mask_BxS))[0]
+
+
+# ----------------------------------------------------------------------------- Hugging Face checkpoints
+
+# Flax path below `layers` -> (Hugging Face name below `decoder.layers.{i}`, stored transposed)
+_LAYER = {}
+for _m in ('q_proj', 'k_proj', 'v_proj', 'out_proj'):
+  _LAYER[('self_attn', _m, 'kernel')] = (f'self_attn.{_m}.weight', True)
+  _LAYER[('self_attn', _m, 'bias')] = (f'self_attn.{_m}.bias', False)
+for _m in ('fc1', 'fc2'):
+  _LAYER[(_m, 'kernel')] = (f'{_m}.weight', True)
+  _LAYER[(_m, 'bias')] = (f'{_m}.bias', False)
+for _m in ('self_attn_layer_norm', 'final_layer_norm'):
+  _LAYER[(_m, 'scale')] = (f'{_m}.weight', False)
+  _LAYER[(_m, 'bias')] = (f'{_m}.bias', False)
+_TOP = {('embed_tokens', 'embedding'): ('embed_tokens.weight', False),
+        ('embed_positions', 'embedding'): ('embed_positions.weight', False),
+        ('project_in', 'kernel'): ('project_in.weight', True),
+        ('project_out', 'kernel'): ('project_out.weight', True),
+        ('final_layer_norm', 'scale'): ('final_layer_norm.weight', False),
+        ('final_layer_norm', 'bias'): ('final_layer_norm.bias', False)}
+
+
+def _flat(tree, prefix=()):
+  for k, v in tree.items():
+    yield from (_flat(v, prefix + (k,)) if isinstance(v, dict) else [(prefix + (k,), v)])
+
+
+def _nest(flat: dict) -> dict:
+  tree = {}
+  for path, v in flat.items():
+    node = tree
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return tree
+
+
+def to_hf_tensors(params) -> dict:
+  """{Hugging Face name: float32 array} of OPTForCausalLM (the output embedding is tied, so absent)."""
+  out = {}
+  for path, v in _flat(params):
+    v = np.asarray(v, np.float32)
+    if path[0] == 'layers':
+      name, transposed = _LAYER[path[1:]]
+      for i, w in enumerate(v):
+        out[f'model.decoder.layers.{i}.{name}'] = np.ascontiguousarray(w.T if transposed else w)
+    else:
+      name, transposed = _TOP[path]
+      out[f'model.decoder.{name}'] = np.ascontiguousarray(v.T if transposed else v)
+  return out
+
+
+def from_hf_tensors(config: OPTConfig, tensors: dict):
+  """Flax parameters from {Hugging Face name: array}; names may or may not start with 'model.'."""
+  tensors = {k.removeprefix('model.'): np.asarray(v, np.float32) for k, v in tensors.items()}
+  expected = jax.eval_shape(functools.partial(init, config), jax.random.key(0))
+  flat = {}
+  for path, shape in _flat(expected):
+    if path[0] == 'layers':
+      name, transposed = _LAYER[path[1:]]
+      names = [f'decoder.layers.{i}.{name}' for i in range(config.num_hidden_layers)]
+    else:
+      name, transposed = _TOP[path]
+      names = [f'decoder.{name}']
+    missing = [n for n in names if n not in tensors]
+    if missing:
+      raise ValueError(f'the checkpoint lacks {missing[0]} (and {len(missing) - 1} more)')
+    arrays = [tensors.pop(n) for n in names]
+    arrays = [a.T if transposed else a for a in arrays]
+    value = np.stack(arrays) if path[0] == 'layers' else arrays[0]
+    if value.shape != shape.shape:
+      raise ValueError(f'{names[0]} has shape {value.shape}, the config wants {shape.shape}')
+    flat[path] = jnp.asarray(value)
+  head = tensors.pop('lm_head.weight', None)
+  if head is not None and not np.array_equal(head, flat[('embed_tokens', 'embedding')]):
+    raise ValueError('lm_head.weight differs from the token embedding; OPT ties them')
+  if tensors:
+    raise ValueError(f'unexpected tensors in the checkpoint: {sorted(tensors)[:5]}')
+  return _nest(flat)
+
+
+def _read_tensors(directory: str) -> dict:
+  index = [f for f in ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
+           if os.path.exists(os.path.join(directory, f))]
+  if index:
+    with open(os.path.join(directory, index[0])) as f:
+      files = sorted(set(json.load(f)['weight_map'].values()))
+  else:
+    files = sorted(glob.glob(os.path.join(directory, '*.safetensors'))) or \
+        [f for f in ['pytorch_model.bin'] if os.path.exists(os.path.join(directory, f))]
+  if not files:
+    raise FileNotFoundError(f'no model.safetensors or pytorch_model.bin in {directory}')
+  tensors = {}
+  for name in files:
+    path = os.path.join(directory, name)
+    if path.endswith('.safetensors'):
+      from safetensors.numpy import load_file  # noqa: PLC0415 (only when loading)
+      tensors.update(load_file(path))
+    else:
+      import torch  # noqa: PLC0415 (PyTorch .bin files need PyTorch)
+      state = torch.load(path, map_location='cpu', weights_only=True)
+      tensors.update({k: v.float().numpy() for k, v in state.items()})
+  return tensors
+
+
+def local_directory(name_or_path: str) -> str:
+  """A local directory as is; otherwise a hub name, fetched (or found in the cache) by huggingface_hub."""
+  if os.path.isdir(name_or_path):
+    return name_or_path
+  from huggingface_hub import snapshot_download  # noqa: PLC0415 (only for hub names)
+  return snapshot_download(name_or_path, allow_patterns=['*.json', '*.safetensors', '*.bin', '*.txt'])
+
+
+def load(name_or_path: str, **overrides):
+  """(config, params) of a Hugging Face OPT checkpoint (safetensors or PyTorch .bin)."""
+  directory = local_directory(name_or_path)
+  with open(os.path.join(directory, 'config.json')) as f:
+    config = OPTConfig.from_hf(json.load(f), **overrides)
+  return config, from_hf_tensors(config, _read_tensors(directory))
+
+
+def save(directory: str, config: OPTConfig, params):
+  """Writes config.json and model.safetensors that `transformers` loads as OPTForCausalLM."""
+  from safetensors.numpy import save_file  # noqa: PLC0415
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump(config.to_hf(), f, indent=2)
+  save_file(to_hf_tensors(params), os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def new_cache(config: OPTConfig, batch: int, length: int):
+  shape = (config.num_hidden_layers, batch, length, config.num_attention_heads, config.head_dim)
+  return jnp.zeros(shape, config.dtype), jnp.zeros(shape, config.dtype)
+
+
+def prefill(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int):
+  """Runs the prompt into a cache with room for `new_tokens` more: (last logits_BxV, cache, key mask_BxK)."""
+  b, t = prompt_BxT.shape
+  key_mask_BxK = jnp.concatenate([mask_BxT > 0, jnp.ones((b, new_tokens), bool)], axis=1)
+  allowed_BxTxK = (jnp.arange(t + new_tokens)[None, :] <= jnp.arange(t)[:, None])[None] \
+      & key_mask_BxK[:, None, :]
+  logits_BxTxV, cache = OPT(config).apply({'params': params}, prompt_BxT, positions(mask_BxT),
+                                          allowed_BxTxK, new_cache(config, b, t + new_tokens), 0)
+  return logits_BxTxV[:, -1], cache, key_mask_BxK
+
+
+def decode(config: OPTConfig, params, token_B, position_B, cache, key_mask_BxK, index):
+  """One token per row at cache slot `index`: (logits_BxV, cache)."""
+  allowed_Bx1xK = ((jnp.arange(key_mask_BxK.shape[1]) <= index) & key_mask_BxK)[:, None, :]
+  logits_Bx1xV, cache = OPT(config).apply({'params': params}, token_B[:, None], position_B[:, None],
+                                          allowed_Bx1xK, cache, index)
+  return logits_Bx1xV[:, 0], cache
+
+
+def penalise(scores_BxV, seen_BxV, penalty: float):
+  """The CTRL repetition penalty, as `transformers` applies it: scores of seen tokens
+  divided by `penalty` where positive, multiplied where negative."""
+  penalised = jnp.where(scores_BxV < 0, scores_BxV * penalty, scores_BxV / penalty)
+  return jnp.where(seen_BxV, penalised, scores_BxV)
+
+
+def _seen(prompt_BxT, vocab: int):
+  """Tokens present in each prompt, padding included (as `transformers` counts them)."""
+  rows = jnp.arange(prompt_BxT.shape[0])[:, None]
+  return jnp.zeros((prompt_BxT.shape[0], vocab), bool).at[rows, prompt_BxT].set(True)
+
+
+def _no_eos(scores_BxV, eos: int):
+  """Every call generates exactly its number of new tokens, so end-of-sequence is never chosen."""
+  return scores_BxV.at[:, eos].set(-jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'new_tokens', 'repetition_penalty',
+                                             'temperature', 'top_k', 'top_p'))
+def sample(config: OPTConfig, params, prompt_BxT, mask_BxT, key, new_tokens: int,
+           repetition_penalty: float = 1.0, temperature: float = 0.0, top_k: int = 0,
+           top_p: float = 1.0):
+  """new_BxN: greedy (temperature 0) or sampled continuations of left-padded prompts."""
+  logits_BxV, cache, key_mask = prefill(config, params, prompt_BxT, mask_BxT, new_tokens)
+  t = prompt_BxT.shape[1]
+  position_B = positions(mask_BxT)[:, -1] + 1
+
+  def choose(logits_BxV, seen_BxV, step):
+    scores = _no_eos(penalise(logits_BxV, seen_BxV, repetition_penalty), config.eos_token_id)
+    if temperature == 0.0:
+      return jnp.argmax(scores, axis=-1)
+    return jax.random.categorical(jax.random.fold_in(key, step), truncate(scores / temperature, top_k, top_p))
+
+  def step(carry, n):
+    logits_BxV, cache, seen_BxV = carry
+    token_B = choose(logits_BxV, seen_BxV, n)
+    seen_BxV = seen_BxV.at[jnp.arange(token_B.shape[0]), token_B].set(True)
+    logits_BxV, cache = decode(config, params, token_B, position_B + n, cache, key_mask, t + n)
+    return (logits_BxV, cache, seen_BxV), token_B
+
+  carry = (logits_BxV, cache, _seen(prompt_BxT, config.vocab_size))
+  (logits_BxV, _, seen_BxV), tokens_NxB = jax.lax.scan(step, carry, jnp.arange(new_tokens - 1))
+  last_B = choose(logits_BxV, seen_BxV, new_tokens - 1)
+  return jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
+
+
+def truncate(logits_BxV, top_k: int, top_p: float):
+  """Logits outside the top k, or outside the smallest set holding probability top_p, to -inf."""
+  if top_k:
+    kth_B = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+    logits_BxV = jnp.where(logits_BxV < kth_B, -jnp.inf, logits_BxV)
+  if top_p < 1.0:
+    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+    before_BxV = jnp.cumsum(jax.nn.softmax(sorted_BxV, axis=-1), axis=-1) - jax.nn.softmax(sorted_BxV, axis=-1)
+    cut_B = jnp.min(jnp.where(before_BxV < top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    logits_BxV = jnp.where(logits_BxV < cut_B, -jnp.inf, logits_BxV)
+  return logits_BxV
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'new_tokens', 'beams', 'repetition_penalty'))
+def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int, beams: int = 5,
+                repetition_penalty: float = 1.0):
+  """new_BxN: the best of `beams` beams, exactly `new_tokens` long, scored by summed log-probability
+  after the repetition penalty, as `transformers`' generate(num_beams=beams, min_new_tokens=
+  max_new_tokens=new_tokens) chooses them. The prompt runs once and its cache is copied to the beams."""
+  b, t = prompt_BxT.shape
+  logits_BxV, cache, key_mask = prefill(config, params, prompt_BxT, mask_BxT, new_tokens)
+  beam = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731  (B, ...) -> (B*W, ...)
+  cache = jax.tree.map(lambda c: jnp.repeat(c, beams, axis=1), cache)
+  position_BW = beam(positions(mask_BxT)[:, -1] + 1)
+  key_mask = beam(key_mask)
+
+  def extend(logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, n):
+    logp = _no_eos(penalise(jax.nn.log_softmax(logits_BWxV), seen_BWxV, repetition_penalty),
+                   config.eos_token_id)
+    total_BxWV = (logp.reshape(b, beams, -1) + score_BxW[:, :, None]).reshape(b, -1)
+    score_BxW, index_BxW = jax.lax.top_k(total_BxWV, beams)
+    parent_BW = (index_BxW // config.vocab_size + jnp.arange(b)[:, None] * beams).reshape(-1)
+    token_BW = (index_BxW % config.vocab_size).reshape(-1)
+    seen_BWxV = seen_BWxV[parent_BW].at[jnp.arange(b * beams), token_BW].set(True)
+    tokens_BxWxN = tokens_BxWxN.reshape(b * beams, -1)[parent_BW].at[:, n].set(token_BW)
+    return score_BxW, parent_BW, token_BW, seen_BWxV, tokens_BxWxN.reshape(b, beams, -1)
+
+  def step(carry, n):
+    logits_BWxV, cache, score_BxW, seen_BWxV, tokens_BxWxN = carry
+    score_BxW, parent_BW, token_BW, seen_BWxV, tokens_BxWxN = extend(
+        logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, n)
+    cache = jax.tree.map(lambda c: c[:, parent_BW], cache)
+    logits_BWxV, cache = decode(config, params, token_BW, position_BW + n, cache, key_mask, t + n)
+    return (logits_BWxV, cache, score_BxW, seen_BWxV, tokens_BxWxN), None
+
+  score_BxW = jnp.tile(jnp.array([0.0] + [NEG] * (beams - 1)), (b, 1))  # the beams start as one
+  carry = (beam(logits_BxV), cache, score_BxW, beam(_seen(prompt_BxT, config.vocab_size)),
+           jnp.zeros((b, beams, new_tokens), jnp.int32))
+  carry, _ = jax.lax.scan(step, carry, jnp.arange(new_tokens - 1))
+  logits_BWxV, _, score_BxW, seen_BWxV, tokens_BxWxN = carry
+  _, _, _, _, tokens_BxWxN = extend(logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, new_tokens - 1)
+  return tokens_BxWxN[:, 0]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """AdamW with a linear decay to zero over the run (the Hugging Face Trainer's defaults)."""
+  learning_rate: float = 5e-5
+  batch: int = 8
+  weight_decay: float = 0.0
+  warmup_steps: int = 0
+
+
+def optimizer(cfg: TrainConfig, total_steps: int):
+  schedule = optax.schedules.join_schedules(
+      [optax.schedules.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)),
+       optax.schedules.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - cfg.warmup_steps, 1))],
+      [cfg.warmup_steps])
+  return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.weight_decay)
+
+
+def token_nll(config: OPTConfig, params, ids_BxL, dropout_key=None):
+  """nll_BxL-1: each token's negative log-likelihood given the ones before it, in full blocks."""
+  mask = jnp.ones_like(ids_BxL)
+  rngs = {} if dropout_key is None else {'dropout': dropout_key}
+  logits_BxLxV, _ = OPT(config, deterministic=dropout_key is None).apply(
+      {'params': params}, ids_BxL, positions(mask), causal(mask), rngs=rngs)
+  logits_BxLxV = logits_BxLxV[:, :-1]
+  picked_BxL = jnp.take_along_axis(logits_BxLxV, ids_BxL[:, 1:, None], axis=-1)[..., 0]
+  return jax.nn.logsumexp(logits_BxLxV, axis=-1) - picked_BxL
+
+
+def make_train_step(config: OPTConfig, tx):
+  """(params, opt_state, ids_BxL, key) -> (params, opt_state, loss), jitted, the state donated."""
+  def step(params, opt_state, ids_BxL, key):
+    loss, grads = jax.value_and_grad(lambda p: token_nll(config, p, ids_BxL, key).mean())(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return jax.jit(step, donate_argnums=(0, 1))
+
+
+@functools.partial(jax.jit, static_argnames='config')
+def block_nll(config: OPTConfig, params, ids_BxL):
+  """nll_B: mean next-token negative log-likelihood of each block (its perplexity is exp(nll_B))."""
+  return token_nll(config, params, ids_BxL).mean(axis=1)

@@ -1,0 +1,77 @@
+"""The paper's language-model experiment: OPT fine-tuned on WikiText-2, then for 10 generations
+on text it generated itself (64-token prompts, 64 new tokens, 5-beam search).
+
+  python -m experiments.opt --model=facebook/opt-125m                  # no original data, 5 seeds
+  python -m experiments.opt --model=facebook/opt-125m --preset=keep10  # 10% original data kept
+  python -m experiments.opt --preset=tiny                              # a small random OPT, CPU, offline
+"""
+
+from absl import app, flags
+
+from collapse_jax import cli, lm
+
+_D = lm.LMConfig()
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', 'runs/opt', 'Where checkpoints, tables and figures go; rerunning '
+                    'with the same flags resumes there.')
+flags.DEFINE_enum('preset', 'paper', list(lm.PRESETS), 'paper: fine-tune 5 epochs, no original '
+                  'data; keep10: 10 epochs with 10% original blocks; tiny: ' + str(lm.PRESETS['tiny'])
+                  + '. Flags given explicitly override the preset.')
+flags.DEFINE_string('model', _D.model, "Hub name or local Hugging Face OPT directory; 'tiny': "
+                    'a small randomly initialised OPT.')
+flags.DEFINE_string('tokenizer', _D.tokenizer, 'Tokenizer directory or hub name (default: the model).')
+flags.DEFINE_string('data_dir', _D.data_dir, 'WikiText-2 raw as Parquet ({split}-*.parquet) or '
+                    'wiki.{train,valid,test}.raw; empty: the Hugging Face hub.')
+flags.DEFINE_enum('train_split', _D.train_split, ['train', 'validation', 'test'], 'Original training data.')
+flags.DEFINE_enum('valid_split', _D.valid_split, ['train', 'validation', 'test'],
+                  'Data that chooses the best epoch.')
+flags.DEFINE_integer('seeds', _D.seeds, 'Independent runs, one after another.')
+flags.DEFINE_integer('first_seed', _D.first_seed, 'Seeds are first_seed, first_seed + 1, ...')
+flags.DEFINE_integer('generations', _D.generations, 'Generations after the first.')
+flags.DEFINE_list('regime', list(_D.regimes), 'Comma-separated regimes: replace, accumulate, '
+                  'accumulate-subsample, mix, fresh.')
+flags.DEFINE_list('real_fraction', [str(f) for f in _D.real_fractions],
+                  'Comma-separated fractions of original blocks, for mix and fresh.')
+flags.DEFINE_integer('epochs', _D.epochs, 'Fine-tuning epochs per generation (the best is kept).')
+flags.DEFINE_integer('batch', _D.batch, 'Blocks per training step, over all devices.')
+flags.DEFINE_float('learning_rate', _D.learning_rate, 'AdamW peak learning rate (linear decay to 0).')
+flags.DEFINE_float('weight_decay', _D.weight_decay, 'AdamW weight decay.')
+flags.DEFINE_integer('warmup_steps', _D.warmup_steps, 'Linear warm-up steps.')
+flags.DEFINE_integer('block', _D.block, 'Tokens per block (and per prompt).')
+flags.DEFINE_integer('new_tokens', _D.new_tokens, 'Tokens generated per prompt (exactly).')
+flags.DEFINE_integer('beams', _D.beams, 'Beam width.')
+flags.DEFINE_float('repetition_penalty', _D.repetition_penalty, 'CTRL repetition penalty '
+                   '(1: none; the paper ablates 2).')
+flags.DEFINE_bool('from_previous', _D.from_previous, 'Start each generation from the previous '
+                  "generation's weights instead of the pretrained ones.")
+flags.DEFINE_integer('train_blocks', _D.train_blocks, 'Use only the first N training blocks (0: all).')
+flags.DEFINE_integer('eval_blocks', _D.eval_blocks, 'Validation and test blocks measured (0: all).')
+flags.DEFINE_integer('eval_batch', _D.eval_batch, 'Blocks per perplexity batch.')
+flags.DEFINE_integer('gen_batch', _D.gen_batch, 'Prompts per beam-search batch.')
+flags.DEFINE_string('prompt', _D.prompt, 'The prompt whose continuation is kept per generation.')
+flags.DEFINE_enum('dtype', _D.dtype, ['float32', 'bfloat16'], 'Compute dtype (bfloat16 for accelerators).')
+flags.DEFINE_integer('cpu_devices', 0, 'On a CPU, split it into this many devices (0: one).')
+
+_FIELDS = {f: f for f in ('model', 'tokenizer', 'data_dir', 'train_split', 'valid_split', 'seeds',
+                          'first_seed', 'generations', 'epochs', 'batch', 'learning_rate',
+                          'weight_decay', 'warmup_steps', 'block', 'new_tokens', 'beams',
+                          'repetition_penalty', 'from_previous', 'train_blocks', 'eval_blocks',
+                          'eval_batch', 'gen_batch', 'prompt', 'dtype')}
+
+
+def main(argv):
+  del argv
+
+  def run():
+    cfg = cli.preset_config(lm.LMConfig, lm.PRESETS, FLAGS.preset, FLAGS, _FIELDS)
+    fields = dict(vars(cfg))
+    if FLAGS['regime'].present or 'regimes' not in lm.PRESETS[FLAGS.preset]:
+      fields['regimes'] = tuple(FLAGS.regime)
+    if FLAGS['real_fraction'].present or 'real_fractions' not in lm.PRESETS[FLAGS.preset]:
+      fields['real_fractions'] = cli.parse_floats('real_fraction', FLAGS.real_fraction)
+    lm.run(lm.LMConfig(**fields), FLAGS.workdir)
+  cli.main(run)
+
+
+if __name__ == '__main__':
+  app.run(main)
