@@ -14,6 +14,7 @@ same random numbers: keys are folded from (seed, generation, epoch, step).
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -88,7 +89,9 @@ class LMConfig:
         ('train_split', self.train_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
         ('valid_split', self.valid_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
         ('dtype', self.dtype in ('float32', 'bfloat16'), 'must be float32 or bfloat16'),
-        ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+        ('first_seed', self.first_seed >= 0, 'must be non-negative'),
+        ('new_tokens', self.new_tokens == self.block or set(self.regimes) == {'replace'},
+         f'must equal --block ({self.block}) when generated blocks are mixed with original ones')]
     driver.check_fields(self, checks)
     return self
 
@@ -182,6 +185,13 @@ def block_nll(config, params, ids_NxL, batch: int):
 # ----------------------------------------------------------------------------- one generation
 
 
+@functools.lru_cache(maxsize=4)
+def _trainer(config: opt.OPTConfig, train: opt.TrainConfig, total_steps: int):
+  """The optimiser and the compiled step, shared by generations of the same length."""
+  tx = opt.optimizer(train, total_steps)
+  return tx, opt.make_train_step(config, tx)
+
+
 def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory: str, desc: str,
               progress: bool):
   """The parameters of the epoch with the lowest validation loss, and every epoch's validation loss.
@@ -189,8 +199,7 @@ def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory:
   The state is saved after each epoch in `directory`, and a restarted call goes on from there.
   """
   steps = len(ids_NxL) // cfg.batch
-  tx = opt.optimizer(cfg.train, steps * cfg.epochs)
-  step_fn = opt.make_train_step(config, tx)
+  tx, step_fn = _trainer(config, cfg.train, steps * cfg.epochs)
   state = {'params': params, 'opt': tx.init(params), 'best': params,
            'losses': np.full(cfg.epochs, np.nan, np.float32)}
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(

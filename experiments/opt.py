@@ -69,6 +69,8 @@ def main(argv):
       fields['regimes'] = tuple(FLAGS.regime)
     if FLAGS['real_fraction'].present or 'real_fractions' not in lm.PRESETS[FLAGS.preset]:
       fields['real_fractions'] = cli.parse_floats('real_fraction', FLAGS.real_fraction)
+    elif not set(fields['regimes']) & {'mix', 'fresh'}:
+      fields['real_fractions'] = (0.0,)  # the preset's fraction, for regimes that take none
     lm.run(lm.LMConfig(**fields), FLAGS.workdir)
   cli.main(run)
 

@@ -1,0 +1,108 @@
+"""The language-model generation loop on the real tokenizer and WikiText-2 (../shared/data), tiny sizes."""
+
+import dataclasses
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pandas as pd
+import pytest
+
+from collapse_jax import driver, lm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
+CFG = lm.LMConfig(**{**lm.PRESETS['tiny'], 'tokenizer': os.path.join(DATA, 'opt-125m'),
+                     'data_dir': os.path.join(DATA, 'wikitext-2-raw-v1'), 'generations': 2,
+                     'regimes': ('replace',), 'train_blocks': 24, 'eval_blocks': 8, 'batch': 8,
+                     'real_fractions': (0.0,), 'epochs': 2, 'block': 16, 'new_tokens': 16, 'beams': 2, 'gen_batch': 8,
+                     'eval_batch': 8})
+
+
+@pytest.fixture(scope='module')
+def data():
+  return lm.load_data(CFG)
+
+
+def quiet(*_):
+  pass
+
+
+def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch):
+  table = lm.run(CFG, str(tmp_path), progress=False, log=quiet)
+  metrics = pd.read_csv(tmp_path / 'metrics.csv')
+  assert len(metrics) == 3 and metrics['generation'].tolist() == [0, 1, 2]
+  assert np.all(np.isfinite(metrics[list(lm.METRICS)].to_numpy()))
+  assert (metrics['test_ppl'] > 1).all() and metrics['distinct_tokens'].min() >= 1
+  per_block = pd.read_csv(tmp_path / 'generated_perplexity.csv')
+  assert len(per_block) == 3 * 24
+  assert len(pd.read_csv(tmp_path / 'continuations.csv')) == 3
+  for name in ('perplexity.png', 'tails.png', 'histograms.png', 'summary.txt'):
+    assert (tmp_path / name).stat().st_size > 0
+  before = (tmp_path / 'metrics.csv').read_text()
+
+  # A run killed during generation 2's beam search: its model and a batch of prompts are
+  # lost too. The rerun redoes only that and writes the same numbers.
+  gen2 = tmp_path / 'replace' / 'seed_0' / 'gen_02'
+  (gen2 / 'metrics.json').unlink()
+  (gen2 / 'generated' / '00000008.npy').unlink()
+  again = lm.run(CFG, str(tmp_path), progress=False, log=quiet)
+  assert (tmp_path / 'metrics.csv').read_text() == before
+  np.testing.assert_array_equal(again['test_ppl'], table['test_ppl'])
+
+  # A finished run reloads without training anything.
+  monkeypatch.setattr(lm, 'fine_tune', lambda *a, **k: pytest.fail('retrained'))
+  lm.run(CFG, str(tmp_path), progress=False, log=quiet)
+  assert (tmp_path / 'metrics.csv').read_text() == before
+
+
+def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data, monkeypatch):
+  config, params = lm.start_model(CFG, 0)
+  args = (CFG, config, params, data['train'], data['valid'], lm.jax.random.key(3))
+  whole, losses = lm.fine_tune(*args, str(tmp_path / 'a'), '', False)
+
+  save = ocp.CheckpointManager.save
+
+  def save_then_die(self, step, *a, **k):
+    save(self, step, *a, **k)
+    raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save_then_die)
+  with pytest.raises(KeyboardInterrupt):
+    lm.fine_tune(*args, str(tmp_path / 'b'), '', False)
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
+  resumed, resumed_losses = lm.fine_tune(*args, str(tmp_path / 'b'), '', False)
+  lm.jax.tree.map(np.testing.assert_array_equal, resumed, whole)
+  np.testing.assert_array_equal(resumed_losses, losses)
+  assert np.all(np.isfinite(losses))
+
+
+def test_training_sets_follow_the_regimes(data):
+  x0 = data['train']
+  generated = [np.full_like(x0, 100 + k) for k in range(3)]
+  key = lm.jax.random.key(0)
+  assert lm.training_set(CFG, 'replace', 0.0, 0, key, data, []) is x0
+  np.testing.assert_array_equal(lm.training_set(CFG, 'replace', 0.0, 2, key, data, generated),
+                                generated[1])
+  mixed = lm.training_set(CFG, 'mix', 0.25, 1, key, data, generated)
+  real = np.array([any((row == r).all() for r in x0) for row in mixed])
+  assert real.sum() == 6 and (mixed[~real] == 100).all()  # round(0.25 * 24) original blocks
+  pooled = lm.training_set(CFG, 'accumulate', 0.0, 2, key, data, generated)
+  assert len(pooled) == 3 * len(x0) and (pooled[-24:] == 101).all()
+  sub = lm.training_set(CFG, 'accumulate-subsample', 0.0, 2, key, data, generated)
+  assert len(sub) == len(x0) and not (sub == 102).all(axis=1).any()  # generation 2's is not yet made
+
+
+@pytest.mark.parametrize('change, flag', [
+    (dict(batch=0), 'batch'),
+    (dict(model='tiny', tokenizer=''), 'tokenizer'),
+    (dict(data_dir='/no/such/dir'), 'data_dir'),
+    (dict(regimes=('mix',), real_fractions=(0.1,), new_tokens=8), 'new_tokens'),
+    (dict(regimes=('sideways',)), 'regime'),
+])
+def test_bad_flags_fail_in_one_line_before_anything_runs(tmp_path, change, flag):
+  cfg = dataclasses.replace(CFG, **change)
+  with pytest.raises(driver.ConfigError) as e:
+    lm.run(cfg, str(tmp_path), progress=False, log=quiet)
+  assert e.value.flag == flag and '\n' not in str(e.value)
+  assert not os.listdir(tmp_path)
