@@ -57,6 +57,10 @@ class LMConfig:
   new_tokens: int = 64
   beams: int = 5
   repetition_penalty: float = 1.0
+  decoding: str = 'beam'  # beam (the paper), greedy, or sample (temperature, top_k, top_p)
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
   from_previous: bool = False  # start generation n from generation n-1's weights, not the first
   train_blocks: int = 0  # use only the first this many training blocks (0: all)
   eval_blocks: int = 0  # validation and test blocks measured (0: all)
@@ -66,8 +70,8 @@ class LMConfig:
   dtype: str = 'float32'
 
   def validate(self) -> 'LMConfig':
-    driver.validate_sweep(self.seeds, self.generations, max(self.train_blocks, self.batch),
-                          self.regimes, self.real_fractions, min_samples=self.batch)
+    driver.validate_sweep(self.seeds, self.generations, 1, self.regimes,
+                          self.real_fractions, min_samples=1)  # the data's size is checked on loading
     devices = jax.device_count()
     checks = [
         ('epochs', self.epochs >= 1, 'must be at least 1'),
@@ -84,6 +88,10 @@ class LMConfig:
         ('new_tokens', self.new_tokens >= 2, 'must be at least 2'),
         ('beams', self.beams >= 1, 'must be at least 1'),
         ('repetition_penalty', self.repetition_penalty > 0, 'must be positive'),
+        ('decoding', self.decoding in ('beam', 'greedy', 'sample'), 'must be beam, greedy or sample'),
+        ('temperature', self.temperature > 0, 'must be positive'),
+        ('top_k', self.top_k >= 0, 'must be non-negative'),
+        ('top_p', 0 < self.top_p <= 1, 'must be in (0, 1]'),
         ('train_blocks', self.train_blocks >= 0, 'must be non-negative'),
         ('eval_blocks', self.eval_blocks >= 0, 'must be non-negative'),
         ('train_split', self.train_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
@@ -107,9 +115,9 @@ PRESETS = {
     'keep10': dict(epochs=10, regimes=('mix',), real_fractions=(0.1,)),
     'tiny': dict(model='tiny', tokenizer=os.path.join(SHARED, 'opt-125m'),
                  data_dir=os.path.join(SHARED, 'wikitext-2-raw-v1'), train_split='validation',
-                 valid_split='test', seeds=1, generations=4, epochs=3, batch=16,
-                 learning_rate=2e-3, train_blocks=1024, eval_blocks=256, gen_batch=128,
-                 regimes=('replace', 'mix'), real_fractions=(0.1,)),
+                 valid_split='test', seeds=1, generations=4, epochs=4, batch=16,
+                 learning_rate=3e-3, train_blocks=512, eval_blocks=256, gen_batch=128,
+                 repetition_penalty=2.0, regimes=('replace', 'mix'), real_fractions=(0.1,)),
 }
 
 
@@ -126,6 +134,8 @@ def load_data(cfg: LMConfig):
     if cfg.train_blocks > len(train):
       raise driver.ConfigError('train_blocks', f'{cfg.train_split} has {len(train)} blocks')
     train = train[:cfg.train_blocks]
+  if len(train) < cfg.batch:
+    raise driver.ConfigError('batch', f'is larger than the {len(train)} training blocks')
   valid, test = split(cfg.valid_split), split('test')
   n = cfg.eval_blocks or len(test)
   # The first n validation blocks choose the epoch and the last n test blocks measure it, so
@@ -232,18 +242,37 @@ def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory:
   return best, losses
 
 
-def regenerate(cfg: LMConfig, config, params, prompts_NxL, directory: str, desc: str,
+def continue_prompts(cfg: LMConfig, config, params, prompt_BxT, key):
+  """new_BxN of full (unpadded) prompts, each device continuing its own rows."""
+  return _continuer(cfg, config)(params, prompt_BxT, key)
+
+
+@functools.lru_cache(maxsize=4)
+def _continuer(cfg: LMConfig, config: opt.OPTConfig):
+  def local(params, prompt_BxT, key):
+    mask = jnp.ones_like(prompt_BxT)
+    if cfg.decoding == 'beam':
+      return opt.beam_search(config, params, prompt_BxT, mask, cfg.new_tokens, cfg.beams,
+                             cfg.repetition_penalty)
+    key = jax.random.fold_in(key, jax.lax.axis_index('data'))
+    return opt.sample(config, params, prompt_BxT, mask, key, cfg.new_tokens, cfg.repetition_penalty,
+                      0.0 if cfg.decoding == 'greedy' else cfg.temperature, cfg.top_k, cfg.top_p)
+  data, replicated = PartitionSpec('data'), PartitionSpec()
+  return jax.jit(jax.shard_map(local, mesh=_mesh(), in_specs=(replicated, data, replicated),
+                               out_specs=data, check_vma=False))
+
+
+def regenerate(cfg: LMConfig, config, params, prompts_NxL, key, directory: str, desc: str,
                progress: bool):
-  """new_NxT: the beam-search continuation of every prompt; each batch of prompts is saved as
-  it finishes, and a restarted call generates only the missing ones."""
+  """new_NxT: the continuation of every prompt; each batch of prompts is saved as it
+  finishes, and a restarted call generates only the missing ones."""
   os.makedirs(directory, exist_ok=True)
   out = []
   chunks = list(_chunks(prompts_NxL, cfg.gen_batch))
   for start, prompt, n in tqdm(chunks, desc=desc, disable=not progress, leave=False):
     path = os.path.join(directory, f'{start:08d}.npy')
     if not os.path.exists(path):
-      new = opt.beam_search(config, params, _split(prompt), _split(np.ones_like(prompt)),
-                            cfg.new_tokens, cfg.beams, cfg.repetition_penalty)
+      new = continue_prompts(cfg, config, params, _split(prompt), jax.random.fold_in(key, start))
       _save_npy(path, np.asarray(new)[:n].astype(np.int32))
     out.append(np.load(path))
   return np.concatenate(out)
@@ -261,10 +290,15 @@ def _write_json(path: str, value):
 
 
 def continuation(cfg: LMConfig, config, params, tok) -> str:
-  """The model's beam-search continuation of the fixed prompt."""
+  """The model's continuation of the fixed prompt."""
   ids = np.asarray(tok(cfg.prompt)['input_ids'], np.int32)[None]
-  new = opt.beam_search(config, params, ids, np.ones_like(ids), cfg.new_tokens, cfg.beams,
-                        cfg.repetition_penalty)
+  if cfg.decoding == 'beam':
+    new = opt.beam_search(config, params, ids, np.ones_like(ids), cfg.new_tokens, cfg.beams,
+                          cfg.repetition_penalty)
+  else:
+    new = opt.sample(config, params, ids, np.ones_like(ids), jax.random.key(0), cfg.new_tokens,
+                     cfg.repetition_penalty, 0.0 if cfg.decoding == 'greedy' else cfg.temperature,
+                     cfg.top_k, cfg.top_p)
   return tok.decode(np.asarray(new)[0])
 
 
@@ -309,24 +343,24 @@ def run_one(cfg: LMConfig, regime: str, fraction: float, seed: int, data, direct
   rows, generated, params0, params = [], [], None, pretrained
   for g in range(cfg.generations + 1):
     gdir = os.path.join(directory, f'gen_{g:02d}')
-    data_key, train_key = jax.random.split(jax.random.fold_in(seed_key, g))
+    data_key, train_key, gen_key = jax.random.split(jax.random.fold_in(seed_key, g), 3)
     model_dir = os.path.abspath(os.path.join(gdir, 'model'))
     metrics_path = os.path.join(gdir, 'metrics.json')
     needs_params = not os.path.exists(metrics_path) or g == 0 or cfg.from_previous
-    if not os.path.exists(model_dir) and needs_params:
+    if needs_params and not os.path.exists(model_dir):
       ids = training_set(cfg, regime, fraction, g, data_key, data, generated)
       start = params if cfg.from_previous else pretrained
       params, losses = fine_tune(cfg, config, start, ids, data['valid'], train_key,
                                  os.path.join(gdir, 'train'), f'seed {seed} gen {g} train', progress)
-      ckptr.save(model_dir, params)
-      ckptr.wait_until_finished()
-      shutil.rmtree(os.path.join(gdir, 'train'))  # the epochs' states are not needed any more
       _write_json(os.path.join(gdir, 'train.json'), {'valid_nll': losses.tolist(), 'blocks': len(ids)})
+      ckptr.save(model_dir, params)  # atomic: a killed save leaves no model, and training resumes
+      ckptr.wait_until_finished()
     elif needs_params:
       params = _replicated(ckptr.restore(model_dir, jax.tree.map(np.asarray, pretrained)))
+    shutil.rmtree(os.path.join(gdir, 'train'), ignore_errors=True)  # the epochs' states are done with
     if g == 0:
       params0 = params
-    new = regenerate(cfg, config, params, data['train'], os.path.join(gdir, 'generated'),
+    new = regenerate(cfg, config, params, data['train'], gen_key, os.path.join(gdir, 'generated'),
                      f'seed {seed} gen {g} generate', progress)
     generated.append(new)
     if not os.path.exists(metrics_path):

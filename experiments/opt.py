@@ -42,6 +42,11 @@ flags.DEFINE_integer('new_tokens', _D.new_tokens, 'Tokens generated per prompt (
 flags.DEFINE_integer('beams', _D.beams, 'Beam width.')
 flags.DEFINE_float('repetition_penalty', _D.repetition_penalty, 'CTRL repetition penalty '
                    '(1: none; the paper ablates 2).')
+flags.DEFINE_enum('decoding', _D.decoding, ['beam', 'greedy', 'sample'], 'How new text is '
+                  'made: beam search (the paper), greedy, or sampling.')
+flags.DEFINE_float('temperature', _D.temperature, 'Sampling temperature (--decoding=sample).')
+flags.DEFINE_integer('top_k', _D.top_k, 'Sample among the k most likely tokens (0: all).')
+flags.DEFINE_float('top_p', _D.top_p, 'Sample among the most likely tokens holding this probability.')
 flags.DEFINE_bool('from_previous', _D.from_previous, 'Start each generation from the previous '
                   "generation's weights instead of the pretrained ones.")
 flags.DEFINE_integer('train_blocks', _D.train_blocks, 'Use only the first N training blocks (0: all).')
@@ -55,7 +60,8 @@ flags.DEFINE_integer('cpu_devices', 0, 'On a CPU, split it into this many device
 _FIELDS = {f: f for f in ('model', 'tokenizer', 'data_dir', 'train_split', 'valid_split', 'seeds',
                           'first_seed', 'generations', 'epochs', 'batch', 'learning_rate',
                           'weight_decay', 'warmup_steps', 'block', 'new_tokens', 'beams',
-                          'repetition_penalty', 'from_previous', 'train_blocks', 'eval_blocks',
+                          'repetition_penalty', 'decoding', 'temperature', 'top_k', 'top_p',
+                          'from_previous', 'train_blocks', 'eval_blocks',
                           'eval_batch', 'gen_batch', 'prompt', 'dtype')}
 
 

@@ -131,3 +131,12 @@ def test_bad_checkpoints_are_refused(params):
     opt.from_hf_tensors(SMALL, dict(tensors, **{'lm_head.weight': np.zeros((50, 32), np.float32)}))
   back = opt.from_hf_tensors(SMALL, tensors)
   jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_bfloat16_compute_stays_close_to_float32(params):
+  x = ids()
+  mask = jnp.ones_like(x)
+  half = opt.OPTConfig(**{**SMALL.__dict__, 'dtype': 'bfloat16'})
+  a, b = opt.logits(SMALL, params, x, mask), opt.logits(half, params, x, mask)
+  assert b.dtype == jnp.float32 and np.abs(a - b).max() < 0.05 * np.abs(a).max()
+  assert opt.beam_search(half, params, x, mask, 4, 2).shape == (2, 4)

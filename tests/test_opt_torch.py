@@ -1,5 +1,8 @@
 """The Flax OPT against `transformers`' PyTorch OPT: small random models saved with save_pretrained."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +111,14 @@ def test_generation_equals_transformers_generate(saved, beams):
     else:
       ours = opt.beam_search(config, params, ids, mask, 16, beams, repetition_penalty=penalty)
     np.testing.assert_array_equal(np.asarray(ours), theirs, err_msg=f'beams={beams} penalty={penalty}')
+
+
+def test_a_pytorch_bin_checkpoint_loads_as_the_safetensors_one(saved, tmp_path):
+  """Older hub checkpoints: a pickled state dict, names without 'model.', the tied head included."""
+  model, directory = saved
+  state = {k.removeprefix('model.'): v for k, v in model.state_dict().items()}
+  torch.save(state, tmp_path / 'pytorch_model.bin')
+  shutil.copy(os.path.join(directory, 'config.json'), tmp_path)
+  _, from_bin = opt.load(str(tmp_path))
+  _, from_safetensors = opt.load(directory)
+  opt.jax.tree.map(np.testing.assert_array_equal, from_bin, from_safetensors)
