@@ -30,6 +30,35 @@ def define_common_flags(defaults, workdir: str, small: dict) -> None:
                        'devices so the batch of runs uses every core (0: leave it as it is).')
   flags.DEFINE_integer('first_seed', defaults.first_seed,
                        'Seeds are first_seed, first_seed + 1, ...')
+  define_process_flags()
+
+
+def define_process_flags() -> None:
+  """The flags of a multi-process run (several hosts, or several processes on one)."""
+  flags.DEFINE_string('coordinator_address', '', 'host:port of process 0, for a multi-process run '
+                      'started by hand; under SLURM, Open MPI or on a TPU pod slice the processes '
+                      'find each other without it.')
+  flags.DEFINE_integer('num_processes', 1, 'Processes in the run (with --coordinator_address).')
+  flags.DEFINE_integer('process_id', 0, 'This process, 0 .. num_processes - 1 (with '
+                       '--coordinator_address).')
+
+
+CLUSTER_SIZE = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')  # set by SLURM and Open MPI launchers
+
+
+def start_processes(flag_values) -> None:
+  """Joins the other processes of a multi-process run, when there are any."""
+  if flag_values.coordinator_address:
+    if not 0 <= flag_values.process_id < flag_values.num_processes:
+      raise driver.ConfigError('process_id', f'must be in [0, {flag_values.num_processes})')
+    args = (flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
+  elif (any(int(os.environ.get(v, '1')) > 1 for v in CLUSTER_SIZE)
+        or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')):
+    args = ()  # JAX reads the cluster's environment
+  else:
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU processes talk over TCP
+  jax.distributed.initialize(*args)
 
 
 def regime_fields(flag_values) -> dict:
@@ -46,6 +75,7 @@ def main(run) -> None:
     logging.set_verbosity(logging.WARNING)  # checkpointing is chatty at INFO
   split_cpu(flag_values.cpu_devices)
   try:
+    start_processes(flag_values)
     run()
   except driver.ConfigError as e:
     fail(e)

@@ -265,8 +265,7 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
               + (f', median at generation {np.median(w[w >= 0]):g}' if np.any(w >= 0) else '')
               for r, m, f, w in _absorption_lines(per_seed)]
   text += '\n' + '\n'.join(absorbed)
-  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
-    f.write(text + '\n')
+  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return curves
 

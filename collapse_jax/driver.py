@@ -240,8 +240,33 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
 
 # ---------------------------------------------------------------- compiled programs
 
+def mesh(axis: str = 'runs') -> Mesh:
+  """Every device of every process on one named axis: the batch of runs ('runs'), or the
+  language model's data-parallel batch ('data'). The one sharding layer experiments use."""
+  return Mesh(np.asarray(jax.devices()), (axis,))
+
+
 def _mesh():
-  return Mesh(np.asarray(jax.devices()), ('runs',))
+  return mesh('runs')
+
+
+def place(x, axis: str = 'runs'):
+  """A host array (the same on every process) as a global array split over `axis` by rows."""
+  sharding = NamedSharding(mesh(axis), PartitionSpec(axis))
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x) -> np.ndarray:
+  """A global array's whole value on this process, gathered from the others where needed."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def is_primary() -> bool:
+  """Whether this process writes tables, figures and summaries (process 0 of a multi-host run)."""
+  return jax.process_index() == 0
 
 
 def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
@@ -295,12 +320,17 @@ def _swap(out):
 
 def placed_runs(sweep: Sweep):
   """Seeds and fractions, padded to a multiple of the device count by repeating
-  the last run, sharded over the devices; and the runs per device."""
+  the last run, sharded over the devices; and the runs per device.
+
+  Every device gets at least two runs: XLA compiles a loop over one run into
+  straight-line code whose floating point rounds differently, and results must
+  not depend on the device count.
+  """
   seed_B, fraction_B = sweep.runs()
-  pad = -len(seed_B) % jax.device_count()
+  devices = jax.device_count()
+  pad = max(-len(seed_B) % devices, 2 * devices - len(seed_B))
   seed_B, fraction_B = np.pad(seed_B, (0, pad), 'edge'), np.pad(fraction_B, (0, pad), 'edge')
-  sharding = NamedSharding(_mesh(), PartitionSpec('runs'))
-  return jax.device_put((seed_B, fraction_B), sharding), len(seed_B) // jax.device_count()
+  return (place(seed_B), place(fraction_B)), len(seed_B) // jax.device_count()
 
 
 # ---------------------------------------------------------------- the host loop
@@ -357,10 +387,10 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
   const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
 
-  labels = (sweep, np.asarray(seed_B), np.asarray(fraction_B))  # for error messages
+  labels = (sweep, to_host(seed_B), to_host(fraction_B))  # for error messages
   if step is None:
     const_B, carry_B, metrics0 = first(seed_B, fraction_B)
-    metrics0 = {k: np.asarray(v)[None] for k, v in metrics0.items()}
+    metrics0 = {k: to_host(v)[None] for k, v in metrics0.items()}
     _check_finite(metrics0, 0, *labels)
     for k, v in metrics0.items():
       metrics[k][0] = v[0]
@@ -375,11 +405,11 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
     metrics = {k: np.asarray(v) for k, v in saved.history.items()}
 
   with tqdm.tqdm(total=sweep.generations, initial=step, desc=f'{sweep.regime} M={sweep.samples}',
-                 unit='gen', disable=not progress, dynamic_ncols=True) as bar:
+                 unit='gen', disable=not progress or not is_primary(), dynamic_ncols=True) as bar:
     while step < sweep.generations:
       carry_B, chunk_metrics = advance(const_B, carry_B, jnp.int32(step + 1))
       done = min(chunk, sweep.generations - step)
-      chunk_metrics = {k: np.asarray(v)[:done] for k, v in chunk_metrics.items()}
+      chunk_metrics = {k: to_host(v)[:done] for k, v in chunk_metrics.items()}
       _check_finite(chunk_metrics, step + 1, *labels)
       for k, v in chunk_metrics.items():
         metrics[k][step + 1:step + 1 + done] = v
@@ -413,5 +443,6 @@ def check_config(workdir: str, config: dict[str, Any]) -> None:
                           'another --workdir')
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
+  if is_primary():
+    with open(path, 'w') as f:
+      json.dump(config, f, indent=2, sort_keys=True)

@@ -239,7 +239,6 @@ def run(cfg: GaussianConfig, workdir: str, progress: bool = True, log=print):
       'trace_mean', 'mean trace Sigma_n')
   plots.theory_panels(curves, [w2], os.path.join(workdir, 'w2.png'), title)
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
-    f.write(text + '\n')
+  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return curves

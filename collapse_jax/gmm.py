@@ -413,7 +413,6 @@ def run(cfg: GMMConfig, workdir: str, progress: bool = True, log=print):
   if len(cfg.true_means[0]) == 2:
     plots.gmm_scatter(table, os.path.join(workdir, 'scatter.png'))
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
-    f.write(text + '\n')
+  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return table

@@ -442,8 +442,7 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
   plots.perplexity_histograms(hist, os.path.join(workdir, 'histograms.png'))
   text = results.summary(curves, ('test_ppl', 'generated_ppl_median', 'distinct_tokens',
                                   'rare_share', 'repeated_4grams'), generations=(1, 5))
-  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
-    f.write(text + '\n')
+  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return table
 

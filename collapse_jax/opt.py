@@ -86,48 +86,56 @@ def _norm(config: OPTConfig, name: str):
 
 
 class Attention(nn.Module):
-  """Causal self-attention; with a cache, writes this call's keys at slot `index` and reads all slots."""
+  """Causal self-attention. With a cache (k, v), each LxBxHxKxD holding every layer, this
+  call's keys and values go to slot `index` of layer `layer`, written in place, and the
+  queries read all K slots of that layer."""
   config: OPTConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BxSxE, allowed_BxSxK, cache, index):
+  def __call__(self, x_BxSxE, allowed_BxSxK, cache, layer, index):
     c = self.config
-    split = lambda y: y.reshape(*y.shape[:2], c.num_attention_heads, c.head_dim)  # noqa: E731
-    q_BxSxHxD = split(_dense(c, c.hidden_size, 'q_proj')(x_BxSxE)) * c.head_dim**-0.5
-    k_BxSxHxD = split(_dense(c, c.hidden_size, 'k_proj')(x_BxSxE))
-    v_BxSxHxD = split(_dense(c, c.hidden_size, 'v_proj')(x_BxSxE))
+    heads = lambda y: y.reshape(*y.shape[:2], c.num_attention_heads, c.head_dim)  # noqa: E731
+    q_BxSxHxD = heads(_dense(c, c.hidden_size, 'q_proj')(x_BxSxE)) * c.head_dim**-0.5
+    k_BxHxSxD = heads(_dense(c, c.hidden_size, 'k_proj')(x_BxSxE)).transpose(0, 2, 1, 3)
+    v_BxHxSxD = heads(_dense(c, c.hidden_size, 'v_proj')(x_BxSxE)).transpose(0, 2, 1, 3)
     if cache is not None:
-      k_BxSxHxD = jax.lax.dynamic_update_slice(cache[0], k_BxSxHxD.astype(cache[0].dtype), (0, index, 0, 0))
-      v_BxSxHxD = jax.lax.dynamic_update_slice(cache[1], v_BxSxHxD.astype(cache[1].dtype), (0, index, 0, 0))
-      cache = (k_BxSxHxD, v_BxSxHxD)
-    s_BxHxSxK = jnp.einsum('bshd,bkhd->bhsk', q_BxSxHxD, k_BxSxHxD).astype(jnp.float32)
+      write = lambda all_, new: jax.lax.dynamic_update_slice(  # noqa: E731
+          all_, new[None].astype(all_.dtype), (layer, 0, 0, index, 0))
+      cache = (write(cache[0], k_BxHxSxD), write(cache[1], v_BxHxSxD))
+      k_BxHxSxD, v_BxHxSxD = cache[0][layer], cache[1][layer]
+    s_BxHxSxK = jnp.einsum('bshd,bhkd->bhsk', q_BxSxHxD, k_BxHxSxD).astype(jnp.float32)
     s_BxHxSxK = jnp.where(allowed_BxSxK[:, None], s_BxHxSxK, jnp.finfo(jnp.float32).min)
     p_BxHxSxK = nn.Dropout(c.attention_dropout)(jax.nn.softmax(s_BxHxSxK, axis=-1), self.deterministic)
-    out_BxSxHxD = jnp.einsum('bhsk,bkhd->bshd', p_BxHxSxK.astype(v_BxSxHxD.dtype), v_BxSxHxD)
+    out_BxSxHxD = jnp.einsum('bhsk,bhkd->bshd', p_BxHxSxK.astype(v_BxHxSxD.dtype), v_BxHxSxD)
     out = _dense(c, c.hidden_size, 'out_proj')(out_BxSxHxD.reshape(x_BxSxE.shape))
     return out, cache
 
 
 class Layer(nn.Module):
-  """One decoder layer, pre- or post-LayerNorm as `do_layer_norm_before` says (scanned: carry, xs)."""
+  """One decoder layer, pre- or post-LayerNorm as `do_layer_norm_before` says.
+
+  Scanned over layers: the carry is the hidden state and the whole cache, so a step of
+  generation writes one slot of the cache instead of copying it through the scan.
+  """
   config: OPTConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BxSxE, cache, allowed_BxSxK, index):
+  def __call__(self, carry, layer, allowed_BxSxK, index):
+    x_BxSxE, cache = carry
     c = self.config
     pre = c.do_layer_norm_before
     drop = lambda y: nn.Dropout(c.dropout)(y, self.deterministic)  # noqa: E731
     norm1, norm2 = _norm(c, 'self_attn_layer_norm'), _norm(c, 'final_layer_norm')
     h, cache = Attention(c, self.deterministic, name='self_attn')(
-        norm1(x_BxSxE) if pre else x_BxSxE, allowed_BxSxK, cache, index)
+        norm1(x_BxSxE) if pre else x_BxSxE, allowed_BxSxK, cache, layer, index)
     x_BxSxE = x_BxSxE + drop(h)
     x_BxSxE = x_BxSxE if pre else norm1(x_BxSxE)
     h = _dense(c, c.ffn_dim, 'fc1')(norm2(x_BxSxE) if pre else x_BxSxE)
     h = _dense(c, c.hidden_size, 'fc2')(ACTIVATIONS[c.activation_function](h))
     x_BxSxE = x_BxSxE + drop(h)
-    return (x_BxSxE if pre else norm2(x_BxSxE)), cache
+    return ((x_BxSxE if pre else norm2(x_BxSxE)), cache), None
 
 
 ACTIVATIONS = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=False),
@@ -135,9 +143,15 @@ ACTIVATIONS = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=F
 
 
 class OPT(nn.Module):
-  """OPTForCausalLM: ids_BxS at positions_BxS -> logits_BxSxV (float32), and the updated cache."""
+  """OPTForCausalLM: ids_BxS at positions_BxS -> logits_BxSxV (float32), and the updated cache.
+
+  The layers are one scanned module (`layers`, parameters stacked), or with `scan_layers=False`
+  separate ones (`layer_0`, ...: see `unstack`), which a generation step uses so that it reads
+  each layer's weights where they are rather than slicing them out of the stack every token.
+  """
   config: OPTConfig
   deterministic: bool = True
+  scan_layers: bool = True
 
   @nn.compact
   def __call__(self, ids_BxS, positions_BxS, allowed_BxSxK, cache=None, index=0):
@@ -151,14 +165,30 @@ class OPT(nn.Module):
       x = _dense(c, c.hidden_size, 'project_in', bias=False)(x)
     x = x + nn.Embed(c.max_position_embeddings + POSITION_OFFSET, c.hidden_size, dtype=c.dtype,
                      embedding_init=init, name='embed_positions')(positions_BxS + POSITION_OFFSET)
-    layers = nn.scan(Layer, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-                     in_axes=(0, nn.broadcast, nn.broadcast), length=c.num_hidden_layers)
-    x, cache = layers(c, self.deterministic, name='layers')(x, cache, allowed_BxSxK, index)
+    if self.scan_layers:
+      layers = nn.scan(Layer, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                       in_axes=(0, nn.broadcast, nn.broadcast), length=c.num_hidden_layers)
+      (x, cache), _ = layers(c, self.deterministic, name='layers')(
+          (x, cache), jnp.arange(c.num_hidden_layers), allowed_BxSxK, index)
+    else:
+      for i in range(c.num_hidden_layers):
+        (x, cache), _ = Layer(c, self.deterministic, name=f'layer_{i}')(
+            (x, cache), i, allowed_BxSxK, index)
     if c.do_layer_norm_before and not c.remove_final_layer_norm:
       x = _norm(c, 'final_layer_norm')(x)
     if projected:
       x = _dense(c, c.word_embed_proj_dim, 'project_out', bias=False)(x)
     return embed.attend(x).astype(jnp.float32), cache
+
+
+def unstack(params):
+  """The parameters of OPT(scan_layers=False): the stacked layers as `layer_0`, `layer_1`, ..."""
+  if 'layers' not in params:
+    return params
+  count = jax.tree.leaves(params['layers'])[0].shape[0]
+  rest = {k: v for k, v in params.items() if k != 'layers'}
+  return {**rest, **{f'layer_{i}': jax.tree.map(lambda p, i=i: p[i], params['layers'])
+                     for i in range(count)}}
 
 
 def positions(mask_BxS):
@@ -315,7 +345,7 @@ def save(directory: str, config: OPTConfig, params):
 
 
 def new_cache(config: OPTConfig, batch: int, length: int):
-  shape = (config.num_hidden_layers, batch, length, config.num_attention_heads, config.head_dim)
+  shape = (config.num_hidden_layers, batch, config.num_attention_heads, length, config.head_dim)
   return jnp.zeros(shape, config.dtype), jnp.zeros(shape, config.dtype)
 
 
@@ -333,8 +363,8 @@ def prefill(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int):
 def decode(config: OPTConfig, params, token_B, position_B, cache, key_mask_BxK, index):
   """One token per row at cache slot `index`: (logits_BxV, cache)."""
   allowed_Bx1xK = ((jnp.arange(key_mask_BxK.shape[1]) <= index) & key_mask_BxK)[:, None, :]
-  logits_Bx1xV, cache = OPT(config).apply({'params': params}, token_B[:, None], position_B[:, None],
-                                          allowed_Bx1xK, cache, index)
+  logits_Bx1xV, cache = OPT(config, scan_layers=False).apply(
+      {'params': unstack(params)}, token_B[:, None], position_B[:, None], allowed_Bx1xK, cache, index)
   return logits_Bx1xV[:, 0], cache
 
 
@@ -363,6 +393,7 @@ def sample(config: OPTConfig, params, prompt_BxT, mask_BxT, key, new_tokens: int
            top_p: float = 1.0):
   """new_BxN: greedy (temperature 0) or sampled continuations of left-padded prompts."""
   logits_BxV, cache, key_mask = prefill(config, params, prompt_BxT, mask_BxT, new_tokens)
+  params = unstack(params)  # once, not every token
   t = prompt_BxT.shape[1]
   position_B = positions(mask_BxT)[:, -1] + 1
 
@@ -406,6 +437,7 @@ def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int
   max_new_tokens=new_tokens) chooses them. The prompt runs once and its cache is copied to the beams."""
   b, t = prompt_BxT.shape
   logits_BxV, cache, key_mask = prefill(config, params, prompt_BxT, mask_BxT, new_tokens)
+  params = unstack(params)  # once, not every token
   beam = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731  (B, ...) -> (B*W, ...)
   cache = jax.tree.map(lambda c: jnp.repeat(c, beams, axis=1), cache)
   position_BW = beam(positions(mask_BxT)[:, -1] + 1)
@@ -426,7 +458,8 @@ def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int
     logits_BWxV, cache, score_BxW, seen_BWxV, tokens_BxWxN = carry
     score_BxW, parent_BW, token_BW, seen_BWxV, tokens_BxWxN = extend(
         logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, n)
-    cache = jax.tree.map(lambda c: c[:, parent_BW], cache)
+    # A batch row's beams share its prompt's slots, so only the generated ones follow the parents.
+    cache = jax.tree.map(lambda c: c.at[:, :, :, t:].set(c[:, parent_BW, :, t:]), cache)
     logits_BWxV, cache = decode(config, params, token_BW, position_BW + n, cache, key_mask, t + n)
     return (logits_BWxV, cache, score_BxW, seen_BWxV, tokens_BxWxN), None
 

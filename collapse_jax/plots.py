@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from collapse_jax import results  # noqa: E402
@@ -120,7 +121,8 @@ def _finish(fig, path, title):
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  if jax.process_index() == 0:  # one copy of each figure per multi-host run
+    fig.savefig(path, dpi=120)
   plt.close(fig)
 
 

@@ -2,6 +2,7 @@
 
 import io
 
+import jax
 import numpy as np
 
 GROUP_COLUMNS = ('regime', 'samples', 'real_fraction')  # what tells sweeps apart
@@ -58,8 +59,17 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes a text file, from the primary process only (one file per multi-host run)."""
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      f.write(text)
+
+
 def write_csv(table: dict[str, np.ndarray], path: str) -> None:
-  """Writes the table as CSV (numbers to 7 significant digits)."""
+  """Writes the table as CSV (numbers to 7 significant digits), from the primary process only."""
+  if jax.process_index() != 0:
+    return
   names = list(table)
   numeric = np.stack([table[k].astype(np.float64) for k in names[1:]], 1)
   buf = io.StringIO()

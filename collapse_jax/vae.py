@@ -355,6 +355,8 @@ def cached_classifier(path: str, images_NxD, labels_N):
     return traverse_util.unflatten_dict({tuple(k.split('/')): jnp.asarray(v)
                                          for k, v in flat.items()})
   params = train_classifier(jnp.asarray(images_NxD), jnp.asarray(labels_N), jax.random.key(0))
+  if not driver.is_primary():
+    return params
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   flat = {'/'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
   np.savez(path + '.tmp.npz', **flat)
@@ -418,7 +420,6 @@ def run(cfg: VAEConfig, workdir: str, progress: bool = True, log=print):
                     f'{cfg.regimes[0]}, seed {cfg.first_seed}')
   plots.latent_hists(curves, HIST_BINS, HIST_RANGE, os.path.join(workdir, 'latent_hist.png'))
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 5, 10))
-  with open(os.path.join(workdir, 'summary.txt'), 'w') as f:
-    f.write(text + '\n')
+  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return table

@@ -56,6 +56,7 @@ flags.DEFINE_integer('gen_batch', _D.gen_batch, 'Prompts per beam-search batch.'
 flags.DEFINE_string('prompt', _D.prompt, 'The prompt whose continuation is kept per generation.')
 flags.DEFINE_enum('dtype', _D.dtype, ['float32', 'bfloat16'], 'Compute dtype (bfloat16 for accelerators).')
 flags.DEFINE_integer('cpu_devices', 0, 'On a CPU, split it into this many devices (0: one).')
+cli.define_process_flags()
 
 _FIELDS = {f: f for f in ('model', 'tokenizer', 'data_dir', 'train_split', 'valid_split', 'seeds',
                           'first_seed', 'generations', 'epochs', 'batch', 'learning_rate',

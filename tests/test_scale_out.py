@@ -1,0 +1,94 @@
+"""Many devices and many processes give the one-device results: 8 forced CPU devices for the GMM,
+Gaussian and VAE sweeps; two processes on 127.0.0.1 running one GMM sweep, killed and resumed."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
+
+
+def _run(module, *args, devices=None):
+  """An experiment in a fresh process: with `devices` forced CPU devices (XLA_FLAGS), or one."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  proc = subprocess.run([sys.executable, '-m', module, *args, '--cpu_devices=0'], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _same_csv(a, b):
+  pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b), check_exact=True)
+
+
+def test_eight_devices_equal_one(tmp_path):
+  """Seed counts that do (8) and do not (5, 3) divide the 8 devices: padding never shows."""
+  sweeps = {
+      'gmm': ['--preset=small', '--seeds=5', '--generations=6', '--checkpoint_every=3'],
+      'gaussian': ['--preset=small', '--seeds=8', '--generations=10', '--samples=10',
+                   '--per_seed_csv'],
+      'vae': ['--preset=small', '--seeds=3', '--generations=1', '--samples=256', '--epochs=1',
+              '--batch=64', '--eval_images=128', '--test_images=128',
+              f'--mnist_dir={os.path.join(DATA, "mnist")}',
+              f'--classifier_cache={tmp_path / "classifier.npz"}'],
+  }
+  for name, args in sweeps.items():
+    for devices in (1, 8):
+      _run(f'experiments.{name}', *args, f'--workdir={tmp_path / name / str(devices)}',
+           devices=devices)
+    for csv in ('metrics.csv',) + (('curves.csv',) if name == 'gaussian' else ()):
+      _same_csv(tmp_path / name / '1' / csv, tmp_path / name / '8' / csv)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(args, workdir):
+  """Starts processes 0 and 1 of one run, each with one CPU device."""
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.gmm', *args, '--cpu_devices=1', f'--workdir={workdir}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True) for i in range(2)]
+
+
+def _wait(procs):
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert all(p.returncode == 0 for p in procs), '\n'.join(err[-3000:] for _, err in outs)
+  return outs
+
+
+def test_two_processes_run_one_sweep_and_resume_after_a_kill(tmp_path):
+  args = ['--preset=small', '--seeds=6', '--generations=60', '--checkpoint_every=2',
+          '--regime=replace,mix', '--real_fraction=0.5']
+  _run('experiments.gmm', *args, '--workdir=' + str(tmp_path / 'one'), devices=2)
+
+  # Both processes are killed once the first checkpoints exist, then started again.
+  procs = _two_processes(args, tmp_path / 'two')
+  replace = tmp_path / 'two' / 'checkpoints' / 'replace'
+  deadline = time.time() + 300
+  while not (replace.exists() and any(p.name.isdigit() for p in replace.iterdir())):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), 'no checkpoint'
+    time.sleep(0.05)
+  for p in procs:
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+  assert not (tmp_path / 'two' / 'metrics.csv').exists()  # killed before the end
+
+  outs = _wait(_two_processes(args, tmp_path / 'two'))
+  assert 'replace M=200:   0%' not in outs[0][1]  # resumed, not restarted
+  _same_csv(tmp_path / 'one' / 'metrics.csv', tmp_path / 'two' / 'metrics.csv')
+  assert '%|' not in outs[1][1]  # process 1 shows no progress bar; process 0 writes the files
