@@ -13,6 +13,7 @@ Shapes in names: B runs in the batch, N samples, P pool rows, D dimensions.
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -308,8 +309,54 @@ def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
   first = per_device(first_run, (runs, runs, replicated))
   # g0 is traced and shared by all runs, so one program serves every chunk.
   advance = per_device(chunk_run, (runs, runs, replicated, replicated), donate=1)
-  return (lambda seed_B, fraction_B: first(seed_B, fraction_B, data),
-          lambda const_B, carry_B, g0: _swap(advance(const_B, carry_B, g0, data)))
+  run_first = lambda seed_B, fraction_B: first(seed_B, fraction_B, data)  # noqa: E731
+  run_advance = lambda const_B, carry_B, g0: _swap(advance(const_B, carry_B, g0, data))  # noqa: E731
+  # Ahead of time: the same programs compiled for given arguments, with their bytes per device.
+  run_first.compiled = lambda *args: _ahead(first, data, args, lambda out: out)
+  run_advance.compiled = lambda *args: _ahead(advance, data, args, _swap)
+  return run_first, run_advance
+
+
+def _ahead(jitted, data, args, finish):
+  """(the compiled program as a function of args, the bytes a device needs to run it)."""
+  exe = jitted.lower(*args, data).compile()
+  stats = exe.memory_analysis()
+  need = 0 if stats is None else (stats.argument_size_in_bytes + stats.output_size_in_bytes
+                                  + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
+  return (lambda *a: finish(exe(*a, data))), need
+
+
+def _bytes(n: float) -> str:
+  for unit in ('B', 'KiB', 'MiB', 'GiB'):
+    if n < 1024 or unit == 'GiB':
+      return f'{n:,.1f} {unit}'
+    n /= 1024
+
+
+def device_memory() -> int:
+  """Bytes one device may use: $COLLAPSE_JAX_DEVICE_MEMORY if set, else what the device
+  reports, else (CPU devices share the host) the host's memory over its devices."""
+  if os.environ.get('COLLAPSE_JAX_DEVICE_MEMORY'):
+    return int(float(os.environ['COLLAPSE_JAX_DEVICE_MEMORY']))
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if 'bytes_limit' in stats:
+    return int(stats['bytes_limit'])
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // jax.local_device_count()
+
+
+def check_memory(need: int, per_device: int, shared: int, runs: int) -> str:
+  """A line saying what each device holds; ConfigError, naming the largest batch that
+  fits, when a device cannot hold it. Memory grows about linearly with runs per device
+  beyond the `shared` bytes (datasets) every device holds once."""
+  have = device_memory()
+  per_run = max(need - shared, 1) / per_device
+  line = (f'{runs} runs on {jax.device_count()} device(s), {per_device} per device, '
+          f'{_bytes(need)} of {_bytes(have)} per device')
+  if need > have:
+    fit = int((have - shared) // per_run) * jax.device_count()
+    raise ConfigError('seeds', f'{line}: does not fit; about {max(fit, 0)} runs (seeds x real '
+                      'fractions) would, or use more devices')
+  return line
 
 
 def _swap(out):
@@ -385,6 +432,15 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
                             min(width or default_width(concrete(family), per_device), per_device))
   sharding = seed_B.sharding
   const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
+  abstract = lambda t: jax.tree.map(  # noqa: E731
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), t)
+  # Compiled before anything runs, so a batch too large for a device is refused up front.
+  first, need_first = first.compiled(seed_B, fraction_B)
+  advance, need_advance = advance.compiled(abstract(const_B), abstract(carry_B), jnp.int32(1))
+  shared = sum(x.nbytes for x in jax.tree.leaves(_unbind(family)[1]))
+  line = check_memory(max(need_first, need_advance), per_device, shared, b)
+  if progress and is_primary():
+    tqdm.tqdm.write(f'{sweep.regime} M={sweep.samples}: {line}', file=sys.stderr)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
 
   labels = (sweep, to_host(seed_B), to_host(fraction_B))  # for error messages
@@ -396,8 +452,6 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
       metrics[k][0] = v[0]
     step = 0
   else:  # resume: restore onto the same sharding
-    abstract = lambda t: jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), t)
     saved = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract({'const': const_B, 'carry': carry_B})),
         history=ocp.args.StandardRestore(metrics)))

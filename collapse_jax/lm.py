@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from collapse_jax import driver, opt, plots, results, wikitext
@@ -167,12 +167,12 @@ def start_model(cfg: LMConfig, seed: int):
 
 
 def _mesh():
-  return Mesh(np.asarray(jax.devices()), ('data',))
+  return driver.mesh('data')
 
 
 def _split(x):
   """Rows over the devices (data parallel)."""
-  return jax.device_put(x, NamedSharding(_mesh(), PartitionSpec('data')))
+  return driver.place(np.asarray(x), 'data')
 
 
 def _replicated(tree):

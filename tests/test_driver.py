@@ -117,6 +117,19 @@ def test_chunks_compile_once_and_finished_runs_reload(tmp_path, monkeypatch):
 
 
 
+def test_a_batch_too_big_for_a_device_is_refused_before_running(tmp_path, monkeypatch):
+  sweep = _sweep(generations=4)
+  calls = []
+  _run(tmp_path / 'fits', sweep, calls=calls)
+  assert calls and os.listdir(tmp_path / "fits")  # it ran and checkpointed
+  monkeypatch.setenv('COLLAPSE_JAX_DEVICE_MEMORY', '2000')
+  calls.clear()
+  with pytest.raises(driver.ConfigError, match=r'does not fit; about \d+ runs') as e:
+    _run(tmp_path / 'too_big', sweep, calls=calls)
+  assert e.value.flag == 'seeds' and '\n' not in str(e.value)
+  assert not os.listdir(tmp_path / 'too_big')  # no checkpoint: nothing ran
+
+
 def test_nonfinite_metrics_name_generation_and_seed():
   bad = {'sd': np.array([[1.0, 1.0], [1.0, np.nan]])}
   with pytest.raises(FloatingPointError, match='generation 5 of seed 12'):
