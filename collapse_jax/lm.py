@@ -188,7 +188,7 @@ def _chunks(ids_NxL, size: int):
 
 def block_nll(config, params, ids_NxL, batch: int):
   """nll_N: every block's mean next-token negative log-likelihood."""
-  out = [np.asarray(opt.block_nll(config, params, _split(x)))[:n] for _, x, n in _chunks(ids_NxL, batch)]
+  out = [driver.to_host(opt.block_nll(config, params, _split(x)))[:n] for _, x, n in _chunks(ids_NxL, batch)]
   return np.concatenate(out)
 
 
@@ -273,7 +273,7 @@ def regenerate(cfg: LMConfig, config, params, prompts_NxL, key, directory: str, 
     path = os.path.join(directory, f'{start:08d}.npy')
     if not os.path.exists(path):
       new = continue_prompts(cfg, config, params, _split(prompt), jax.random.fold_in(key, start))
-      _save_npy(path, np.asarray(new)[:n].astype(np.int32))
+      _save_npy(path, driver.to_host(new)[:n].astype(np.int32))
     out.append(np.load(path))
   return np.concatenate(out)
 
