@@ -72,7 +72,7 @@ def _wait(procs):
 
 
 def test_two_processes_run_one_sweep_and_resume_after_a_kill(tmp_path):
-  args = ['--preset=small', '--seeds=6', '--generations=60', '--checkpoint_every=2',
+  args = ['--preset=small', '--seeds=6', '--generations=24', '--checkpoint_every=2',
           '--regime=replace,mix', '--real_fraction=0.5']
   _run('experiments.gmm', *args, '--workdir=' + str(tmp_path / 'one'), devices=2)
 
