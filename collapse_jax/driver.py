@@ -265,6 +265,13 @@ def to_host(x) -> np.ndarray:
   return np.asarray(x)
 
 
+def barrier(name: str) -> None:
+  """Waits until every process gets here (a no-op in a one-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    multihost_utils.sync_global_devices(name)
+
+
 def is_primary() -> bool:
   """Whether this process writes tables, figures and summaries (process 0 of a multi-host run)."""
   return jax.process_index() == 0

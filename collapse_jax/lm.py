@@ -176,7 +176,18 @@ def _split(x):
 
 
 def _replicated(tree):
-  return jax.device_put(tree, NamedSharding(_mesh(), PartitionSpec()))
+  """The same values on every device of every process."""
+  sharding = NamedSharding(_mesh(), PartitionSpec())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+  host = lambda x: driver.to_host(x) if isinstance(x, jax.Array) else np.asarray(x)  # noqa: E731
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda index, v=host(x): v[index]), tree)
+
+
+def _like(tree):
+  """Abstract arrays with the shapes, types and shardings of `tree`: a target to restore onto."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def _chunks(ids_NxL, size: int):
@@ -210,20 +221,21 @@ def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory:
   """
   steps = len(ids_NxL) // cfg.batch
   tx, step_fn = _trainer(config, cfg.train, steps * cfg.epochs)
-  state = {'params': params, 'opt': tx.init(params), 'best': params,
+  params = _replicated(params)
+  state = {'params': params, 'opt': _replicated(tx.init(params)), 'best': params,
            'losses': np.full(cfg.epochs, np.nan, np.float32)}
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
       max_to_keep=1, enable_async_checkpointing=False))
   done = manager.latest_step() or 0
-  if done:
-    state = manager.restore(done, args=ocp.args.StandardRestore(state))
-  state = _replicated(state)
+  if done:  # onto the same shardings
+    state = manager.restore(done, args=ocp.args.StandardRestore(
+        {**_like({k: v for k, v in state.items() if k != 'losses'}), 'losses': state['losses']}))
   # Training donates its buffers: work on a copy, so the caller's parameters (the
   # pretrained ones, reused by every generation) and the best epoch's survive.
   params, opt_state, best = jax.tree.map(jnp.copy, state['params']), state['opt'], state['best']
-  losses = np.array(state['losses'])
-  bar = tqdm(total=steps * cfg.epochs, initial=steps * done, desc=desc, disable=not progress,
-             leave=False)
+  losses = np.array(driver.to_host(state['losses']))
+  bar = tqdm(total=steps * cfg.epochs, initial=steps * done, desc=desc,
+             disable=not progress or not driver.is_primary(), leave=False)
   for epoch in range(done, cfg.epochs):
     order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
     order = np.asarray(jax.random.permutation(order_key, len(ids_NxL)))
@@ -231,7 +243,7 @@ def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory:
       batch = _split(ids_NxL[order[s * cfg.batch:(s + 1) * cfg.batch]])
       params, opt_state, loss = step_fn(params, opt_state, batch, jax.random.fold_in(step_key, s))
       bar.update()
-      bar.set_postfix(loss=f'{float(loss):.3f}', refresh=False) if s % 20 == 0 else None
+      bar.set_postfix(loss=f'{driver.to_host(loss):.3f}', refresh=False) if s % 20 == 0 else None
     losses[epoch] = block_nll(config, params, valid_NxL, cfg.eval_batch).mean()
     if losses[epoch] <= np.nanmin(losses):
       best = jax.tree.map(jnp.copy, params)
@@ -269,21 +281,28 @@ def regenerate(cfg: LMConfig, config, params, prompts_NxL, key, directory: str, 
   os.makedirs(directory, exist_ok=True)
   out = []
   chunks = list(_chunks(prompts_NxL, cfg.gen_batch))
-  for start, prompt, n in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+  for start, prompt, n in tqdm(chunks, desc=desc, disable=not progress or not driver.is_primary(),
+                               leave=False):
     path = os.path.join(directory, f'{start:08d}.npy')
-    if not os.path.exists(path):
+    if os.path.exists(path):
+      out.append(np.load(path))
+    else:
       new = continue_prompts(cfg, config, params, _split(prompt), jax.random.fold_in(key, start))
-      _save_npy(path, driver.to_host(new)[:n].astype(np.int32))
-    out.append(np.load(path))
+      out.append(driver.to_host(new)[:n].astype(np.int32))
+      _save_npy(path, out[-1])
   return np.concatenate(out)
 
 
 def _save_npy(path: str, array):
+  if not driver.is_primary():
+    return
   np.save(path + '.tmp.npy', array)
   os.replace(path + '.tmp.npy', path)
 
 
 def _write_json(path: str, value):
+  if not driver.is_primary():
+    return
   with open(path + '.tmp', 'w') as f:
     json.dump(value, f, indent=1)
   os.replace(path + '.tmp', path)
@@ -291,15 +310,15 @@ def _write_json(path: str, value):
 
 def continuation(cfg: LMConfig, config, params, tok) -> str:
   """The model's continuation of the fixed prompt."""
-  ids = np.asarray(tok(cfg.prompt)['input_ids'], np.int32)[None]
+  ids = _replicated(np.asarray(tok(cfg.prompt)['input_ids'], np.int32)[None])
   if cfg.decoding == 'beam':
-    new = opt.beam_search(config, params, ids, np.ones_like(ids), cfg.new_tokens, cfg.beams,
+    new = opt.beam_search(config, params, ids, jnp.ones_like(ids), cfg.new_tokens, cfg.beams,
                           cfg.repetition_penalty)
   else:
-    new = opt.sample(config, params, ids, np.ones_like(ids), jax.random.key(0), cfg.new_tokens,
+    new = opt.sample(config, params, ids, jnp.ones_like(ids), jax.random.key(0), cfg.new_tokens,
                      cfg.repetition_penalty, 0.0 if cfg.decoding == 'greedy' else cfg.temperature,
                      cfg.top_k, cfg.top_p)
-  return tok.decode(np.asarray(new)[0])
+  return tok.decode(driver.to_host(new)[0])
 
 
 def training_set(cfg: LMConfig, regime: str, fraction: float, g: int, key, data, generated):
@@ -356,7 +375,7 @@ def run_one(cfg: LMConfig, regime: str, fraction: float, seed: int, data, direct
       ckptr.save(model_dir, params)  # atomic: a killed save leaves no model, and training resumes
       ckptr.wait_until_finished()
     elif needs_params:
-      params = _replicated(ckptr.restore(model_dir, jax.tree.map(np.asarray, pretrained)))
+      params = ckptr.restore(model_dir, _like(pretrained))
     shutil.rmtree(os.path.join(gdir, 'train'), ignore_errors=True)  # the epochs' states are done with
     if g == 0:
       params0 = params
@@ -371,6 +390,7 @@ def run_one(cfg: LMConfig, regime: str, fraction: float, seed: int, data, direct
                      continuation=continuation(cfg, config, params, data['tokenizer']))
       _save_npy(os.path.join(gdir, 'generated_ppl.npy'), gen_ppl.astype(np.float32))
       _write_json(metrics_path, metrics)
+    driver.barrier(f'{directory} generation {g}')  # process 0 has written what the others read
     with open(metrics_path) as f:
       metrics = json.load(f)
     rows.append({'generation': g, **metrics})
@@ -448,6 +468,8 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
 
 
 def _write_rows(path: str, header, rows):
+  if not driver.is_primary():
+    return
   with open(path + '.tmp', 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(header)

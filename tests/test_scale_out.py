@@ -54,12 +54,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _two_processes(args, workdir):
+def _two_processes(args, workdir, module='experiments.gmm'):
   """Starts processes 0 and 1 of one run, each with one CPU device."""
   port = _free_port()
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   return [subprocess.Popen(
-      [sys.executable, '-m', 'experiments.gmm', *args, '--cpu_devices=1', f'--workdir={workdir}',
+      [sys.executable, '-m', module, *args, '--cpu_devices=1', f'--workdir={workdir}',
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       start_new_session=True) for i in range(2)]
@@ -92,3 +92,20 @@ def test_two_processes_run_one_sweep_and_resume_after_a_kill(tmp_path):
   assert 'replace M=200:   0%' not in outs[0][1]  # resumed, not restarted
   _same_csv(tmp_path / 'one' / 'metrics.csv', tmp_path / 'two' / 'metrics.csv')
   assert '%|' not in outs[1][1]  # process 1 shows no progress bar; process 0 writes the files
+
+
+def test_two_processes_train_the_language_model_data_parallel(tmp_path):
+  """The tiny OPT, its batches and prompts split over two processes, equals one process with two
+  devices; only process 0 writes the tables."""
+  args = ['--preset=tiny', f'--tokenizer={os.path.join(DATA, "opt-125m")}',
+          f'--data_dir={os.path.join(DATA, "wikitext-2-raw-v1")}', '--regime=replace',
+          '--generations=1', '--train_blocks=24', '--eval_blocks=8', '--batch=8', '--epochs=2',
+          '--block=16', '--new_tokens=16', '--beams=2', '--gen_batch=8', '--eval_batch=8']
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  one = subprocess.run([sys.executable, '-m', 'experiments.opt', *args, '--cpu_devices=2',
+                        f'--workdir={tmp_path / "one"}'], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  outs = _wait(_two_processes(args, tmp_path / 'two', 'experiments.opt'))
+  _same_csv(tmp_path / 'one' / 'metrics.csv', tmp_path / 'two' / 'metrics.csv')
+  assert '%|' not in outs[1][1]
