@@ -421,13 +421,16 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
       f'validation, {len(data["test"])} test; {jax.device_count()} {jax.default_backend()} device(s)')
 
   # -- every setting x seed: a host loop over generations
-  sweeps, hist, texts = [], [], []
+  sweeps, hist, texts, first_name = [], [], [], None
   for regime in cfg.regimes:
     for fraction in (cfg.real_fractions if regime in driver.FRACTION_REGIMES else (0.0,)):
       name = f'{regime}_{fraction:g}' if regime in driver.FRACTION_REGIMES else regime
+      first_name = first_name or name
       per_seed = []
       for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         directory = os.path.join(workdir, name, f'seed_{seed}')
+        if name != first_name:
+          _share_first_generation(os.path.join(workdir, first_name, f'seed_{seed}'), directory)
         rows = run_one(cfg, regime, fraction, seed, data, directory, progress, log)
         per_seed.append(rows)
         for row in rows:
@@ -465,6 +468,16 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
   results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return table
+
+
+def _share_first_generation(source: str, directory: str):
+  """Links generation 0 of a finished setting into another: it trains on the original data
+  with the seed's keys whatever the regime, so it is the same run."""
+  link = os.path.join(directory, 'gen_00')
+  if driver.is_primary() and not os.path.lexists(link):
+    os.makedirs(directory, exist_ok=True)
+    os.symlink(os.path.relpath(os.path.join(source, 'gen_00'), directory), link)
+  driver.barrier(f'{link} shared')
 
 
 def _write_rows(path: str, header, rows):

@@ -56,6 +56,16 @@ def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch
   assert (tmp_path / 'metrics.csv').read_text() == before
 
 
+def test_settings_share_generation_0(tmp_path, data):
+  cfg = dataclasses.replace(CFG, generations=1, regimes=('replace', 'mix'), real_fractions=(0.5,))
+  lm.run(cfg, str(tmp_path), progress=False, log=quiet)
+  assert (tmp_path / 'mix_0.5' / 'seed_0' / 'gen_00').is_symlink()
+  metrics = pd.read_csv(tmp_path / 'metrics.csv')
+  first = metrics[metrics.generation == 0].drop(columns=['regime', 'real_fraction'])
+  assert len(first) == 2 and (first.iloc[0] == first.iloc[1]).all()
+  assert len(pd.read_csv(tmp_path / 'generated_perplexity.csv')) == 4 * 24
+
+
 def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data, monkeypatch):
   config, params = lm.start_model(CFG, 0)
   args = (CFG, config, params, data['train'], data['valid'], lm.jax.random.key(3))
