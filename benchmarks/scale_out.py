@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import timing
@@ -41,16 +40,8 @@ def rate_on(devices: int, seeds: int, generations: int) -> float:
 def bytes_needed(seeds: int, chunk: int) -> tuple[int, int]:
   """(bytes a device needs, runs per device) for a GMM sweep of `seeds`, compiled, not run."""
   cfg = gmm.GMMConfig(seeds=seeds, generations=chunk)
-  sweep = cfg.sweep('replace')
-  (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
-  first, advance = driver.programs(gmm.family(cfg), sweep, chunk,
-                                   driver.default_width(driver.concrete(gmm.family(cfg)), per_device))
-  const_B, carry_B, _ = jax.eval_shape(first, seed_B, fraction_B)
-  abstract = lambda t: jax.tree.map(  # noqa: E731
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=seed_B.sharding), t)
-  _, need_first = first.compiled(seed_B, fraction_B)
-  _, need_advance = advance.compiled(abstract(const_B), abstract(carry_B), jnp.int32(1))
-  return max(need_first, need_advance), per_device
+  _, per_device, _, _, _, need = driver.compile_sweep(gmm.family(cfg), cfg.sweep('replace'), chunk)
+  return need, per_device
 
 
 def largest(chunk: int, max_seeds: int) -> int:

@@ -247,10 +247,6 @@ def mesh(axis: str = 'runs') -> Mesh:
   return Mesh(np.asarray(jax.devices()), (axis,))
 
 
-def _mesh():
-  return mesh('runs')
-
-
 def place(x, axis: str = 'runs'):
   """A host array (the same on every process) as a global array split over `axis` by rows."""
   sharding = NamedSharding(mesh(axis), PartitionSpec(axis))
@@ -296,7 +292,7 @@ def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
     def local(*args):
       shared = args[mapped:]
       return jax.lax.map(lambda a: one_run(*a, *shared), args[:mapped], batch_size=width)
-    return jax.jit(jax.shard_map(local, mesh=_mesh(), in_specs=in_specs, out_specs=runs,
+    return jax.jit(jax.shard_map(local, mesh=mesh(), in_specs=in_specs, out_specs=runs,
                                  check_vma=False), donate_argnums=donate)
 
   def first_run(seed, fraction, data):
@@ -412,6 +408,20 @@ def default_width(family: Family, runs_per_device: int) -> int:
   return runs_per_device
 
 
+def compile_sweep(family: Family | WithData, sweep: Sweep, chunk: int, width: int | None = None):
+  """A sweep's runs placed on the devices and its two programs compiled ahead of time:
+  ((seed_B, fraction_B), runs per device, first, advance, the abstract (const_B, carry_B,
+  metrics0) of generation 0 with the runs' sharding, the bytes a device needs)."""
+  (seed_B, fraction_B), per_device = placed_runs(sweep)
+  first, advance = programs(family, sweep, chunk,
+                            min(width or default_width(concrete(family), per_device), per_device))
+  shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=seed_B.sharding),
+                        jax.eval_shape(first, seed_B, fraction_B))
+  first, need_first = first.compiled(seed_B, fraction_B)
+  advance, need_advance = advance.compiled(shapes[0], shapes[1], jnp.int32(1))
+  return (seed_B, fraction_B), per_device, first, advance, shapes, max(need_first, need_advance)
+
+
 def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_every: int,
         progress: bool = True, width: int | None = None,
         settled: Callable[[dict[str, np.ndarray]], bool] | None = None
@@ -426,7 +436,6 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
   chain); the sweep then stops at the end of that chunk and the remaining
   generations repeat its metrics.
   """
-  (seed_B, fraction_B), per_device = placed_runs(sweep)
   b = len(sweep.runs()[0])
   manager = _manager(directory)
   step = manager.latest_step()
@@ -435,17 +444,12 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
     return {k: np.asarray(v)[:, :b] for k, v in saved.history.items()}
 
   chunk = min(checkpoint_every, sweep.generations)
-  first, advance = programs(family, sweep, chunk,
-                            min(width or default_width(concrete(family), per_device), per_device))
-  sharding = seed_B.sharding
-  const_B, carry_B, metrics0 = jax.eval_shape(first, seed_B, fraction_B)
-  abstract = lambda t: jax.tree.map(  # noqa: E731
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), t)
   # Compiled before anything runs, so a batch too large for a device is refused up front.
-  first, need_first = first.compiled(seed_B, fraction_B)
-  advance, need_advance = advance.compiled(abstract(const_B), abstract(carry_B), jnp.int32(1))
+  (seed_B, fraction_B), per_device, first, advance, shapes, need = compile_sweep(
+      family, sweep, chunk, width)
+  const_B, carry_B, metrics0 = shapes
   shared = sum(x.nbytes for x in jax.tree.leaves(_unbind(family)[1]))
-  line = check_memory(max(need_first, need_advance), per_device, shared, b)
+  line = check_memory(need, per_device, shared, b)
   if progress and is_primary():
     tqdm.tqdm.write(f'{sweep.regime} M={sweep.samples}: {line}', file=sys.stderr)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
@@ -460,7 +464,7 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
     step = 0
   else:  # resume: restore onto the same sharding
     saved = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract({'const': const_B, 'carry': carry_B})),
+        state=ocp.args.StandardRestore({'const': const_B, 'carry': carry_B}),
         history=ocp.args.StandardRestore(metrics)))
     const_B, carry_B = saved.state['const'], saved.state['carry']
     metrics = {k: np.asarray(v) for k, v in saved.history.items()}

@@ -254,6 +254,16 @@ def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory:
   return best, losses
 
 
+def _decode(cfg: LMConfig, config, params, prompt_BxT, key):
+  """new_BxN of full (unpadded) prompts, by the configured decoding."""
+  mask = jnp.ones_like(prompt_BxT)
+  if cfg.decoding == 'beam':
+    return opt.beam_search(config, params, prompt_BxT, mask, cfg.new_tokens, cfg.beams,
+                           cfg.repetition_penalty)
+  return opt.sample(config, params, prompt_BxT, mask, key, cfg.new_tokens, cfg.repetition_penalty,
+                    0.0 if cfg.decoding == 'greedy' else cfg.temperature, cfg.top_k, cfg.top_p)
+
+
 def continue_prompts(cfg: LMConfig, config, params, prompt_BxT, key):
   """new_BxN of full (unpadded) prompts, each device continuing its own rows."""
   return _continuer(cfg, config)(params, prompt_BxT, key)
@@ -262,13 +272,8 @@ def continue_prompts(cfg: LMConfig, config, params, prompt_BxT, key):
 @functools.lru_cache(maxsize=4)
 def _continuer(cfg: LMConfig, config: opt.OPTConfig):
   def local(params, prompt_BxT, key):
-    mask = jnp.ones_like(prompt_BxT)
-    if cfg.decoding == 'beam':
-      return opt.beam_search(config, params, prompt_BxT, mask, cfg.new_tokens, cfg.beams,
-                             cfg.repetition_penalty)
-    key = jax.random.fold_in(key, jax.lax.axis_index('data'))
-    return opt.sample(config, params, prompt_BxT, mask, key, cfg.new_tokens, cfg.repetition_penalty,
-                      0.0 if cfg.decoding == 'greedy' else cfg.temperature, cfg.top_k, cfg.top_p)
+    return _decode(cfg, config, params, prompt_BxT,
+                   jax.random.fold_in(key, jax.lax.axis_index('data')))
   data, replicated = PartitionSpec('data'), PartitionSpec()
   return jax.jit(jax.shard_map(local, mesh=_mesh(), in_specs=(replicated, data, replicated),
                                out_specs=data, check_vma=False))
@@ -294,30 +299,17 @@ def regenerate(cfg: LMConfig, config, params, prompts_NxL, key, directory: str, 
 
 
 def _save_npy(path: str, array):
-  if not driver.is_primary():
-    return
-  np.save(path + '.tmp.npy', array)
-  os.replace(path + '.tmp.npy', path)
+  results.write_file(path, lambda f: np.save(f, array), binary=True)
 
 
 def _write_json(path: str, value):
-  if not driver.is_primary():
-    return
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + '.tmp', path)
+  results.write_file(path, lambda f: json.dump(value, f, indent=1))
 
 
 def continuation(cfg: LMConfig, config, params, tok) -> str:
   """The model's continuation of the fixed prompt."""
   ids = _replicated(np.asarray(tok(cfg.prompt)['input_ids'], np.int32)[None])
-  if cfg.decoding == 'beam':
-    new = opt.beam_search(config, params, ids, jnp.ones_like(ids), cfg.new_tokens, cfg.beams,
-                          cfg.repetition_penalty)
-  else:
-    new = opt.sample(config, params, ids, jnp.ones_like(ids), jax.random.key(0), cfg.new_tokens,
-                     cfg.repetition_penalty, 0.0 if cfg.decoding == 'greedy' else cfg.temperature,
-                     cfg.top_k, cfg.top_p)
+  new = _decode(cfg, config, params, ids, jax.random.key(0))
   return tok.decode(driver.to_host(new)[0])
 
 
@@ -481,10 +473,4 @@ def _share_first_generation(source: str, directory: str):
 
 
 def _write_rows(path: str, header, rows):
-  if not driver.is_primary():
-    return
-  with open(path + '.tmp', 'w', newline='') as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    writer.writerows(rows)
-  os.replace(path + '.tmp', path)
+  results.write_file(path, lambda f: csv.writer(f).writerows([header, *rows]))

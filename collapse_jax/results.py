@@ -1,6 +1,7 @@
 """Results as researchers read them: a long-form table, a CSV, a summary."""
 
 import io
+import os
 
 import jax
 import numpy as np
@@ -59,24 +60,31 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def write_file(path: str, write, binary: bool = False) -> None:
+  """Writes a file through write(f) into a temporary one, then renames it, so a killed run
+  never leaves half a file; from the primary process only (one file per multi-host run)."""
+  if jax.process_index() != 0:
+    return
+  with open(path + '.tmp', 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
+    write(f)
+  os.replace(path + '.tmp', path)
+
+
 def write_text(path: str, text: str) -> None:
-  """Writes a text file, from the primary process only (one file per multi-host run)."""
-  if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      f.write(text)
+  write_file(path, lambda f: f.write(text))
 
 
 def write_csv(table: dict[str, np.ndarray], path: str) -> None:
   """Writes the table as CSV (numbers to 7 significant digits), from the primary process only."""
-  if jax.process_index() != 0:
-    return
   names = list(table)
   numeric = np.stack([table[k].astype(np.float64) for k in names[1:]], 1)
   buf = io.StringIO()
   np.savetxt(buf, numeric, fmt='%.7g', delimiter=',')
-  with open(path, 'w') as f:
+
+  def write(f):
     f.write(','.join(names) + '\n')
     f.writelines(f'{r},{line}\n' for r, line in zip(table[names[0]], buf.getvalue().splitlines()))
+  write_file(path, write)
 
 
 def groups(table):

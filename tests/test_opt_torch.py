@@ -39,10 +39,10 @@ def saved(request, tmp_path_factory):
   return small_hf(tmp_path_factory, request.param)
 
 
-def padded_batch():
-  """Two rows, the second left-padded by 3, as a tokenizer with padding_side='left' gives."""
-  rng = np.random.default_rng(0)
-  ids = rng.integers(3, 96, size=(2, 12)).astype(np.int64)
+def padded_batch(rows=2, length=12, seed=0):
+  """Random rows, the second left-padded by 3, as a tokenizer with padding_side='left' gives."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, 96, size=(rows, length)).astype(np.int64)
   mask = np.ones_like(ids)
   ids[1, :3], mask[1, :3] = 1, 0
   return ids, mask
@@ -87,20 +87,12 @@ def test_a_wrong_layer_is_noticed(saved):
   assert np.abs(ours[real] - torch_logits(model, ids, mask)[real]).max() > 1e-3
 
 
-def prompts():
-  rng = np.random.default_rng(1)
-  ids = rng.integers(3, 96, size=(3, 10)).astype(np.int64)
-  mask = np.ones_like(ids)
-  ids[1, :3], mask[1, :3] = 1, 0
-  return ids, mask
-
-
 @pytest.mark.parametrize('beams', [1, 5])
 def test_generation_equals_transformers_generate(saved, beams):
   """Token for token, with the paper's repetition penalty and without one; exactly 16 new tokens."""
   model, directory = saved
   config, params = opt.load(directory)
-  ids, mask = prompts()
+  ids, mask = padded_batch(rows=3, length=10, seed=1)
   for penalty in (1.0, 2.0):
     with torch.no_grad():
       theirs = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
