@@ -7,8 +7,10 @@ One step is the paper's: Adam (lr 1e-3, weight decay 1e-5) on a batch of 256
 MNIST-sized images, loss summed over the batch. This project runs `--steps`
 steps of vae.train_step in one jitted fori_loop, as vae.fit does, then S seeds
 together with jax.vmap; the reference runs the same network and optimiser in
-PyTorch's eager loop on every core, after a warm-up. Compile time is measured
-apart and excluded from the rates. The host-loop line times the same jitted
+PyTorch's eager loop on every core, after a warm-up. The two sides run
+`--repeats` times, alternating, and their medians are compared: PyTorch's rate
+on a shared 2-core machine varies by up to 2x between runs. Compile time is
+measured apart and excluded from the rates. The host-loop line times the same jitted
 step called from Python, to show what the compiled loop costs or saves.
 """
 
@@ -28,6 +30,7 @@ flags.DEFINE_integer('batch', 256, 'Images per step.')
 flags.DEFINE_list('seeds_list', ['1', '2'], 'Seeds trained together with jax.vmap; '
                   'empty to skip.')
 flags.DEFINE_integer('warmup', 2, 'Untimed PyTorch steps before timing.')
+flags.DEFINE_integer('repeats', 3, 'Timed runs of each side, alternating; the medians are compared.')
 FLAGS = flags.FLAGS
 
 
@@ -120,6 +123,7 @@ def main(argv):
   try:
     seeds_list = cli.parse_ints('seeds_list', FLAGS.seeds_list)
     for flag, ok in [('steps', FLAGS.steps >= 1), ('batch', FLAGS.batch >= 1),
+                     ('repeats', FLAGS.repeats >= 1),
                      ('seeds_list', all(s >= 1 for s in seeds_list))]:
       if not ok:
         raise driver.ConfigError(flag, 'must be positive')
@@ -130,18 +134,25 @@ def main(argv):
   images = FLAGS.steps * cfg.batch
 
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}; '
-        f'{os.cpu_count()} CPU cores; batch {cfg.batch}, {FLAGS.steps} steps')
-  compile_s, run_s = ours(cfg, x_KxBxD, None)
-  rate, one_seed_step = images / run_s, run_s / FLAGS.steps
-  print(f'collapse-jax : {rate:10.1f} images/s  ({run_s / FLAGS.steps * 1e3:.0f} ms/step, '
-        f'one seed, fori_loop; compile {compile_s:.1f} s, excluded)')
-  compile_s, run_s = host_loop(cfg, x_KxBxD)
-  print(f'  host loop  : {images / run_s:10.1f} images/s  ({run_s / FLAGS.steps * 1e3:.0f} '
+        f'{os.cpu_count()} CPU cores; batch {cfg.batch}, {FLAGS.steps} steps, '
+        f'{FLAGS.repeats} runs each side')
+  ours_s, ref_s = [], []
+  for _ in range(FLAGS.repeats):
+    compile_s, run_s = ours(cfg, x_KxBxD, None)
+    ours_s.append(run_s)
+    ref_s.append(pytorch(cfg, x_KxBxD, FLAGS.warmup))
+  run_s, ref_run_s = float(np.median(ours_s)), float(np.median(ref_s))
+  rate, ref, one_seed_step = images / run_s, images / ref_run_s, run_s / FLAGS.steps
+  spread = lambda runs: ', '.join(f'{images / t:.0f}' for t in runs)
+  print(f'collapse-jax : {rate:10.1f} images/s  ({one_seed_step * 1e3:.0f} ms/step, one seed, '
+        f'fori_loop; runs {spread(ours_s)}; compile {compile_s:.1f} s, excluded)')
+  compile_s, host_s = host_loop(cfg, x_KxBxD)
+  print(f'  host loop  : {images / host_s:10.1f} images/s  ({host_s / FLAGS.steps * 1e3:.0f} '
         f'ms/step, the jitted step called per step; compile {compile_s:.1f} s, excluded)')
-  ref = images / pytorch(cfg, x_KxBxD, FLAGS.warmup)
-  print(f'PyTorch      : {ref:10.1f} images/s  ({images / ref / FLAGS.steps * 1e3:.0f} ms/step, '
-        f'eager, {os.cpu_count()} threads, after {FLAGS.warmup} warm-up steps)')
-  print(f'ratio        : {rate / ref:10.2f}x')
+  print(f'PyTorch      : {ref:10.1f} images/s  ({ref_run_s / FLAGS.steps * 1e3:.0f} ms/step, '
+        f'eager, {os.cpu_count()} threads, after {FLAGS.warmup} warm-up steps; runs '
+        f'{spread(ref_s)})')
+  print(f'ratio        : {rate / ref:10.2f}x  (medians)')
 
   for seeds in seeds_list:
     compile_s, run_s = ours(cfg, x_KxBxD, seeds)

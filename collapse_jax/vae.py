@@ -20,24 +20,64 @@ from collapse_jax import driver, mnist, plots, results
 SIDE, PIXELS = 28, 784
 
 
-def patch_conv(x_BxHxWxC, kernel_KxKxCxO, stride: int, pad: int):
-  """A convolution as strided slices and one matmul (im2col), no convolution op.
+def space_to_depth(x_BxHxWxC):
+  """2 x 2 pixel blocks as channels: (B, 2m, 2m, C) -> (B, m, m, 4C), channels (row, col, c)."""
+  b, h, w, c = x_BxHxWxC.shape
+  x = x_BxHxWxC.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // 2, w // 2, 4 * c)
 
-  XLA's CPU backend runs convolution gradients inside a loop body (a training
-  loop under fori_loop or scan) some 20-40x slower than outside one; slices and
-  matmuls have no such penalty.
+
+def depth_to_space(x_BxMxMx4C):
+  """The inverse of space_to_depth."""
+  b, m, _, c4 = x_BxMxMx4C.shape
+  x = x_BxMxMx4C.reshape(b, m, m, 2, 2, c4 // 4).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, 2 * m, 2 * m, c4 // 4)
+
+
+def kernel_blocks(kernel_4x4xCxO):
+  """A 4 x 4 kernel's taps as 2 x 2 blocks: [i, j, r, s] is tap (2i + r, 2j + s)."""
+  return kernel_4x4xCxO.reshape(2, 2, 2, 2, *kernel_4x4xCxO.shape[2:]).transpose(0, 2, 1, 3, 4, 5)
+
+
+_BLOCKS = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+
+def down_conv(x_BxNxNxC, kernel_4x4xCxO):
+  """PyTorch's Conv2d(kernel 4, stride 2, padding 1), n x n -> n/2 x n/2, as one matmul.
+
+  Padded and taken as 2 x 2 blocks (space_to_depth), the strided 4 x 4
+  convolution is a 2 x 2 one of stride 1: each output reads blocks (a + i, b + j),
+  i, j in {0, 1}, four contiguous windows, concatenated and multiplied at once.
+  No convolution op: XLA's CPU backend runs convolution gradients inside a loop
+  body (a training loop under fori_loop or scan) some 20-40x slower than
+  outside one, and matmuls and slices have no such penalty.
   """
-  k = kernel_KxKxCxO.shape[0]
-  x = jnp.pad(x_BxHxWxC, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  oh, ow = (x.shape[1] - k) // stride + 1, (x.shape[2] - k) // stride + 1
-  cols = [x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride]
-          for i in range(k) for j in range(k)]
-  kernel_PxCxO = kernel_KxKxCxO.reshape(k * k, *kernel_KxKxCxO.shape[2:])
-  return jnp.einsum('bhwpc,pco->bhwo', jnp.stack(cols, axis=3), kernel_PxCxO)
+  b, n, _, c = x_BxNxNxC.shape
+  s = space_to_depth(jnp.pad(x_BxNxNxC, ((0, 0), (1, 1), (1, 1), (0, 0))))
+  h = n // 2
+  cols = jnp.concatenate([s[:, i:i + h, j:j + h] for i, j in _BLOCKS], axis=-1)
+  kernel = kernel_blocks(kernel_4x4xCxO).reshape(16 * c, -1)
+  return (cols.reshape(b * h * h, 16 * c) @ kernel).reshape(b, h, h, -1)
+
+
+def up_conv(x_BxNxNxC, kernel_4x4xCxO):
+  """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1), n x n -> 2n x 2n, as one matmul.
+
+  The adjoint of down_conv: every input pixel's 16 tap contributions in one
+  matmul, then added into place, input pixel a's block i landing on block
+  a + i of the padded output, which depth_to_space unfolds and the padding is
+  cropped. kernel[ky, kx, in, out] is PyTorch's weight[in, out, ky, kx].
+  """
+  b, n, _, c = x_BxNxNxC.shape
+  kernel = kernel_blocks(kernel_4x4xCxO).transpose(4, 0, 1, 2, 3, 5).reshape(c, -1)
+  taps = (x_BxNxNxC.reshape(b * n * n, c) @ kernel).reshape(b, n, n, 4, -1)
+  blocks = sum(jnp.pad(taps[:, :, :, q], ((0, 0), (i, 1 - i), (j, 1 - j), (0, 0)))
+               for q, (i, j) in enumerate(_BLOCKS))
+  return depth_to_space(blocks)[:, 1:-1, 1:-1]
 
 
 class DownConv(nn.Module):
-  """Conv2d(kernel 4, stride 2, padding 1): n x n -> n/2 x n/2; kernel is HWIO, as nn.Conv's."""
+  """Conv2d(kernel 4, stride 2, padding 1); the kernel is HWIO, as nn.Conv's."""
   features: int
 
   @nn.compact
@@ -45,7 +85,7 @@ class DownConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (4, 4, x_BxNxNxC.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    return patch_conv(x_BxNxNxC, kernel, 2, 1) + bias
+    return down_conv(x_BxNxNxC, kernel) + bias
 
 
 class Encoder(nn.Module):
@@ -60,30 +100,15 @@ class Encoder(nn.Module):
 
 
 class UpConv(nn.Module):
-  """PyTorch's ConvTranspose2d(kernel 4, stride 2, padding 1): n x n -> 2n x 2n.
-
-  Computed as one 3 x 3 convolution (padding 1) with an output channel per phase
-  (the parities r, s of the output row and column), the phases then interleaved,
-  with patch_conv: no dilated or transposed convolution, whose gradients XLA's
-  CPU backend runs slowly. Output row 2a + r reads input rows a - 1, a, a + 1 with kernel
-  taps (3, 1, -) for r = 0 and (-, 2, 0) for r = 1 (- : zero); columns alike.
-  kernel[ky, kx, in, out] is PyTorch's weight[in, out, ky, kx].
-  """
+  """ConvTranspose2d(kernel 4, stride 2, padding 1); kernel[ky, kx, in, out]."""
   features: int
 
   @nn.compact
   def __call__(self, x_BxNxNxC):
-    c = x_BxNxNxC.shape[-1]
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (4, 4, c, self.features))
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (4, 4, x_BxNxNxC.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
-    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap 4 is zero
-    tap_PxR = jnp.array([[3, 4], [1, 2], [4, 0]])
-    k = padded[tap_PxR[:, :, None, None], tap_PxR[None, None, :, :]]  # py, ry, px, rx, in, out
-    k = k.transpose(0, 2, 4, 1, 3, 5).reshape(3, 3, c, 4 * self.features)
-    y = patch_conv(x_BxNxNxC, k, 1, 1)
-    b, n = y.shape[0], y.shape[1]
-    y = y.reshape(b, n, n, 2, 2, self.features).transpose(0, 1, 3, 2, 4, 5)  # B, a, r, b, s, out
-    return y.reshape(b, 2 * n, 2 * n, self.features) + bias
+    return up_conv(x_BxNxNxC, kernel) + bias
 
 
 class Decoder(nn.Module):
