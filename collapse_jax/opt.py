@@ -11,6 +11,7 @@ import functools
 import glob
 import json
 import os
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -85,10 +86,57 @@ def _norm(config: OPTConfig, name: str):
   return nn.LayerNorm(epsilon=1e-5, use_bias=affine, use_scale=affine, dtype=config.dtype, name=name)
 
 
+class Beams(NamedTuple):
+  """What the queries of a beam-search step see, in place of a mask.
+
+  Each layer's cache is then (prompt k, prompt v, generated k, generated v): the
+  prompt's BxHxTxD, shared by a row's W beams, and the generated tokens' BxHxWxNxD,
+  where the beam in row w writes its token n to [:, :, w, n] and nothing moves
+  afterwards. A beam's history is spread over the rows of its ancestors, which
+  `from_BxWxWxN` names: [b, w, r, n] is 1 when beam w's token n lies in row r.
+  """
+  prompt_mask_BxT: jax.Array
+  from_BxWxWxN: jax.Array
+
+  def follow(self, parent_BxW, n):
+    """The beams after each took its parent's history and wrote token n in its own row."""
+    w = parent_BxW.shape[1]
+    from_ = jnp.take_along_axis(self.from_BxWxWxN, parent_BxW[:, :, None, None], axis=1)
+    return self._replace(from_BxWxWxN=from_.at[:, :, :, n].set(jnp.eye(w, dtype=from_.dtype)))
+
+
+def _beam_attention(q_BWx1xHxD, k_BWxHx1xD, v_BWxHx1xD, cache, beams: Beams, index):
+  """Attention of one new token per beam over the shared prompt and the beam's own history
+  (see Beams); the token's k and v go to slot `index` of its row. Scores against every row
+  of the same prompt, then the ancestors' picked by the 0/1 weights: no cache is gathered.
+  Heads lead, after the batch, so that every product is a plain batched matmul."""
+  prompt_k, prompt_v, k_BxHxWxNxD, v_BxHxWxNxD = cache
+  b, w = beams.from_BxWxWxN.shape[:2]
+  h, d = q_BWx1xHxD.shape[2:]
+  n = k_BxHxWxNxD.shape[3]
+  write = lambda all_, new: jax.lax.dynamic_update_slice(  # noqa: E731
+      all_, new.reshape(b, w, h, 1, d).transpose(0, 2, 1, 3, 4).astype(all_.dtype), (0, 0, 0, index, 0))
+  k_BxHxWxNxD, v_BxHxWxNxD = write(k_BxHxWxNxD, k_BWxHx1xD), write(v_BxHxWxNxD, v_BWxHx1xD)
+  from_Bx1xWxWN = beams.from_BxWxWxN.reshape(b, 1, w, w * n)
+  q_BxHxWxD = q_BWx1xHxD.reshape(b, w, h, d).transpose(0, 2, 1, 3)
+  low = jnp.finfo(jnp.float32).min
+  s_prompt = jnp.einsum('bhwd,bhtd->bhwt', q_BxHxWxD, prompt_k).astype(jnp.float32)
+  s_prompt = jnp.where(beams.prompt_mask_BxT[:, None, None, :], s_prompt, low)
+  s_rows = jnp.einsum('bhwd,bhkd->bhwk', q_BxHxWxD, k_BxHxWxNxD.reshape(b, h, w * n, d))
+  s_rows = jnp.where(from_Bx1xWxWN > 0, s_rows.astype(jnp.float32), low)  # k: (row, slot)
+  p = jax.nn.softmax(jnp.concatenate([s_prompt, s_rows], axis=-1), axis=-1).astype(prompt_v.dtype)
+  t = prompt_k.shape[2]
+  out_BxHxWxD = jnp.einsum('bhwt,bhtd->bhwd', p[..., :t], prompt_v) + jnp.einsum(
+      'bhwk,bhkd->bhwd', p[..., t:], v_BxHxWxNxD.reshape(b, h, w * n, d))
+  out = out_BxHxWxD.transpose(0, 2, 1, 3).reshape(b * w, 1, h, d)
+  return out, (prompt_k, prompt_v, k_BxHxWxNxD, v_BxHxWxNxD)
+
+
 class Attention(nn.Module):
-  """Causal self-attention. With a cache (k, v), each LxBxHxKxD holding every layer, this
-  call's keys and values go to slot `index` of layer `layer`, written in place, and the
-  queries read all K slots of that layer."""
+  """Causal self-attention. With a cache (k, v), this call's keys and values go to slot
+  `index`, written in place, and the queries read all K slots: of layer `layer` when each
+  of k, v is LxBxHxKxD and holds every layer (the scanned layers), else BxHxKxD, this
+  layer's own (generation, where slicing a layer out of the stack every token would copy it)."""
   config: OPTConfig
   deterministic: bool = True
 
@@ -99,7 +147,14 @@ class Attention(nn.Module):
     q_BxSxHxD = heads(_dense(c, c.hidden_size, 'q_proj')(x_BxSxE)) * c.head_dim**-0.5
     k_BxHxSxD = heads(_dense(c, c.hidden_size, 'k_proj')(x_BxSxE)).transpose(0, 2, 1, 3)
     v_BxHxSxD = heads(_dense(c, c.hidden_size, 'v_proj')(x_BxSxE)).transpose(0, 2, 1, 3)
-    if cache is not None:
+    if isinstance(allowed_BxSxK, Beams):
+      out_BxSxHxD, cache = _beam_attention(q_BxSxHxD, k_BxHxSxD, v_BxHxSxD, cache, allowed_BxSxK, index)
+      return _dense(c, c.hidden_size, 'out_proj')(out_BxSxHxD.reshape(x_BxSxE.shape)), cache
+    if cache is not None and layer is None:
+      write = lambda all_, new: jax.lax.dynamic_update_slice(  # noqa: E731
+          all_, new.astype(all_.dtype), (0, 0, index, 0))
+      cache = k_BxHxSxD, v_BxHxSxD = (write(cache[0], k_BxHxSxD), write(cache[1], v_BxHxSxD))
+    elif cache is not None:
       write = lambda all_, new: jax.lax.dynamic_update_slice(  # noqa: E731
           all_, new[None].astype(all_.dtype), (layer, 0, 0, index, 0))
       cache = (write(cache[0], k_BxHxSxD), write(cache[1], v_BxHxSxD))
@@ -171,9 +226,12 @@ class OPT(nn.Module):
       (x, cache), _ = layers(c, self.deterministic, name='layers')(
           (x, cache), jnp.arange(c.num_hidden_layers), allowed_BxSxK, index)
     else:
+      caches = []  # a cache is then a tuple of each layer's own (k, v)
       for i in range(c.num_hidden_layers):
-        (x, cache), _ = Layer(c, self.deterministic, name=f'layer_{i}')(
-            (x, cache), i, allowed_BxSxK, index)
+        (x, layer_cache), _ = Layer(c, self.deterministic, name=f'layer_{i}')(
+            (x, None if cache is None else cache[i]), None, allowed_BxSxK, index)
+        caches.append(layer_cache)
+      cache = None if cache is None else tuple(caches)
     if c.do_layer_norm_before and not c.remove_final_layer_norm:
       x = _norm(c, 'final_layer_norm')(x)
     if projected:
@@ -350,14 +408,15 @@ def new_cache(config: OPTConfig, batch: int, length: int):
 
 
 def prefill(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int):
-  """Runs the prompt into a cache with room for `new_tokens` more: (last logits_BxV, cache, key mask_BxK)."""
+  """Runs the prompt into a cache with room for `new_tokens` more: (last logits_BxV, cache, key mask_BxK),
+  the cache a tuple of each layer's (k, v), BxHxKxD, as `decode` takes it."""
   b, t = prompt_BxT.shape
   key_mask_BxK = jnp.concatenate([mask_BxT > 0, jnp.ones((b, new_tokens), bool)], axis=1)
   allowed_BxTxK = (jnp.arange(t + new_tokens)[None, :] <= jnp.arange(t)[:, None])[None] \
       & key_mask_BxK[:, None, :]
-  logits_BxTxV, cache = OPT(config).apply({'params': params}, prompt_BxT, positions(mask_BxT),
-                                          allowed_BxTxK, new_cache(config, b, t + new_tokens), 0)
-  return logits_BxTxV[:, -1], cache, key_mask_BxK
+  logits_BxTxV, (k, v) = OPT(config).apply({'params': params}, prompt_BxT, positions(mask_BxT),
+                                           allowed_BxTxK, new_cache(config, b, t + new_tokens), 0)
+  return logits_BxTxV[:, -1], tuple(zip(k, v)), key_mask_BxK
 
 
 def decode(config: OPTConfig, params, token_B, position_B, cache, key_mask_BxK, index):
@@ -434,40 +493,43 @@ def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int
                 repetition_penalty: float = 1.0):
   """new_BxN: the best of `beams` beams, exactly `new_tokens` long, scored by summed log-probability
   after the repetition penalty, as `transformers`' generate(num_beams=beams, min_new_tokens=
-  max_new_tokens=new_tokens) chooses them. The prompt runs once and its cache is copied to the beams."""
+  max_new_tokens=new_tokens) chooses them. The prompt runs once and its cache is shared by the
+  beams; the generated tokens' cache is never reordered (see Beams)."""
   b, t = prompt_BxT.shape
-  logits_BxV, cache, key_mask = prefill(config, params, prompt_BxT, mask_BxT, new_tokens)
+  logits_BxV, prompt_cache, _ = prefill(config, params, prompt_BxT, mask_BxT, 0)
   params = unstack(params)  # once, not every token
   beam = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731  (B, ...) -> (B*W, ...)
-  cache = jax.tree.map(lambda c: jnp.repeat(c, beams, axis=1), cache)
+  shape = (b, config.num_attention_heads, beams, new_tokens, config.head_dim)
+  cache = tuple((k, v, jnp.zeros(shape, k.dtype), jnp.zeros(shape, v.dtype)) for k, v in prompt_cache)
+  seen = Beams(mask_BxT > 0, jnp.zeros((b, beams, beams, new_tokens), jnp.float32))
   position_BW = beam(positions(mask_BxT)[:, -1] + 1)
-  key_mask = beam(key_mask)
 
   def extend(logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, n):
     logp = _no_eos(penalise(jax.nn.log_softmax(logits_BWxV), seen_BWxV, repetition_penalty),
                    config.eos_token_id)
     total_BxWV = (logp.reshape(b, beams, -1) + score_BxW[:, :, None]).reshape(b, -1)
     score_BxW, index_BxW = jax.lax.top_k(total_BxWV, beams)
-    parent_BW = (index_BxW // config.vocab_size + jnp.arange(b)[:, None] * beams).reshape(-1)
+    parent_BxW = index_BxW // config.vocab_size
+    parent_BW = (parent_BxW + jnp.arange(b)[:, None] * beams).reshape(-1)
     token_BW = (index_BxW % config.vocab_size).reshape(-1)
     seen_BWxV = seen_BWxV[parent_BW].at[jnp.arange(b * beams), token_BW].set(True)
     tokens_BxWxN = tokens_BxWxN.reshape(b * beams, -1)[parent_BW].at[:, n].set(token_BW)
-    return score_BxW, parent_BW, token_BW, seen_BWxV, tokens_BxWxN.reshape(b, beams, -1)
+    return score_BxW, parent_BxW, token_BW, seen_BWxV, tokens_BxWxN.reshape(b, beams, -1)
 
   def step(carry, n):
-    logits_BWxV, cache, score_BxW, seen_BWxV, tokens_BxWxN = carry
-    score_BxW, parent_BW, token_BW, seen_BWxV, tokens_BxWxN = extend(
+    logits_BWxV, cache, history, score_BxW, seen_BWxV, tokens_BxWxN = carry
+    score_BxW, parent_BxW, token_BW, seen_BWxV, tokens_BxWxN = extend(
         logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, n)
-    # A batch row's beams share its prompt's slots, so only the generated ones follow the parents.
-    cache = jax.tree.map(lambda c: c.at[:, :, :, t:].set(c[:, parent_BW, :, t:]), cache)
-    logits_BWxV, cache = decode(config, params, token_BW, position_BW + n, cache, key_mask, t + n)
-    return (logits_BWxV, cache, score_BxW, seen_BWxV, tokens_BxWxN), None
+    history = history.follow(parent_BxW, n)
+    logits_BWx1xV, cache = OPT(config, scan_layers=False).apply(
+        {'params': params}, token_BW[:, None], (position_BW + n)[:, None], history, cache, n)
+    return (logits_BWx1xV[:, 0], cache, history, score_BxW, seen_BWxV, tokens_BxWxN), None
 
   score_BxW = jnp.tile(jnp.array([0.0] + [NEG] * (beams - 1)), (b, 1))  # the beams start as one
-  carry = (beam(logits_BxV), cache, score_BxW, beam(_seen(prompt_BxT, config.vocab_size)),
+  carry = (beam(logits_BxV), cache, seen, score_BxW, beam(_seen(prompt_BxT, config.vocab_size)),
            jnp.zeros((b, beams, new_tokens), jnp.int32))
   carry, _ = jax.lax.scan(step, carry, jnp.arange(new_tokens - 1))
-  logits_BWxV, _, score_BxW, seen_BWxV, tokens_BxWxN = carry
+  logits_BWxV, _, _, score_BxW, seen_BWxV, tokens_BxWxN = carry
   _, _, _, _, tokens_BxWxN = extend(logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, new_tokens - 1)
   return tokens_BxWxN[:, 0]
 
