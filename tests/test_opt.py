@@ -79,6 +79,14 @@ def test_beam_search_beats_or_ties_greedy_on_its_own_score(params):
   assert np.all(np.asarray(score(beam)) >= np.asarray(score(greedy)) - 1e-5)
 
 
+def test_one_beam_is_greedy_padding_and_all(params):
+  """With one beam, the search's shared prompt cache and ancestor rows reduce to greedy decoding."""
+  x = ids(3, 7, seed=3)
+  mask = jnp.ones_like(x).at[0, :2].set(0)
+  np.testing.assert_array_equal(opt.beam_search(SMALL, params, x, mask, 9, 1),
+                                opt.sample(SMALL, params, x, mask, None, 9))
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   kept = np.isfinite(np.asarray(opt.truncate(logits, 0, 0.7)))

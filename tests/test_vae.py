@@ -35,6 +35,18 @@ def test_bce_from_logits_equals_the_probability_form():
   np.testing.assert_allclose(vae.bce_sum(logits, x), expected, rtol=1e-5)
 
 
+def test_the_matmul_convolutions_are_the_strided_and_transposed_ones():
+  """down_conv is Conv2d(4, stride 2, padding 1); up_conv is its adjoint, ConvTranspose2d."""
+  x = jax.random.normal(jax.random.key(3), (2, 14, 14, 3))
+  kernel = jax.random.normal(jax.random.key(4), (4, 4, 3, 5))
+  conv = lambda x: jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),  # noqa: E731
+                                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(vae.down_conv(x, kernel), conv(x), atol=1e-5)
+  y = jax.random.normal(jax.random.key(5), (2, 7, 7, 5))
+  _, adjoint = jax.vjp(conv, x)
+  np.testing.assert_allclose(vae.up_conv(y, kernel.transpose(0, 1, 3, 2)), adjoint(y)[0], atol=1e-5)
+
+
 def _tiny(**change):
   base = dict(seeds=2, generations=2, samples=256, epochs=1, batch=64, eval_images=100,
               test_images=100, mnist_dir=MNIST_DIR)
