@@ -113,7 +113,7 @@ def _beam_attention(q_BWx1xHxD, k_BWxHx1xD, v_BWxHx1xD, cache, beams: Beams, ind
   prompt_k, prompt_v, k_BxHxWxNxD, v_BxHxWxNxD = cache
   b, w = beams.from_BxWxWxN.shape[:2]
   h, d = q_BWx1xHxD.shape[2:]
-  n = k_BxHxWxNxD.shape[3]
+  n, t = k_BxHxWxNxD.shape[3], prompt_k.shape[2]
   write = lambda all_, new: jax.lax.dynamic_update_slice(  # noqa: E731
       all_, new.reshape(b, w, h, 1, d).transpose(0, 2, 1, 3, 4).astype(all_.dtype), (0, 0, 0, index, 0))
   k_BxHxWxNxD, v_BxHxWxNxD = write(k_BxHxWxNxD, k_BWxHx1xD), write(v_BxHxWxNxD, v_BWxHx1xD)
@@ -125,7 +125,6 @@ def _beam_attention(q_BWx1xHxD, k_BWxHx1xD, v_BWxHx1xD, cache, beams: Beams, ind
   s_rows = jnp.einsum('bhwd,bhkd->bhwk', q_BxHxWxD, k_BxHxWxNxD.reshape(b, h, w * n, d))
   s_rows = jnp.where(from_Bx1xWxWN > 0, s_rows.astype(jnp.float32), low)  # k: (row, slot)
   p = jax.nn.softmax(jnp.concatenate([s_prompt, s_rows], axis=-1), axis=-1).astype(prompt_v.dtype)
-  t = prompt_k.shape[2]
   out_BxHxWxD = jnp.einsum('bhwt,bhtd->bhwd', p[..., :t], prompt_v) + jnp.einsum(
       'bhwk,bhkd->bhwd', p[..., t:], v_BxHxWxNxD.reshape(b, h, w * n, d))
   out = out_BxHxWxD.transpose(0, 2, 1, 3).reshape(b * w, 1, h, d)
@@ -495,13 +494,13 @@ def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int
   after the repetition penalty, as `transformers`' generate(num_beams=beams, min_new_tokens=
   max_new_tokens=new_tokens) chooses them. The prompt runs once and its cache is shared by the
   beams; the generated tokens' cache is never reordered (see Beams)."""
-  b, t = prompt_BxT.shape
+  b = prompt_BxT.shape[0]
   logits_BxV, prompt_cache, _ = prefill(config, params, prompt_BxT, mask_BxT, 0)
   params = unstack(params)  # once, not every token
   beam = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731  (B, ...) -> (B*W, ...)
   shape = (b, config.num_attention_heads, beams, new_tokens, config.head_dim)
   cache = tuple((k, v, jnp.zeros(shape, k.dtype), jnp.zeros(shape, v.dtype)) for k, v in prompt_cache)
-  seen = Beams(mask_BxT > 0, jnp.zeros((b, beams, beams, new_tokens), jnp.float32))
+  history = Beams(mask_BxT > 0, jnp.zeros((b, beams, beams, new_tokens), jnp.float32))
   position_BW = beam(positions(mask_BxT)[:, -1] + 1)
 
   def extend(logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, n):
@@ -526,7 +525,7 @@ def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int
     return (logits_BWx1xV[:, 0], cache, history, score_BxW, seen_BWxV, tokens_BxWxN), None
 
   score_BxW = jnp.tile(jnp.array([0.0] + [NEG] * (beams - 1)), (b, 1))  # the beams start as one
-  carry = (beam(logits_BxV), cache, seen, score_BxW, beam(_seen(prompt_BxT, config.vocab_size)),
+  carry = (beam(logits_BxV), cache, history, score_BxW, beam(_seen(prompt_BxT, config.vocab_size)),
            jnp.zeros((b, beams, new_tokens), jnp.int32))
   carry, _ = jax.lax.scan(step, carry, jnp.arange(new_tokens - 1))
   logits_BWxV, _, _, score_BxW, seen_BWxV, tokens_BxWxN = carry
