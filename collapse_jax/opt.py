@@ -93,7 +93,7 @@ class Beams(NamedTuple):
   prompt's BxHxTxD, shared by a row's W beams, and the generated tokens' BxHxWxNxD,
   where the beam in row w writes its token n to [:, :, w, n] and nothing moves
   afterwards. A beam's history is spread over the rows of its ancestors, which
-  `from_BxWxWxN` names: [b, w, r, n] is 1 when beam w's token n lies in row r.
+  `from_BxWxWxN` names: [b, w, r, n] is True when beam w's token n lies in row r.
   """
   prompt_mask_BxT: jax.Array
   from_BxWxWxN: jax.Array
@@ -102,13 +102,13 @@ class Beams(NamedTuple):
     """The beams after each took its parent's history and wrote token n in its own row."""
     w = parent_BxW.shape[1]
     from_ = jnp.take_along_axis(self.from_BxWxWxN, parent_BxW[:, :, None, None], axis=1)
-    return self._replace(from_BxWxWxN=from_.at[:, :, :, n].set(jnp.eye(w, dtype=from_.dtype)))
+    return self._replace(from_BxWxWxN=from_.at[:, :, :, n].set(jnp.eye(w, dtype=bool)))
 
 
 def _beam_attention(q_BWx1xHxD, k_BWxHx1xD, v_BWxHx1xD, cache, beams: Beams, index):
   """Attention of one new token per beam over the shared prompt and the beam's own history
   (see Beams); the token's k and v go to slot `index` of its row. Scores against every row
-  of the same prompt, then the ancestors' picked by the 0/1 weights: no cache is gathered.
+  of the same prompt, all but the ancestors' masked out: no cache is gathered.
   Heads lead, after the batch, so that every product is a plain batched matmul."""
   prompt_k, prompt_v, k_BxHxWxNxD, v_BxHxWxNxD = cache
   b, w = beams.from_BxWxWxN.shape[:2]
@@ -123,7 +123,7 @@ def _beam_attention(q_BWx1xHxD, k_BWxHx1xD, v_BWxHx1xD, cache, beams: Beams, ind
   s_prompt = jnp.einsum('bhwd,bhtd->bhwt', q_BxHxWxD, prompt_k).astype(jnp.float32)
   s_prompt = jnp.where(beams.prompt_mask_BxT[:, None, None, :], s_prompt, low)
   s_rows = jnp.einsum('bhwd,bhkd->bhwk', q_BxHxWxD, k_BxHxWxNxD.reshape(b, h, w * n, d))
-  s_rows = jnp.where(from_Bx1xWxWN > 0, s_rows.astype(jnp.float32), low)  # k: (row, slot)
+  s_rows = jnp.where(from_Bx1xWxWN, s_rows.astype(jnp.float32), low)  # k: (row, slot)
   p = jax.nn.softmax(jnp.concatenate([s_prompt, s_rows], axis=-1), axis=-1).astype(prompt_v.dtype)
   out_BxHxWxD = jnp.einsum('bhwt,bhtd->bhwd', p[..., :t], prompt_v) + jnp.einsum(
       'bhwk,bhkd->bhwd', p[..., t:], v_BxHxWxNxD.reshape(b, h, w * n, d))
@@ -132,15 +132,14 @@ def _beam_attention(q_BWx1xHxD, k_BWxHx1xD, v_BWxHx1xD, cache, beams: Beams, ind
 
 
 class Attention(nn.Module):
-  """Causal self-attention. With a cache (k, v), this call's keys and values go to slot
-  `index`, written in place, and the queries read all K slots: of layer `layer` when each
-  of k, v is LxBxHxKxD and holds every layer (the scanned layers), else BxHxKxD, this
-  layer's own (generation, where slicing a layer out of the stack every token would copy it)."""
+  """Causal self-attention. With a cache (k, v), each this layer's BxHxKxD, this call's keys
+  and values go to slot `index`, written in place, and the queries read all K slots; with
+  Beams in place of the mask, see _beam_attention."""
   config: OPTConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x_BxSxE, allowed_BxSxK, cache, layer, index):
+  def __call__(self, x_BxSxE, allowed_BxSxK, cache, index):
     c = self.config
     heads = lambda y: y.reshape(*y.shape[:2], c.num_attention_heads, c.head_dim)  # noqa: E731
     q_BxSxHxD = heads(_dense(c, c.hidden_size, 'q_proj')(x_BxSxE)) * c.head_dim**-0.5
@@ -149,15 +148,10 @@ class Attention(nn.Module):
     if isinstance(allowed_BxSxK, Beams):
       out_BxSxHxD, cache = _beam_attention(q_BxSxHxD, k_BxHxSxD, v_BxHxSxD, cache, allowed_BxSxK, index)
       return _dense(c, c.hidden_size, 'out_proj')(out_BxSxHxD.reshape(x_BxSxE.shape)), cache
-    if cache is not None and layer is None:
+    if cache is not None:
       write = lambda all_, new: jax.lax.dynamic_update_slice(  # noqa: E731
           all_, new.astype(all_.dtype), (0, 0, index, 0))
       cache = k_BxHxSxD, v_BxHxSxD = (write(cache[0], k_BxHxSxD), write(cache[1], v_BxHxSxD))
-    elif cache is not None:
-      write = lambda all_, new: jax.lax.dynamic_update_slice(  # noqa: E731
-          all_, new[None].astype(all_.dtype), (layer, 0, 0, index, 0))
-      cache = (write(cache[0], k_BxHxSxD), write(cache[1], v_BxHxSxD))
-      k_BxHxSxD, v_BxHxSxD = cache[0][layer], cache[1][layer]
     s_BxHxSxK = jnp.einsum('bshd,bhkd->bhsk', q_BxSxHxD, k_BxHxSxD).astype(jnp.float32)
     s_BxHxSxK = jnp.where(allowed_BxSxK[:, None], s_BxHxSxK, jnp.finfo(jnp.float32).min)
     p_BxHxSxK = nn.Dropout(c.attention_dropout)(jax.nn.softmax(s_BxHxSxK, axis=-1), self.deterministic)
@@ -167,29 +161,25 @@ class Attention(nn.Module):
 
 
 class Layer(nn.Module):
-  """One decoder layer, pre- or post-LayerNorm as `do_layer_norm_before` says.
-
-  Scanned over layers: the carry is the hidden state and the whole cache, so a step of
-  generation writes one slot of the cache instead of copying it through the scan.
-  """
+  """One decoder layer, pre- or post-LayerNorm as `do_layer_norm_before` says: (hidden state,
+  this layer's cache) -> the same, updated (scanned: the carry, and the cache as xs and ys)."""
   config: OPTConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, carry, layer, allowed_BxSxK, index):
-    x_BxSxE, cache = carry
+  def __call__(self, x_BxSxE, cache, allowed_BxSxK, index):
     c = self.config
     pre = c.do_layer_norm_before
     drop = lambda y: nn.Dropout(c.dropout)(y, self.deterministic)  # noqa: E731
     norm1, norm2 = _norm(c, 'self_attn_layer_norm'), _norm(c, 'final_layer_norm')
     h, cache = Attention(c, self.deterministic, name='self_attn')(
-        norm1(x_BxSxE) if pre else x_BxSxE, allowed_BxSxK, cache, layer, index)
+        norm1(x_BxSxE) if pre else x_BxSxE, allowed_BxSxK, cache, index)
     x_BxSxE = x_BxSxE + drop(h)
     x_BxSxE = x_BxSxE if pre else norm1(x_BxSxE)
     h = _dense(c, c.ffn_dim, 'fc1')(norm2(x_BxSxE) if pre else x_BxSxE)
     h = _dense(c, c.hidden_size, 'fc2')(ACTIVATIONS[c.activation_function](h))
     x_BxSxE = x_BxSxE + drop(h)
-    return ((x_BxSxE if pre else norm2(x_BxSxE)), cache), None
+    return (x_BxSxE if pre else norm2(x_BxSxE)), cache
 
 
 ACTIVATIONS = {'relu': nn.relu, 'gelu': functools.partial(nn.gelu, approximate=False),
@@ -222,13 +212,12 @@ class OPT(nn.Module):
     if self.scan_layers:
       layers = nn.scan(Layer, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                        in_axes=(0, nn.broadcast, nn.broadcast), length=c.num_hidden_layers)
-      (x, cache), _ = layers(c, self.deterministic, name='layers')(
-          (x, cache), jnp.arange(c.num_hidden_layers), allowed_BxSxK, index)
+      x, cache = layers(c, self.deterministic, name='layers')(x, cache, allowed_BxSxK, index)
     else:
-      caches = []  # a cache is then a tuple of each layer's own (k, v)
+      caches = []  # a cache is then a tuple of each layer's own
       for i in range(c.num_hidden_layers):
-        (x, layer_cache), _ = Layer(c, self.deterministic, name=f'layer_{i}')(
-            (x, None if cache is None else cache[i]), None, allowed_BxSxK, index)
+        x, layer_cache = Layer(c, self.deterministic, name=f'layer_{i}')(
+            x, None if cache is None else cache[i], allowed_BxSxK, index)
         caches.append(layer_cache)
       cache = None if cache is None else tuple(caches)
     if c.do_layer_norm_before and not c.remove_final_layer_norm:
@@ -500,7 +489,7 @@ def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int
   beam = lambda x: jnp.repeat(x, beams, axis=0)  # noqa: E731  (B, ...) -> (B*W, ...)
   shape = (b, config.num_attention_heads, beams, new_tokens, config.head_dim)
   cache = tuple((k, v, jnp.zeros(shape, k.dtype), jnp.zeros(shape, v.dtype)) for k, v in prompt_cache)
-  history = Beams(mask_BxT > 0, jnp.zeros((b, beams, beams, new_tokens), jnp.float32))
+  history = Beams(mask_BxT > 0, jnp.zeros((b, beams, beams, new_tokens), bool))
   position_BW = beam(positions(mask_BxT)[:, -1] + 1)
 
   def extend(logits_BWxV, score_BxW, seen_BWxV, tokens_BxWxN, n):
