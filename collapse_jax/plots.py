@@ -4,10 +4,9 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from collapse_jax import results  # noqa: E402
+from collapse_jax import driver, results  # noqa: E402
 
 
 def _label(regime, samples, fraction, with_regime=True, with_samples=False):
@@ -121,7 +120,7 @@ def _finish(fig, path, title):
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  if jax.process_index() == 0:  # one copy of each figure per multi-host run
+  if driver.is_primary():  # one copy of each figure per multi-host run
     fig.savefig(path, dpi=120)
   plt.close(fig)
 

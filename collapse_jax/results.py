@@ -3,8 +3,9 @@
 import io
 import os
 
-import jax
 import numpy as np
+
+from collapse_jax import driver
 
 GROUP_COLUMNS = ('regime', 'samples', 'real_fraction')  # what tells sweeps apart
 ID_COLUMNS = GROUP_COLUMNS + ('seed', 'generation')
@@ -63,7 +64,7 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
 def write_file(path: str, write, binary: bool = False) -> None:
   """Writes a file through write(f) into a temporary one, then renames it, so a killed run
   never leaves half a file; from the primary process only (one file per multi-host run)."""
-  if jax.process_index() != 0:
+  if not driver.is_primary():
     return
   with open(path + '.tmp', 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
     write(f)

@@ -380,12 +380,9 @@ def cached_classifier(path: str, images_NxD, labels_N):
     return traverse_util.unflatten_dict({tuple(k.split('/')): jnp.asarray(v)
                                          for k, v in flat.items()})
   params = train_classifier(jnp.asarray(images_NxD), jnp.asarray(labels_N), jax.random.key(0))
-  if not driver.is_primary():
-    return params
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   flat = {'/'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-  np.savez(path + '.tmp.npz', **flat)
-  os.replace(path + '.tmp.npz', path)
+  results.write_file(path, lambda f: np.savez(f, **flat), binary=True)
   return params
 
 

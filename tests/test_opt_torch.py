@@ -3,6 +3,7 @@
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -113,4 +114,4 @@ def test_a_pytorch_bin_checkpoint_loads_as_the_safetensors_one(saved, tmp_path):
   shutil.copy(os.path.join(directory, 'config.json'), tmp_path)
   _, from_bin = opt.load(str(tmp_path))
   _, from_safetensors = opt.load(directory)
-  opt.jax.tree.map(np.testing.assert_array_equal, from_bin, from_safetensors)
+  jax.tree.map(np.testing.assert_array_equal, from_bin, from_safetensors)
