@@ -4,8 +4,10 @@ Generation 0 fine-tunes the starting model on the original 64-token blocks and
 keeps its best epoch by validation perplexity; it then continues every original
 block by beam search, and those continuations are generation 1's training set
 (mixed with real blocks as the regime says), and so on. A generation is a whole
-training run, so generations and seeds run in a host loop; within one, batches
-and prompts are split over every device (data parallel).
+training run, so generations run in a host loop. Seeds run together, as many at
+once as `parallel_seeds` says: their parameters are stacked and every step is
+vmapped over them, each seed on its own blocks in its own order. Batches and
+prompts are split over every device (data parallel).
 
 Everything a generation produces is on disk before the next starts, and a
 killed run resumes at the last finished epoch or batch of prompts, drawing the
@@ -45,6 +47,7 @@ class LMConfig:
   valid_split: str = 'validation'
   seeds: int = 5
   first_seed: int = 0
+  parallel_seeds: int = 0  # seeds trained and decoded at once (vmapped); 0: all of them
   generations: int = 10  # after the first
   regimes: tuple[str, ...] = ('replace',)
   real_fractions: tuple[float, ...] = (0.0,)
@@ -98,6 +101,7 @@ class LMConfig:
         ('valid_split', self.valid_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
         ('dtype', self.dtype in ('float32', 'bfloat16'), 'must be float32 or bfloat16'),
         ('first_seed', self.first_seed >= 0, 'must be non-negative'),
+        ('parallel_seeds', self.parallel_seeds >= 0, 'must be non-negative'),
         ('new_tokens', self.new_tokens == self.block or set(self.regimes) == {'replace'},
          f'must equal --block ({self.block}) when generated blocks are mixed with original ones')]
     driver.check_fields(self, checks)
@@ -155,15 +159,26 @@ def _model_dir(cfg: LMConfig) -> str:
                              'local Hugging Face OPT directory or --model=tiny') from None
 
 
-def start_model(cfg: LMConfig, seed: int):
-  """(config, params) to fine-tune from: the pretrained weights, or a tiny OPT drawn from `seed`."""
+def start_model(cfg: LMConfig, seeds):
+  """(config, params_S) to fine-tune from, stacked over `seeds`: the pretrained weights
+  for every seed, or a tiny OPT drawn from each seed."""
   if cfg.model == 'tiny':
     config = opt.OPTConfig(**opt.TINY, dtype=cfg.dtype)
-    return config, opt.init(config, jax.random.key(seed))
+    return config, _stack([opt.init(config, jax.random.key(seed)) for seed in seeds])
   try:
-    return opt.load(_model_dir(cfg), dtype=cfg.dtype)
+    config, params = opt.load(_model_dir(cfg), dtype=cfg.dtype)
   except (OSError, ValueError) as e:
     raise driver.ConfigError('model', f'cannot load {cfg.model}: {e}') from None
+  return config, jax.tree.map(lambda x: jnp.broadcast_to(x, (len(seeds), *x.shape)), params)
+
+
+def _stack(trees):
+  return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+
+
+def _seed(tree_S, s: int):
+  """Seed s's slice of a stacked tree."""
+  return jax.tree.map(lambda x: x[s], tree_S)
 
 
 def _mesh():
@@ -171,8 +186,10 @@ def _mesh():
 
 
 def _split(x):
-  """Rows over the devices (data parallel)."""
-  return driver.place(np.asarray(x), 'data')
+  """Rows (the second-last axis: ..., rows, tokens) over the devices (data parallel)."""
+  x = np.asarray(x)
+  sharding = NamedSharding(_mesh(), PartitionSpec(*[None] * (x.ndim - 2), 'data', None))
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 def _replicated(tree):
@@ -190,17 +207,28 @@ def _like(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _chunks(ids_NxL, size: int):
-  """Fixed-size chunks (the last padded by repeating its final row) and each one's real rows."""
-  for start in range(0, len(ids_NxL), size):
-    part = ids_NxL[start:start + size]
-    yield start, np.pad(part, ((0, size - len(part)), (0, 0)), 'edge'), len(part)
+def _chunks(ids, size: int):
+  """Fixed-size chunks of the rows of ids (..., rows, tokens), the last padded by repeating
+  its final row, and each one's real rows."""
+  for start in range(0, ids.shape[-2], size):
+    part = ids[..., start:start + size, :]
+    pad = [(0, 0)] * (ids.ndim - 2) + [(0, size - part.shape[-2]), (0, 0)]
+    yield start, np.pad(part, pad, 'edge'), part.shape[-2]
 
 
-def block_nll(config, params, ids_NxL, batch: int):
-  """nll_N: every block's mean next-token negative log-likelihood."""
-  out = [driver.to_host(opt.block_nll(config, params, _split(x)))[:n] for _, x, n in _chunks(ids_NxL, batch)]
-  return np.concatenate(out)
+@functools.partial(jax.jit, static_argnames='config')
+def _seeds_block_nll(config, params_S, ids_SxBxL):
+  return jax.vmap(lambda p, x: opt.token_nll(config, p, x).mean(axis=1))(params_S, ids_SxBxL)
+
+
+def block_nll(config, params_S, ids, batch: int):
+  """nll_SxN: every block's mean next-token negative log-likelihood under each seed's model;
+  the blocks are the same for every seed (ids_NxL) or each seed's own (ids_SxNxL)."""
+  s = jax.tree.leaves(params_S)[0].shape[0]
+  ids_SxNxL = np.broadcast_to(ids, (s, *ids.shape[-2:]))
+  out = [driver.to_host(_seeds_block_nll(config, params_S, _split(x)))[:, :n]
+         for _, x, n in _chunks(ids_SxNxL, batch)]
+  return np.concatenate(out, axis=1)
 
 
 # ----------------------------------------------------------------------------- one generation
@@ -208,22 +236,25 @@ def block_nll(config, params, ids_NxL, batch: int):
 
 @functools.lru_cache(maxsize=4)
 def _trainer(config: opt.OPTConfig, train: opt.TrainConfig, total_steps: int):
-  """The optimiser and the compiled step, shared by generations of the same length."""
+  """The optimiser and the compiled step over stacked seeds, shared by generations of the same length."""
   tx = opt.optimizer(train, total_steps)
-  return tx, opt.make_train_step(config, tx)
+  return tx, opt.make_train_step(config, tx, stacked=True)
 
 
-def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory: str, desc: str,
-              progress: bool):
-  """The parameters of the epoch with the lowest validation loss, and every epoch's validation loss.
+def fine_tune(cfg: LMConfig, config, params_S, ids_SxNxL, valid_NxL, keys, directory: str,
+              desc: str, progress: bool):
+  """Each seed's parameters at its epoch with the lowest validation loss, and every epoch's
+  validation loss (losses_SxE). Seeds train together, each on its own blocks (ids_SxNxL) in
+  the order drawn from its own key.
 
   The state is saved after each epoch in `directory`, and a restarted call goes on from there.
   """
-  steps = len(ids_NxL) // cfg.batch
+  seeds, n = ids_SxNxL.shape[:2]
+  steps = n // cfg.batch
   tx, step_fn = _trainer(config, cfg.train, steps * cfg.epochs)
-  params = _replicated(params)
-  state = {'params': params, 'opt': _replicated(tx.init(params)), 'best': params,
-           'losses': np.full(cfg.epochs, np.nan, np.float32)}
+  params = _replicated(params_S)
+  state = {'params': params, 'opt': _replicated(jax.vmap(tx.init)(params)), 'best': params,
+           'losses': np.full((seeds, cfg.epochs), np.nan, np.float32)}
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
       max_to_keep=1, enable_async_checkpointing=False))
   done = manager.latest_step() or 0
@@ -237,21 +268,29 @@ def fine_tune(cfg: LMConfig, config, params, ids_NxL, valid_NxL, key, directory:
   bar = tqdm(total=steps * cfg.epochs, initial=steps * done, desc=desc,
              disable=not progress or not driver.is_primary(), leave=False)
   for epoch in range(done, cfg.epochs):
-    order_key, step_key = jax.random.split(jax.random.fold_in(key, epoch))
-    order = np.asarray(jax.random.permutation(order_key, len(ids_NxL)))
+    order_keys, step_keys = zip(*(jax.random.split(jax.random.fold_in(k, epoch)) for k in keys))
+    order_SxN = np.stack([np.asarray(jax.random.permutation(k, n)) for k in order_keys])
+    step_key_S = jnp.stack(step_keys)
     for s in range(steps):
-      batch = _split(ids_NxL[order[s * cfg.batch:(s + 1) * cfg.batch]])
-      params, opt_state, loss = step_fn(params, opt_state, batch, jax.random.fold_in(step_key, s))
+      rows_SxB = order_SxN[:, s * cfg.batch:(s + 1) * cfg.batch]
+      batch = _split(np.take_along_axis(ids_SxNxL, rows_SxB[:, :, None], axis=1))
+      params, opt_state, loss_S = step_fn(params, opt_state, batch, _fold_in(step_key_S, s))
       bar.update()
-      bar.set_postfix(loss=f'{driver.to_host(loss):.3f}', refresh=False) if s % 20 == 0 else None
-    losses[epoch] = block_nll(config, params, valid_NxL, cfg.eval_batch).mean()
-    if losses[epoch] <= np.nanmin(losses):
-      best = jax.tree.map(jnp.copy, params)
+      if s % 20 == 0:
+        bar.set_postfix(loss=' '.join(f'{x:.3f}' for x in driver.to_host(loss_S)), refresh=False)
+    losses[:, epoch] = block_nll(config, params, valid_NxL, cfg.eval_batch).mean(axis=1)
+    better_S = losses[:, epoch] <= np.nanmin(losses, axis=1)
+    best = jax.tree.map(lambda b, p: jnp.where(better_S.reshape(-1, *[1] * (p.ndim - 1)), p, b),
+                        best, params)  # new buffers: the step donates params'
     manager.save(epoch + 1, args=ocp.args.StandardSave(
         {'params': params, 'opt': opt_state, 'best': best, 'losses': losses}))
   bar.close()
   manager.close()
   return best, losses
+
+
+def _fold_in(key_S, data):
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key_S, data)
 
 
 def _decode(cfg: LMConfig, config, params, prompt_BxT, key):
@@ -264,38 +303,42 @@ def _decode(cfg: LMConfig, config, params, prompt_BxT, key):
                     0.0 if cfg.decoding == 'greedy' else cfg.temperature, cfg.top_k, cfg.top_p)
 
 
-def continue_prompts(cfg: LMConfig, config, params, prompt_BxT, key):
-  """new_BxN of full (unpadded) prompts, each device continuing its own rows."""
-  return _continuer(cfg, config)(params, prompt_BxT, key)
+def continue_prompts(cfg: LMConfig, config, params_S, prompt_BxT, key_S):
+  """new_SxBxN: every seed's continuations of the same full (unpadded) prompts, each
+  device continuing its own rows."""
+  return _continuer(cfg, config)(params_S, prompt_BxT, key_S)
 
 
 @functools.lru_cache(maxsize=4)
 def _continuer(cfg: LMConfig, config: opt.OPTConfig):
-  def local(params, prompt_BxT, key):
-    return _decode(cfg, config, params, prompt_BxT,
-                   jax.random.fold_in(key, jax.lax.axis_index('data')))
-  data, replicated = PartitionSpec('data'), PartitionSpec()
-  return jax.jit(jax.shard_map(local, mesh=_mesh(), in_specs=(replicated, data, replicated),
-                               out_specs=data, check_vma=False))
+  def local(params_S, prompt_BxT, key_S):
+    key_S = _fold_in(key_S, jax.lax.axis_index('data'))
+    return jax.vmap(lambda p, k: _decode(cfg, config, p, prompt_BxT, k))(params_S, key_S)
+  replicated = PartitionSpec()
+  return jax.jit(jax.shard_map(local, mesh=_mesh(),
+                               in_specs=(replicated, PartitionSpec('data'), replicated),
+                               out_specs=PartitionSpec(None, 'data'), check_vma=False))
 
 
-def regenerate(cfg: LMConfig, config, params, prompts_NxL, key, directory: str, desc: str,
+def regenerate(cfg: LMConfig, config, params_S, prompts_NxL, key_S, directories, desc: str,
                progress: bool):
-  """new_NxT: the continuation of every prompt; each batch of prompts is saved as it
-  finishes, and a restarted call generates only the missing ones."""
-  os.makedirs(directory, exist_ok=True)
+  """new_SxNxT: each seed's continuation of every prompt, seed s's saved in directories[s]
+  batch by batch as they finish; a restarted call generates only the missing batches."""
+  for directory in directories:
+    os.makedirs(directory, exist_ok=True)
   out = []
   chunks = list(_chunks(prompts_NxL, cfg.gen_batch))
   for start, prompt, n in tqdm(chunks, desc=desc, disable=not progress or not driver.is_primary(),
                                leave=False):
-    path = os.path.join(directory, f'{start:08d}.npy')
-    if os.path.exists(path):
-      out.append(np.load(path))
-    else:
-      new = continue_prompts(cfg, config, params, _split(prompt), jax.random.fold_in(key, start))
-      out.append(driver.to_host(new)[:n].astype(np.int32))
-      _save_npy(path, out[-1])
-  return np.concatenate(out)
+    paths = [os.path.join(directory, f'{start:08d}.npy') for directory in directories]
+    if all(map(os.path.exists, paths)):
+      out.append(np.stack([np.load(path) for path in paths]))
+      continue
+    out.append(driver.to_host(continue_prompts(cfg, config, params_S, _split(prompt),
+                                               _fold_in(key_S, start)))[:, :n].astype(np.int32))
+    for path, new in zip(paths, out[-1]):
+      _save_npy(path, new)  # the same as any a killed run left
+  return np.concatenate(out, axis=1)
 
 
 def _save_npy(path: str, array):
@@ -328,66 +371,91 @@ def training_set(cfg: LMConfig, regime: str, fraction: float, g: int, key, data,
   return np.asarray(rows)[np.asarray(weight) > 0]
 
 
-def measure(cfg, config, params, params0, data, new_NxT):
-  """Generation metrics: test perplexity, and the generated blocks under the generation-0 model."""
-  test_nll = block_nll(config, params, data['test'], cfg.eval_batch)
-  gen_nll = block_nll(config, params0, new_NxT, cfg.eval_batch)
-  test_ppl = np.exp(test_nll)
-  return {'test_ppl': float(np.exp(test_nll.mean())), 'test_ppl_block_mean': float(test_ppl.mean()),
-          'test_ppl_block_sd': float(test_ppl.std()),
-          'generated_ppl_median': float(np.median(np.exp(gen_nll))),
-          'distinct_tokens': wikitext.distinct_tokens(new_NxT),
-          'rare_share': wikitext.rare_share(new_NxT, data['rare']),
-          'repeated_4grams': wikitext.repeated_ngrams(new_NxT, 4)}, np.exp(gen_nll)
+def measure(cfg, config, params_S, params0_S, data, new_SxNxT):
+  """Each seed's generation metrics (a list of dicts) and generated-block perplexities
+  (ppl_SxN): test perplexity, and the generated blocks under the seed's generation-0 model."""
+  test_nll_SxN = block_nll(config, params_S, data['test'], cfg.eval_batch)
+  gen_ppl_SxN = np.exp(block_nll(config, params0_S, new_SxNxT, cfg.eval_batch))
+
+  def one(test_nll_N, gen_ppl_N, new_NxT):
+    test_ppl_N = np.exp(test_nll_N)
+    return {'test_ppl': float(np.exp(test_nll_N.mean())),
+            'test_ppl_block_mean': float(test_ppl_N.mean()),
+            'test_ppl_block_sd': float(test_ppl_N.std()),
+            'generated_ppl_median': float(np.median(gen_ppl_N)),
+            'distinct_tokens': wikitext.distinct_tokens(new_NxT),
+            'rare_share': wikitext.rare_share(new_NxT, data['rare']),
+            'repeated_4grams': wikitext.repeated_ngrams(new_NxT, 4)}
+  return [one(*x) for x in zip(test_nll_SxN, gen_ppl_SxN, new_SxNxT)], gen_ppl_SxN
 
 
 # ----------------------------------------------------------------------------- the experiment
 
 
-def run_one(cfg: LMConfig, regime: str, fraction: float, seed: int, data, directory: str,
-            progress: bool = True, log=print):
-  """All generations of one seed in `directory`; returns their metrics (a list of dicts)."""
-  config, pretrained = start_model(cfg, seed)
+def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, directory: str,
+              progress: bool = True, log=print):
+  """All generations of `seeds`, trained and decoded together, seed s's in directory/seed_<s>;
+  returns each seed's metrics (a list per seed of a dict per generation)."""
+  config, pretrained = start_model(cfg, seeds)
   pretrained = _replicated(pretrained)
-  seed_key = jax.random.key(seed)
+  one_seed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=x.sharding),
+                          pretrained)  # a target to restore a seed's model onto
+  seed_keys = [jax.random.key(seed) for seed in seeds]
+  label = f'seed {seeds[0]}' + (f'-{seeds[-1]}' if len(seeds) > 1 else '')
+  train_dir = os.path.join(directory, f'train_seeds_{seeds[0]}-{seeds[-1]}')  # a generation's epochs
   ckptr = ocp.StandardCheckpointer()
-  rows, generated, params0, params = [], [], None, pretrained
+  rows, generated = [[] for _ in seeds], [[] for _ in seeds]  # generated[s][k]: by generation k
+  params0, params = None, pretrained
   for g in range(cfg.generations + 1):
-    gdir = os.path.join(directory, f'gen_{g:02d}')
-    data_key, train_key, gen_key = jax.random.split(jax.random.fold_in(seed_key, g), 3)
-    model_dir = os.path.abspath(os.path.join(gdir, 'model'))
-    metrics_path = os.path.join(gdir, 'metrics.json')
-    needs_params = not os.path.exists(metrics_path) or g == 0 or cfg.from_previous
-    if needs_params and not os.path.exists(model_dir):
-      ids = training_set(cfg, regime, fraction, g, data_key, data, generated)
+    gdirs = [os.path.join(directory, f'seed_{seed}', f'gen_{g:02d}') for seed in seeds]
+    data_keys, train_keys, gen_keys = zip(*(jax.random.split(jax.random.fold_in(k, g), 3)
+                                            for k in seed_keys))
+    model_dirs = [os.path.abspath(os.path.join(d, 'model')) for d in gdirs]
+    metrics_paths = [os.path.join(d, 'metrics.json') for d in gdirs]
+    needs_params = not all(map(os.path.exists, metrics_paths)) or g == 0 or cfg.from_previous
+    if needs_params and not all(map(os.path.exists, model_dirs)):
+      ids_SxNxL = np.stack([training_set(cfg, regime, fraction, g, k, data, gen)
+                            for k, gen in zip(data_keys, generated)])
       start = params if cfg.from_previous else pretrained
-      params, losses = fine_tune(cfg, config, start, ids, data['valid'], train_key,
-                                 os.path.join(gdir, 'train'), f'seed {seed} gen {g} train', progress)
-      _write_json(os.path.join(gdir, 'train.json'), {'valid_nll': losses.tolist(), 'blocks': len(ids)})
-      ckptr.save(model_dir, params)  # atomic: a killed save leaves no model, and training resumes
-      ckptr.wait_until_finished()
+      params, losses_SxE = fine_tune(cfg, config, start, ids_SxNxL, data['valid'], train_keys,
+                                     os.path.join(train_dir, f'gen_{g:02d}'), f'{label} gen {g} train',
+                                     progress)
+      for s, gdir in enumerate(gdirs):
+        if not os.path.exists(model_dirs[s]):
+          os.makedirs(gdir, exist_ok=True)
+          _write_json(os.path.join(gdir, 'train.json'),
+                      {'valid_nll': losses_SxE[s].tolist(), 'blocks': ids_SxNxL.shape[1]})
+          ckptr.save(model_dirs[s], _seed(params, s))  # atomic: a killed save leaves no model
+          ckptr.wait_until_finished()
     elif needs_params:
-      params = ckptr.restore(model_dir, _like(pretrained))
-    shutil.rmtree(os.path.join(gdir, 'train'), ignore_errors=True)  # the epochs' states are done with
+      params = _replicated(_stack([ckptr.restore(m, one_seed) for m in model_dirs]))
+    shutil.rmtree(os.path.join(train_dir, f'gen_{g:02d}'), ignore_errors=True)  # done with
     if g == 0:
       params0 = params
-    new = regenerate(cfg, config, params, data['train'], gen_key, os.path.join(gdir, 'generated'),
-                     f'seed {seed} gen {g} generate', progress)
-    generated.append(new)
-    if not os.path.exists(metrics_path):
-      metrics, gen_ppl = measure(cfg, config, params, params0, data, new)
-      with open(os.path.join(gdir, 'train.json')) as f:
-        losses = np.asarray(json.load(f)['valid_nll'])
-      metrics.update(valid_ppl=float(np.exp(np.nanmin(losses))), best_epoch=int(np.nanargmin(losses)) + 1,
-                     continuation=continuation(cfg, config, params, data['tokenizer']))
-      _save_npy(os.path.join(gdir, 'generated_ppl.npy'), gen_ppl.astype(np.float32))
-      _write_json(metrics_path, metrics)
-    driver.barrier(f'{directory} generation {g}')  # process 0 has written what the others read
-    with open(metrics_path) as f:
-      metrics = json.load(f)
-    rows.append({'generation': g, **metrics})
-    log(f'{regime} f={fraction} seed {seed} gen {g}: test ppl {metrics["test_ppl"]:.1f}, '
-        f'generated ppl (gen-0 model) median {metrics["generated_ppl_median"]:.1f}')
+    new_SxNxT = regenerate(cfg, config, params, data['train'], jnp.stack(gen_keys),
+                           [os.path.join(d, 'generated') for d in gdirs], f'{label} gen {g} generate',
+                           progress)
+    for gen, new in zip(generated, new_SxNxT):
+      gen.append(new)
+    if not all(map(os.path.exists, metrics_paths)):
+      metrics, gen_ppl_SxN = measure(cfg, config, params, params0, data, new_SxNxT)
+      for s, gdir in enumerate(gdirs):
+        with open(os.path.join(gdir, 'train.json')) as f:
+          losses = np.asarray(json.load(f)['valid_nll'])
+        metrics[s].update(valid_ppl=float(np.exp(np.nanmin(losses))),
+                          best_epoch=int(np.nanargmin(losses)) + 1,
+                          continuation=continuation(cfg, config, _seed(params, s), data['tokenizer']))
+        _save_npy(os.path.join(gdir, 'generated_ppl.npy'), gen_ppl_SxN[s].astype(np.float32))
+        _write_json(metrics_paths[s], metrics[s])
+    driver.barrier(f'{directory} {label} generation {g}')  # process 0 has written what the others read
+    for seed, path, seed_rows in zip(seeds, metrics_paths, rows):
+      with open(path) as f:
+        metrics = json.load(f)
+      seed_rows.append({'generation': g, **metrics})
+      log(f'{regime} f={fraction} seed {seed} gen {g}: test ppl {metrics["test_ppl"]:.1f}, '
+          f'generated ppl (gen-0 model) median {metrics["generated_ppl_median"]:.1f}')
+  if driver.is_primary():
+    shutil.rmtree(train_dir, ignore_errors=True)  # empty: every generation has trained
   return rows
 
 
@@ -406,7 +474,8 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
   """
   cfg.validate()
   data = load_data(cfg)  # missing data or tokenizer fail here, before anything is written
-  where = {'tokenizer', 'data_dir'}  # where things are, not what the run is
+  # Where things are and how many seeds run at once, not what the run is.
+  where = {'tokenizer', 'data_dir', 'parallel_seeds'}
   driver.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
       dataclasses.asdict(cfg))).items() if k not in where})
   log(f'{len(data["train"])} training blocks of {cfg.block} tokens, {len(data["valid"])} '
@@ -418,15 +487,26 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
     for fraction in (cfg.real_fractions if regime in driver.FRACTION_REGIMES else (0.0,)):
       name = f'{regime}_{fraction:g}' if regime in driver.FRACTION_REGIMES else regime
       first_name = first_name or name
-      per_seed = []
-      for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
-        directory = os.path.join(workdir, name, f'seed_{seed}')
-        if name != first_name:
-          _share_first_generation(os.path.join(workdir, first_name, f'seed_{seed}'), directory)
-        rows = run_one(cfg, regime, fraction, seed, data, directory, progress, log)
-        per_seed.append(rows)
+      seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+      if name != first_name:
+        for seed in seeds:
+          _share_first_generation(os.path.join(workdir, first_name, f'seed_{seed}'),
+                                  os.path.join(workdir, name, f'seed_{seed}'))
+      together, per_seed = cfg.parallel_seeds or cfg.seeds, []
+      for i in range(0, cfg.seeds, together):
+        try:
+          per_seed += run_seeds(cfg, regime, fraction, seeds[i:i + together], data,
+                                os.path.join(workdir, name), progress, log)
+        except jax.errors.JaxRuntimeError as e:
+          if 'RESOURCE_EXHAUSTED' not in str(e) or together == 1:
+            raise
+          raise driver.ConfigError('parallel_seeds', f'{together} seeds at once ran out of device '
+                                   f'memory; rerun with --parallel_seeds={together // 2}, which '
+                                   'resumes where this run stopped') from None
+      for seed, rows in zip(seeds, per_seed):
         for row in rows:
-          ppl = np.load(os.path.join(directory, f'gen_{row["generation"]:02d}', 'generated_ppl.npy'))
+          ppl = np.load(os.path.join(workdir, name, f'seed_{seed}', f'gen_{row["generation"]:02d}',
+                                     'generated_ppl.npy'))
           hist.append((regime, fraction, seed, row['generation'], ppl))
           texts.append((regime, fraction, seed, row['generation'], row['continuation']))
       sweep = driver.Sweep(regime, cfg.seeds, cfg.generations, len(data['train']), (fraction,),

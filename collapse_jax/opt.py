@@ -553,13 +553,14 @@ def token_nll(config: OPTConfig, params, ids_BxL, dropout_key=None):
   return jax.nn.logsumexp(logits_BxLxV, axis=-1) - picked_BxL
 
 
-def make_train_step(config: OPTConfig, tx):
-  """(params, opt_state, ids_BxL, key) -> (params, opt_state, loss), jitted, the state donated."""
+def make_train_step(config: OPTConfig, tx, stacked: bool = False):
+  """(params, opt_state, ids_BxL, key) -> (params, opt_state, loss), jitted, the state donated.
+  `stacked`: every argument has a leading axis of seeds, which train together (vmapped)."""
   def step(params, opt_state, ids_BxL, key):
     loss, grads = jax.value_and_grad(lambda p: token_nll(config, p, ids_BxL, key).mean())(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
-  return jax.jit(step, donate_argnums=(0, 1))
+  return jax.jit(jax.vmap(step) if stacked else step, donate_argnums=(0, 1))
 
 
 @functools.partial(jax.jit, static_argnames='config')

@@ -25,8 +25,11 @@ flags.DEFINE_string('data_dir', _D.data_dir, 'WikiText-2 raw as Parquet ({split}
 flags.DEFINE_enum('train_split', _D.train_split, ['train', 'validation', 'test'], 'Original training data.')
 flags.DEFINE_enum('valid_split', _D.valid_split, ['train', 'validation', 'test'],
                   'Data that chooses the best epoch.')
-flags.DEFINE_integer('seeds', _D.seeds, 'Independent runs, one after another.')
+flags.DEFINE_integer('seeds', _D.seeds, 'Independent runs.')
 flags.DEFINE_integer('first_seed', _D.first_seed, 'Seeds are first_seed, first_seed + 1, ...')
+flags.DEFINE_integer('parallel_seeds', _D.parallel_seeds, 'Seeds trained and decoded at once, '
+                     'vmapped (0: all); lower it when they do not fit in memory. A run may '
+                     'resume with another value.')
 flags.DEFINE_integer('generations', _D.generations, 'Generations after the first.')
 flags.DEFINE_list('regime', list(_D.regimes), 'Comma-separated regimes: replace, accumulate, '
                   'accumulate-subsample, mix, fresh.')
@@ -59,7 +62,7 @@ flags.DEFINE_integer('cpu_devices', 0, 'On a CPU, split it into this many device
 cli.define_process_flags()
 
 _FIELDS = {f: f for f in ('model', 'tokenizer', 'data_dir', 'train_split', 'valid_split', 'seeds',
-                          'first_seed', 'generations', 'epochs', 'batch', 'learning_rate',
+                          'first_seed', 'parallel_seeds', 'generations', 'epochs', 'batch', 'learning_rate',
                           'weight_decay', 'warmup_steps', 'block', 'new_tokens', 'beams',
                           'repetition_penalty', 'decoding', 'temperature', 'top_k', 'top_p',
                           'from_previous', 'train_blocks', 'eval_blocks',

@@ -66,9 +66,46 @@ def test_settings_share_generation_0(tmp_path, data):
   assert len(pd.read_csv(tmp_path / 'generated_perplexity.csv')) == 4 * 24
 
 
+def test_seeds_run_together_as_they_do_one_at_a_time(tmp_path, data):
+  cfg = dataclasses.replace(CFG, seeds=2, generations=1)
+  alone = lm.run(dataclasses.replace(cfg, parallel_seeds=1), str(tmp_path / 'alone'), progress=False,
+                 log=quiet)
+  together = lm.run(dataclasses.replace(cfg, parallel_seeds=2), str(tmp_path / 'together'),
+                    progress=False, log=quiet)
+  for seed in (0, 1):  # the same text, token for token
+    for g in (0, 1):
+      gen = f'replace/seed_{seed}/gen_{g:02d}/generated/00000000.npy'
+      np.testing.assert_array_equal(np.load(tmp_path / 'together' / gen),
+                                    np.load(tmp_path / 'alone' / gen))
+  # Perplexities agree to float32 rounding: XLA may sum a batch of 2 models in another order.
+  for m in lm.METRICS:
+    np.testing.assert_allclose(together[m], alone[m], rtol=1e-5, err_msg=m)
+  before = (tmp_path / 'together' / 'metrics.csv').read_text()
+
+  # Killed with seed 0's generation 1 finished and seed 1's model not yet saved: the pair
+  # trains again, and only what is missing is written.
+  gen1 = tmp_path / 'together' / 'replace' / 'seed_1' / 'gen_01'
+  (gen1 / 'metrics.json').unlink()
+  lm.shutil.rmtree(gen1 / 'model')
+  lm.run(dataclasses.replace(cfg, parallel_seeds=2), str(tmp_path / 'together'), progress=False,
+         log=quiet)
+  assert (tmp_path / 'together' / 'metrics.csv').read_text() == before
+  assert not list((tmp_path / 'together' / 'replace').glob('train_seeds_*'))
+
+
+def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, data, monkeypatch):
+  def out_of_memory(*args, **kwargs):
+    raise lm.jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 2.3GiB')
+  monkeypatch.setattr(lm, 'fine_tune', out_of_memory)
+  with pytest.raises(driver.ConfigError) as e:
+    lm.run(dataclasses.replace(CFG, seeds=5), str(tmp_path), progress=False, log=quiet)
+  assert e.value.flag == 'parallel_seeds' and '--parallel_seeds=2' in str(e.value)
+
+
 def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data, monkeypatch):
-  config, params = lm.start_model(CFG, 0)
-  args = (CFG, config, params, data['train'], data['valid'], lm.jax.random.key(3))
+  config, params = lm.start_model(CFG, [0, 1])
+  ids = np.stack([data['train'], data['train'][::-1]])
+  args = (CFG, config, params, ids, data['valid'], [lm.jax.random.key(3), lm.jax.random.key(4)])
   whole, losses = lm.fine_tune(*args, str(tmp_path / 'a'), '', False)
 
   save = ocp.CheckpointManager.save
