@@ -5,6 +5,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from collapse_jax import driver, results  # noqa: E402
 
@@ -35,6 +36,7 @@ def curves(table, panels, path, title=None):
       ax.fill_between(g_G, sub[f'{column}_q05'][:, 0], sub[f'{column}_q95'][:, 0],
                       color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel('generation')
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylabel(label)
     if log_y:
       ax.set_yscale('log')
@@ -210,6 +212,8 @@ def perplexity_histograms(entries, path, title=None):
       ppl = np.concatenate([p for r, f, _, gg, p in entries if (r, f, gg) == (regime, fraction, g)])
       ax.hist(ppl, bins=bins, density=True, histtype='step', color=color, label=f'data of generation {g}')
     ax.set_xscale('log')
+    ax.xaxis.set_major_formatter(ticker.LogFormatter())  # plain numbers: 4, 10, 30
+    ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel('perplexity under the generation-0 model')
     ax.set_ylabel('density')
     ax.set_title(_label(regime, 0, fraction), fontsize=10)
