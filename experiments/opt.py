@@ -28,8 +28,8 @@ flags.DEFINE_enum('valid_split', _D.valid_split, ['train', 'validation', 'test']
 flags.DEFINE_integer('seeds', _D.seeds, 'Independent runs.')
 flags.DEFINE_integer('first_seed', _D.first_seed, 'Seeds are first_seed, first_seed + 1, ...')
 flags.DEFINE_integer('parallel_seeds', _D.parallel_seeds, 'Seeds trained and decoded at once, '
-                     'vmapped (0: all); lower it when they do not fit in memory. A run may '
-                     'resume with another value.')
+                     'vmapped (0: all, but one at a time on a CPU, where that is faster); lower '
+                     'it when they do not fit in memory. A run may resume with another value.')
 flags.DEFINE_integer('generations', _D.generations, 'Generations after the first.')
 flags.DEFINE_list('regime', list(_D.regimes), 'Comma-separated regimes: replace, accumulate, '
                   'accumulate-subsample, mix, fresh.')

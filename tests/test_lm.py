@@ -98,7 +98,8 @@ def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, dat
     raise lm.jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 2.3GiB')
   monkeypatch.setattr(lm, 'fine_tune', out_of_memory)
   with pytest.raises(driver.ConfigError) as e:
-    lm.run(dataclasses.replace(CFG, seeds=5), str(tmp_path), progress=False, log=quiet)
+    lm.run(dataclasses.replace(CFG, seeds=5, parallel_seeds=5), str(tmp_path), progress=False,
+           log=quiet)
   assert e.value.flag == 'parallel_seeds' and '--parallel_seeds=2' in str(e.value)
 
 
