@@ -2,6 +2,7 @@
 
   python -m benchmarks.opt_throughput                    # 5 train steps of 8x64; 8 prompts (~2 min on 2 cores)
   python -m benchmarks.opt_throughput --batch=32 --train_steps=20 --prompts=64 --gen_repeats=3   # on a GPU
+  python -m benchmarks.opt_throughput --train_seeds=2,5 --prompts=0 --skip_torch_train   # seeds at once
 
 Both sides run the same random OPT-125m (`transformers.OPTConfig()`'s defaults, which are
 facebook/opt-125m's shape): PyTorch builds it, save_pretrained writes it, and opt.load reads
@@ -12,7 +13,8 @@ exactly 64 new tokens after P prompts of 64 tokens; ours is opt.beam_search, the
 model.generate. Our compile time is measured apart and excluded; both sides run `--warmup`
 untimed train steps, and one untimed generation call of `--gen_warmup_tokens` new tokens
 (same prompts and beams), before the timed ones. The tokens both sides generate are compared
-row by row.
+row by row. `--train_seeds` also times S copies of the model trained together, as the experiment
+trains its seeds (stacked, the step vmapped), against S times one model's step.
 """
 
 import os
@@ -20,6 +22,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
@@ -37,6 +40,8 @@ flags.DEFINE_integer('gen_repeats', 1, 'Timed generation calls, for both sides.'
 flags.DEFINE_integer('warmup', 1, 'Untimed train steps before timing, both sides.')
 flags.DEFINE_integer('gen_warmup_tokens', 4, 'New tokens of the one untimed generation call each side '
                      'makes before timing (same prompts and beams); 0 for none.')
+flags.DEFINE_list('train_seeds', [], 'Also time this many seeds trained together (vmapped), for each '
+                  'number in the list.')
 flags.DEFINE_bool('skip_torch_train', False, 'Time only our training.')
 flags.DEFINE_bool('skip_torch_gen', False, 'Time only our generation (no token comparison).')
 FLAGS = flags.FLAGS
@@ -63,22 +68,29 @@ def sync(device: str):
 # ----------------------------------------------------------------------------- fine-tuning
 
 
-def ours_train(config, params, ids_KxBxL, warmup: int):
-  """(compile seconds, run seconds, last loss) of opt.make_train_step over the K batches."""
+def ours_train(config, params, ids_KxBxL, warmup: int, seeds: int = 0):
+  """(compile seconds, run seconds, last loss) of opt.make_train_step over the K batches; with
+  `seeds`, that many copies of the model train together (stacked), each on the same batches."""
   tx = opt.optimizer(opt.TrainConfig(learning_rate=5e-5), warmup + len(ids_KxBxL))
+  init = tx.init
+  if seeds:
+    params = jax.tree.map(lambda p: jnp.repeat(p[None], seeds, axis=0), params)
+    ids_KxBxL = np.repeat(np.asarray(ids_KxBxL)[:, None], seeds, axis=1)
+    init = jax.vmap(tx.init)
   params = jax.tree.map(lambda p: p.copy(), params)  # the step donates them
-  state = (params, jax.jit(tx.init)(params))
-  warmup_key, key = jax.random.split(jax.random.key(0))
+  state = (params, jax.jit(init)(params))
+  warmup_key, key = jax.random.split(jax.random.key(0), (2, seeds) if seeds else 2)
   t0 = time.perf_counter()
-  step = opt.make_train_step(config, tx).lower(*state, ids_KxBxL[0], key).compile()
+  step = opt.make_train_step(config, tx, stacked=bool(seeds)).lower(*state, ids_KxBxL[0], key).compile()
   compile_s = time.perf_counter() - t0
+  fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds else jax.random.fold_in
   for k in range(warmup):
-    state = step(*state, ids_KxBxL[k % len(ids_KxBxL)], jax.random.fold_in(warmup_key, k))[:2]
+    state = step(*state, ids_KxBxL[k % len(ids_KxBxL)], fold(warmup_key, k))[:2]
   jax.block_until_ready(state)
   t0 = time.perf_counter()
   for k, ids_BxL in enumerate(ids_KxBxL):
-    *state, loss = step(*state, ids_BxL, jax.random.fold_in(key, k))
-  loss = float(jax.block_until_ready(loss))
+    *state, loss = step(*state, ids_BxL, fold(key, k))
+  loss = float(jax.block_until_ready(loss).mean())
   return compile_s, time.perf_counter() - t0, loss
 
 
@@ -157,11 +169,12 @@ def validate():
             ('new_tokens', FLAGS.new_tokens >= 1), ('beams', FLAGS.beams >= 1),
             ('gen_repeats', FLAGS.gen_repeats >= 1), ('warmup', FLAGS.warmup >= 0),
             ('gen_warmup_tokens', 0 <= FLAGS.gen_warmup_tokens <= FLAGS.new_tokens),
-            ('repetition_penalty', FLAGS.repetition_penalty > 0)]
+            ('repetition_penalty', FLAGS.repetition_penalty > 0),
+            ('train_seeds', all(s.isdigit() and int(s) >= 1 for s in FLAGS.train_seeds))]
   for flag, ok in checks:
     if not ok:
-      raise driver.ConfigError(flag, 'is out of range (sizes positive; train_steps, prompts, warmup >= 0; '
-                               'gen_warmup_tokens at most new_tokens)')
+      raise driver.ConfigError(flag, 'is out of range (sizes and train_seeds positive; train_steps, '
+                               'prompts, warmup >= 0; gen_warmup_tokens at most new_tokens)')
   if max(FLAGS.block, FLAGS.prompt_len + FLAGS.new_tokens) > opt.OPTConfig().max_position_embeddings:
     raise driver.ConfigError('block', 'blocks and prompt + new tokens must fit 2048 positions')
 
@@ -194,6 +207,12 @@ def run(config, params, model, directory: str, device: str):
       print(f'  transformers : {ref:9.1f} tok/s  ({run_s / FLAGS.train_steps:.2f} s/step, eager; '
             f'last loss {ref_loss:.3f})')
       print(f'  ratio        : {rate / ref:9.2f}x  (target >= 1x on a CPU)')
+    one_s = tokens / rate / FLAGS.train_steps
+    for seeds in map(int, FLAGS.train_seeds):
+      compile_s, run_s, loss = ours_train(config, params, ids_KxBxL, FLAGS.warmup, seeds)
+      step_s = run_s / FLAGS.train_steps
+      print(f'  {seeds:2d} seeds     : {seeds * tokens / run_s:9.1f} tok/s  ({step_s:.2f} s/step, '
+            f'{step_s / one_s:.2f}x one seed\'s step; compile {compile_s:.1f} s, excluded)')
 
   if FLAGS.prompts:
     # the saved weights again: the train loop changed the model's
