@@ -247,9 +247,10 @@ def mesh(axis: str = 'runs') -> Mesh:
   return Mesh(np.asarray(jax.devices()), (axis,))
 
 
-def place(x, axis: str = 'runs'):
-  """A host array (the same on every process) as a global array split over `axis` by rows."""
-  sharding = NamedSharding(mesh(axis), PartitionSpec(axis))
+def place(x, axis: str = 'runs', dim: int = 0):
+  """A host array (the same on every process) as a global array split over `axis` along
+  its dimension `dim` (rows by default)."""
+  sharding = NamedSharding(mesh(axis), PartitionSpec(*[None] * dim, axis))
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 

@@ -188,8 +188,7 @@ def _mesh():
 def _split(x):
   """Rows (the second-last axis: ..., rows, tokens) over the devices (data parallel)."""
   x = np.asarray(x)
-  sharding = NamedSharding(_mesh(), PartitionSpec(*[None] * (x.ndim - 2), 'data', None))
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return driver.place(x, 'data', dim=x.ndim - 2)
 
 
 def _replicated(tree):
@@ -218,7 +217,7 @@ def _chunks(ids, size: int):
 
 @functools.partial(jax.jit, static_argnames='config')
 def _seeds_block_nll(config, params_S, ids_SxBxL):
-  return jax.vmap(lambda p, x: opt.token_nll(config, p, x).mean(axis=1))(params_S, ids_SxBxL)
+  return jax.vmap(functools.partial(opt.block_nll, config))(params_S, ids_SxBxL)
 
 
 def block_nll(config, params_S, ids, batch: int):
@@ -289,8 +288,7 @@ def fine_tune(cfg: LMConfig, config, params_S, ids_SxNxL, valid_NxL, keys, direc
   return best, losses
 
 
-def _fold_in(key_S, data):
-  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key_S, data)
+_fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))  # (key_S, data) -> key_S
 
 
 def _decode(cfg: LMConfig, config, params, prompt_BxT, key):

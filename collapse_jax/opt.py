@@ -403,9 +403,10 @@ def save(directory: str, config: OPTConfig, params):
 
 def new_cache(config: OPTConfig, batch: int, length: int):
   """Every layer's keys LxBxHxDxK and values LxBxHxKxD: keys transposed, so that a few
-  queries' scores against many keys are a matmul XLA's CPU kernels run 4-7x faster."""
-  shape = (config.num_hidden_layers, batch, config.num_attention_heads, length, config.head_dim)
-  return (jnp.zeros(shape[:3] + shape[:2:-1], config.dtype), jnp.zeros(shape, config.dtype))
+  queries' scores against many keys are a matmul XLA's CPU kernels run 3-7x faster."""
+  l, h, d = config.num_hidden_layers, config.num_attention_heads, config.head_dim
+  return (jnp.zeros((l, batch, h, d, length), config.dtype),
+          jnp.zeros((l, batch, h, length, d), config.dtype))
 
 
 def prefill(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int):
