@@ -37,12 +37,13 @@ def ours(cfg: gmm.GMMConfig, chunk: int):
 def scikit_learn(cfg: gmm.GMMConfig, seeds: int, generations: int):
   """Fits per second of GaussianMixture refitted on its own samples."""
   from sklearn.mixture import GaussianMixture  # noqa: PLC0415 (a benchmark-only dependency)
-  true = cfg.true_mixture()
+  weights_K, means_KxD, covs_KxDxD = (np.asarray(v, np.float64) for v in cfg.true_mixture())
   t0 = time.perf_counter()
   for seed in range(seeds):
     rng = np.random.default_rng(seed)
-    z = rng.integers(len(cfg.true_means), size=cfg.samples)
-    x = np.asarray(true.means)[z] + cfg.true_std * rng.normal(size=(cfg.samples, 2))
+    z_N = rng.choice(len(weights_K), size=cfg.samples, p=weights_K / weights_K.sum())
+    eps_NxD = rng.normal(size=(cfg.samples, means_KxD.shape[1]))
+    x = means_KxD[z_N] + np.einsum('nij,nj->ni', np.linalg.cholesky(covs_KxDxD)[z_N], eps_NxD)
     for g in range(generations):
       model = GaussianMixture(cfg.components, tol=cfg.tol, max_iter=cfg.max_iter,
                               reg_covar=cfg.reg_covar, random_state=seed * 100_003 + g)

@@ -12,12 +12,15 @@ from collapse_jax import driver
 COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below
 
 
-def define_common_flags(defaults, workdir: str, small: dict) -> None:
-  """The flags every experiment has, with `defaults` (a config) as their defaults."""
+def define_common_flags(defaults, workdir: str, presets: dict[str, dict]) -> None:
+  """The flags every experiment has, with `defaults` (a config) as their defaults and
+  `presets` (name -> config fields; 'paper' first, the defaults) as --preset's choices."""
   flags.DEFINE_string('workdir', workdir, 'Where checkpoints, tables and figures go; '
                       'rerunning with the same flags resumes there.')
-  flags.DEFINE_enum('preset', 'paper', ['paper', 'small'], "paper: the paper's protocol, as "
-                    f'below; small: {small}. Flags given explicitly override the preset.')
+  others = '; '.join(f'{name}: {fields}' for name, fields in presets.items() if name != 'paper')
+  flags.DEFINE_enum('preset', 'paper', list(presets), "paper: the paper's protocol as its "
+                    f'released code runs it, as below; {others}. Flags given explicitly '
+                    'override the preset.')
   flags.DEFINE_integer('seeds', defaults.seeds, 'Independent runs, all in one program.')
   flags.DEFINE_integer('generations', defaults.generations, 'Generations after the first.')
   flags.DEFINE_list('regime', list(defaults.regimes),

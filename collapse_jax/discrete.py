@@ -138,6 +138,7 @@ class DiscreteConfig:
 
 
 SMALL = dict(seeds=200, generations=1000, samples=(50,), outcomes=10, checkpoint_every=100)
+PRESETS = {'paper': {}, 'small': SMALL}
 
 
 def family(cfg: DiscreteConfig) -> driver.Family:

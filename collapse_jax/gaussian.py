@@ -179,6 +179,7 @@ class GaussianConfig:
 
 
 SMALL = dict(seeds=200, generations=100, samples=(10, 100), checkpoint_every=50)
+PRESETS = {'paper': {}, 'small': SMALL}
 
 
 def family(cfg: GaussianConfig) -> driver.Family:

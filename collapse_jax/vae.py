@@ -359,6 +359,7 @@ class VAEConfig:
 
 SMALL = dict(seeds=2, generations=4, samples=2048, epochs=3, batch=64, eval_images=1000,
              test_images=1000)
+PRESETS = {'paper': {}, 'small': SMALL}
 
 
 def load_data(cfg: VAEConfig):

@@ -14,7 +14,7 @@ from collapse_jax import cli, discrete
 
 _D = discrete.DiscreteConfig()
 FLAGS = flags.FLAGS
-cli.define_common_flags(_D, 'runs/discrete', discrete.SMALL)
+cli.define_common_flags(_D, 'runs/discrete', discrete.PRESETS)
 flags.DEFINE_list('samples', [str(m) for m in _D.samples],
                   'Comma-separated sample sizes M: each generation counts M samples.')
 flags.DEFINE_list('probs', list(_D.probs), 'Comma-separated probabilities of the true '
@@ -34,7 +34,7 @@ def main(argv):
   del argv
 
   def run():
-    cfg = cli.preset_config(discrete.DiscreteConfig, {'paper': {}, 'small': discrete.SMALL},
+    cfg = cli.preset_config(discrete.DiscreteConfig, discrete.PRESETS,
                             FLAGS.preset, FLAGS, _FIELDS)
     samples = FLAGS.samples if FLAGS['samples'].present else cfg.samples
     discrete.run(discrete.DiscreteConfig(**{**vars(cfg), **cli.regime_fields(FLAGS),

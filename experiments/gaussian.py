@@ -11,7 +11,7 @@ from collapse_jax import cli, gaussian
 
 _D = gaussian.GaussianConfig()
 FLAGS = flags.FLAGS
-cli.define_common_flags(_D, 'runs/gaussian', gaussian.SMALL)
+cli.define_common_flags(_D, 'runs/gaussian', gaussian.PRESETS)
 flags.DEFINE_list('samples', [str(m) for m in _D.samples],
                   'Comma-separated sample sizes M: each generation fits M samples.')
 flags.DEFINE_integer('dims', _D.dims, 'Dimension of the Gaussian.')
@@ -30,7 +30,7 @@ def main(argv):
   del argv
 
   def run():
-    cfg = cli.preset_config(gaussian.GaussianConfig, {'paper': {}, 'small': gaussian.SMALL},
+    cfg = cli.preset_config(gaussian.GaussianConfig, gaussian.PRESETS,
                             FLAGS.preset, FLAGS, _FIELDS)
     samples = FLAGS.samples if FLAGS['samples'].present else cfg.samples
     gaussian.run(gaussian.GaussianConfig(**{**vars(cfg), **cli.regime_fields(FLAGS),

@@ -1,26 +1,37 @@
 """The paper's GMM experiment: a 2-component mixture refitted on its own samples.
 
-  python -m experiments.gmm --seeds=64
+  python -m experiments.gmm --seeds=64            # the released notebook's protocol: truth N(0, I)
+  python -m experiments.gmm --preset=two-blobs    # truth: two unit Gaussians at (-2, 0) and (2, 0)
   python -m experiments.gmm --regime=replace,accumulate-subsample,mix --real_fraction=0.1,0.5
-  python -m experiments.gmm --preset=small     # a CPU-sized run in seconds
+  python -m experiments.gmm --preset=small        # a CPU-sized run in seconds
 """
 
 from absl import app, flags
 
 from collapse_jax import cli, gmm
 
+
+def _points(points) -> str:
+  return ';'.join(','.join(f'{v:g}' for v in p) for p in points)
+
+
 _D = gmm.GMMConfig()
 FLAGS = flags.FLAGS
-cli.define_common_flags(_D, 'runs/gmm', gmm.SMALL)
+cli.define_common_flags(_D, 'runs/gmm', gmm.PRESETS)
 flags.DEFINE_integer('samples', _D.samples, 'Samples each generation is fitted on.')
 flags.DEFINE_integer('components', _D.components, 'Mixture components fitted.')
 flags.DEFINE_float('tol', _D.tol, 'EM stops when the mean log-likelihood changes less.')
 flags.DEFINE_integer('max_iter', _D.max_iter, 'EM iterations at most.')
 flags.DEFINE_float('reg_covar', _D.reg_covar, 'Added to covariance diagonals.')
 flags.DEFINE_integer('heldout', _D.heldout, 'Held-out original samples scored each generation.')
-flags.DEFINE_string('true_means', ';'.join(','.join(str(v) for v in m) for m in _D.true_means),
+flags.DEFINE_list('true_weights', [], "Weights of the true mixture's components, summing to 1 "
+                  '(empty: equal).')
+flags.DEFINE_string('true_means', _points(_D.true_means),
                     "Means of the true mixture's components, 'x,y;x,y'.")
-flags.DEFINE_float('true_std', _D.true_std, 'Standard deviation of each true component.')
+flags.DEFINE_string('true_covs', '', "Covariances of the true mixture's components, each D x D "
+                    "row-major, 'a,b,c,d;a,b,c,d' (empty: true_std^2 I for every component).")
+flags.DEFINE_float('true_std', _D.true_std, 'Standard deviation of each true component, when '
+                   '--true_covs is empty.')
 
 _FIELDS = {f: f for f in cli.COMMON + ('samples', 'components', 'tol', 'max_iter', 'reg_covar',
                                         'heldout', 'true_std')}
@@ -30,11 +41,12 @@ def main(argv):
   del argv
 
   def run():
-    cfg = cli.preset_config(gmm.GMMConfig, {'paper': {}, 'small': gmm.SMALL}, FLAGS.preset,
-                            FLAGS, _FIELDS)
-    gmm.run(gmm.GMMConfig(**{**vars(cfg), **cli.regime_fields(FLAGS),
-                             'true_means': cli.parse_points('true_means', FLAGS.true_means)}),
-            FLAGS.workdir)
+    cfg = cli.preset_config(gmm.GMMConfig, gmm.PRESETS, FLAGS.preset, FLAGS, _FIELDS)
+    truth = {'true_weights': cli.parse_floats('true_weights', FLAGS.true_weights),
+             'true_means': cli.parse_points('true_means', FLAGS.true_means),
+             'true_covs': cli.parse_points('true_covs', FLAGS.true_covs)}
+    truth = {k: v for k, v in truth.items() if FLAGS[k].present}  # else the preset's
+    gmm.run(gmm.GMMConfig(**{**vars(cfg), **cli.regime_fields(FLAGS), **truth}), FLAGS.workdir)
   cli.main(run)
 
 

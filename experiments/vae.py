@@ -11,7 +11,7 @@ from collapse_jax import cli, vae
 
 _D = vae.VAEConfig()
 FLAGS = flags.FLAGS
-cli.define_common_flags(_D, 'runs/vae', vae.SMALL)
+cli.define_common_flags(_D, 'runs/vae', vae.PRESETS)
 flags.DEFINE_string('mnist_dir', _D.mnist_dir, 'Directory of the MNIST IDX files (gzip or '
                     'not); empty: tensorflow-datasets.')
 flags.DEFINE_string('classifier_cache', _D.classifier_cache, 'Where the digit classifier '
@@ -34,7 +34,7 @@ def main(argv):
   del argv
 
   def run():
-    cfg = cli.preset_config(vae.VAEConfig, {'paper': {}, 'small': vae.SMALL}, FLAGS.preset,
+    cfg = cli.preset_config(vae.VAEConfig, vae.PRESETS, FLAGS.preset,
                             FLAGS, _FIELDS)
     vae.run(vae.VAEConfig(**{**vars(cfg), **cli.regime_fields(FLAGS)}), FLAGS.workdir)
   cli.main(run)

@@ -42,12 +42,12 @@ def test_sharded_run_equals_one_device_and_writes_its_outputs(tmp_path):
   assert len(a) == 3 * 6 * 13
   assert set(a.groupby(['regime', 'real_fraction']).size()) == {6 * 13}
   pd.testing.assert_frame_equal(a, b, check_exact=True)
-  assert np.all(a.loc[a.generation == 0, 'l2_gen0'] == 0)
+  assert np.all(a.loc[a.generation == 0, 'l2sq_gen0'] == 0)
   for name in ('collapse.png', 'scatter.png', 'summary.txt', 'config.json'):
     assert (tmp_path / 'four' / name).stat().st_size > 0
 
   # A finished run rerun prints its summary again, without recomputing.
   again = _gmm(*common, '--cpu_devices=1', f'--workdir={tmp_path / "one"}')
   assert again.returncode == 0
-  assert again.stdout == one.stdout and 'l2_gen0' in again.stdout
+  assert again.stdout == one.stdout and 'l2sq_gen0' in again.stdout
   assert '%|' not in again.stderr  # no progress bar: nothing ran

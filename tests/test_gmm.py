@@ -89,7 +89,7 @@ def _mixture(seed, k=2):
                      jnp.asarray(a @ np.swapaxes(a, 1, 2) + 0.2 * np.eye(2), jnp.float32))
 
 
-def test_l2_distance_agrees_with_monte_carlo():
+def test_l2_squared_agrees_with_monte_carlo():
   p, q = _mixture(0), _mixture(1)
   kp, kq = jax.random.split(jax.random.key(0))
   n = 400_000
@@ -97,9 +97,68 @@ def test_l2_distance_agrees_with_monte_carlo():
   diff = lambda x: jnp.exp(gmm.log_prob(p, x)) - jnp.exp(gmm.log_prob(q, x))
   # integral of (p - q)^2 = E_p[p - q] - E_q[p - q]
   mc = float(jnp.mean(diff(xp)) - jnp.mean(diff(xq)))
-  closed = float(gmm.l2_distance(p, q)) ** 2
-  assert closed == pytest.approx(mc, rel=0.03)
-  assert float(gmm.l2_distance(p, p)) == 0.0
+  assert float(gmm.l2_squared(p, q)) == pytest.approx(mc, rel=0.03)
+  assert float(gmm.l2_squared(p, p)) == 0.0
+
+
+def _notebook_l2(p, q):
+  """The released notebook's formula, in float64: sum over component pairs of
+  w_i w_j N(mu_i - mu_j; 0, S_i + S_j), for p.p + q.q - 2 p.q (no square root)."""
+  from scipy.stats import multivariate_normal  # noqa: PLC0415
+
+  def term(a, b):
+    return sum(wi * wj * multivariate_normal.pdf(mi - mj, cov=si + sj)
+               for wi, mi, si in zip(*(np.asarray(v, np.float64) for v in a))
+               for wj, mj, sj in zip(*(np.asarray(v, np.float64) for v in b)))
+  return term(p, p) + term(q, q) - 2 * term(p, q)
+
+
+def test_the_papers_measure_is_the_notebooks_squared_distance(tmp_path):
+  """Generation-g fits of a short run, against the notebook's formula evaluated
+  independently on the same fitted mixtures (read back from the table)."""
+  cfg = gmm.GMMConfig(seeds=2, generations=12, samples=300, heldout=50, checkpoint_every=12)
+  table = gmm.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
+  sub = results.select(table, 'replace', 0.0)
+
+  def fitted(g, s):
+    w = np.array([sub[f'weight_{k}'][g, s] for k in range(2)])
+    mu = np.array([[sub[f'mean_{k}_{i}'][g, s] for i in range(2)] for k in range(2)])
+    cov = np.array([[[sub[f'cov_{k}_{min(i, j)}{max(i, j)}'][g, s] for j in range(2)]
+                     for i in range(2)] for k in range(2)])
+    return w, mu, cov
+
+  truth = [np.asarray(v, np.float64) for v in cfg.true_mixture()]
+  for g in (1, 5, 12):
+    for s in range(2):
+      p0, pg = fitted(0, s), fitted(g, s)
+      assert sub['l2sq_gen0'][g, s] == pytest.approx(_notebook_l2(pg, p0), rel=2e-3, abs=1e-7)
+      assert sub['l2sq_true'][g, s] == pytest.approx(_notebook_l2(pg, truth), rel=2e-3, abs=1e-7)
+  assert np.all(sub['l2sq_gen0'][0] == 0)
+
+
+def test_defaults_are_the_released_notebooks_protocol():
+  """The notebook: make_blobs(n_samples=1000, centers=[[0, 0]], cluster_std=1), a
+  2-component full-covariance GaussianMixture(tol=1e-5, max_iter=2000), refitted
+  on 1,000 of its own samples; 2,000 generations here (its 2,050: --generations)."""
+  cfg = gmm.GMMConfig()
+  assert (cfg.samples, cfg.components, cfg.tol, cfg.max_iter, cfg.generations) == (
+      1000, 2, 1e-5, 2000, 2000)
+  assert cfg.reg_covar == GaussianMixture().reg_covar
+  weights, means, covs = (np.asarray(v) for v in cfg.true_mixture())
+  np.testing.assert_array_equal(weights, [1.0])
+  np.testing.assert_array_equal(means, [[0.0, 0.0]])
+  np.testing.assert_array_equal(covs, [np.eye(2)])
+
+
+def test_a_true_mixture_is_fully_described_by_flags():
+  cfg = gmm.GMMConfig(true_weights=(0.25, 0.75), true_means=((0.0, 8.0), (2.0, -1.0)),
+                      true_covs=((1.0, 0.5, 0.5, 2.0), (0.3, 0.0, 0.0, 0.1))).validate()
+  mix = cfg.true_mixture()
+  x = np.asarray(gmm.sample(mix, jax.random.key(0), 200_000), np.float64)
+  second = x[:, 1] < 3.5  # the second component sits below, well apart
+  assert second.mean() == pytest.approx(0.75, abs=0.01)
+  np.testing.assert_allclose(np.cov(x[~second].T), [[1.0, 0.5], [0.5, 2.0]], atol=0.1)
+  np.testing.assert_allclose(np.cov(x[second].T), [[0.3, 0.0], [0.0, 0.1]], atol=0.02)
 
 
 def test_samples_have_the_mixture_moments():
@@ -119,22 +178,29 @@ def test_tail_thresholds_match_the_chi_square_region():
   assert t99 == pytest.approx(-math.log(2 * math.pi) + math.log(0.01), abs=0.03)
 
 
-def test_config_validation_names_the_flag():
-  with pytest.raises(driver.ConfigError, match='--samples'):
-    gmm.GMMConfig(samples=1, components=2).validate()
-  with pytest.raises(driver.ConfigError, match='--true_means'):
-    gmm.GMMConfig(true_means=((0.0, 0.0), (1.0,))).validate()
+@pytest.mark.parametrize('fields, flag', [
+    (dict(samples=1, components=2), 'samples'),
+    (dict(true_means=((0.0, 0.0), (1.0,))), 'true_means'),
+    (dict(true_weights=(0.5, 0.6), true_means=((0.0, 0.0), (1.0, 1.0))), 'true_weights'),
+    (dict(true_weights=(1.0, 1.0)), 'true_weights'),
+    (dict(true_covs=((1.0, 0.0, 0.0),)), 'true_covs'),
+    (dict(true_covs=((1.0, 2.0, 2.0, 1.0),)), 'true_covs'),  # not positive definite
+    (dict(true_covs=((1.0, 0.5, 0.0, 1.0),)), 'true_covs'),  # not symmetric
+])
+def test_config_validation_names_the_flag(fields, flag):
+  with pytest.raises(driver.ConfigError, match=f'--{flag}'):
+    gmm.GMMConfig(**fields).validate()
 
 
 def test_replace_collapses_and_accumulate_stays_bounded(tmp_path):
   """The paper's finding, at CPU size: under replace the fit drifts from its
   generation-0 self and its spread shrinks; keeping all data bounds the drift."""
   cfg = gmm.GMMConfig(seeds=16, generations=60, samples=100, heldout=100,
-                      regimes=('replace', 'accumulate'), checkpoint_every=60)
+                      regimes=('replace', 'accumulate'), checkpoint_every=60, **gmm.TWO_BLOBS)
   table = gmm.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
   rep = results.select(table, 'replace', 0.0)
   acc = results.select(table, 'accumulate', 0.0)
-  l2_rep, l2_acc = np.median(rep['l2_gen0'], 1), np.median(acc['l2_gen0'], 1)
+  l2_rep, l2_acc = np.median(rep['l2sq_gen0'], 1), np.median(acc['l2sq_gen0'], 1)
   assert l2_rep[60] > 3 * l2_rep[5]  # drift grows
   assert l2_acc[60] < 0.5 * l2_rep[60]  # accumulating bounds it
   assert np.median(rep['total_var'][60]) < 0.8 * np.median(rep['total_var'][0])
