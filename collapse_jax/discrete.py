@@ -12,6 +12,7 @@ one column, so the driver's regimes apply unchanged.
 import dataclasses
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -125,8 +126,10 @@ class DiscreteConfig:
       raise driver.ConfigError('samples', 'needs at least one sample size')
     driver.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
                           self.real_fractions)
-    if self.probs and (min(self.probs) < 0 or sum(self.probs) <= 0 or len(self.probs) < 2):
-      raise driver.ConfigError('probs', 'needs two or more non-negative probabilities '
+    p = np.asarray(self.probs, np.float64)
+    if self.probs and (len(p) < 2 or not np.all(np.isfinite(p)) or p.min() < 0
+                       or not 0 < sum(self.probs) < np.inf):
+      raise driver.ConfigError('probs', 'needs two or more finite, non-negative probabilities '
                                f'with a positive sum, got {list(self.probs)}')
     checks = [('outcomes', self.outcomes >= 2, 'must be at least 2'),
               ('zipf_exponent', self.zipf_exponent >= 0, 'must be non-negative'),
@@ -194,6 +197,9 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   """
   cfg.validate()
   driver.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
+  if cfg.probs and abs(sum(cfg.probs) - 1) > 1e-6 and driver.is_primary():
+    print(f'note: --probs sum to {sum(cfg.probs):.6g}, not 1; each is divided by that sum',
+          file=sys.stderr)
   p = cfg.true_probs()
   tail = tail_outcomes(p, cfg.tail)
 

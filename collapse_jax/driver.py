@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 from typing import Any, Callable
 
 import jax
@@ -496,19 +497,44 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
 
 # ---------------------------------------------------------------- run configs
 
+def writable_dir(flag: str, path: str) -> str:
+  """Makes directory `path` if needed and writes and removes a file there; returns it, or
+  raises ConfigError naming `flag` when it cannot be created or written."""
+  if not path:
+    raise ConfigError(flag, 'needs a directory')
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(flag, f'{path} exists and is not a directory; pass another --{flag}')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(flag, f'cannot create directory {path} ({e.strerror or e}); pass '
+                      f'another --{flag}') from None
+  try:
+    with tempfile.NamedTemporaryFile(dir=path, prefix='.write-test-'):
+      pass
+  except OSError as e:
+    raise ConfigError(flag, f'cannot write in {path} ({e.strerror or e}); pass another '
+                      f'--{flag}') from None
+  return path
+
+
 def check_config(workdir: str, config: dict[str, Any]) -> None:
-  """Records the run's flags in workdir, or refuses flags that differ from them."""
-  path = os.path.join(workdir, 'config.json')
+  """Records the run's flags in workdir, or refuses flags that differ from them, or a
+  workdir that cannot be created, read or written."""
+  path = os.path.join(writable_dir('workdir', workdir), 'config.json')
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except (OSError, ValueError) as e:  # unreadable, or not JSON
+      raise ConfigError('workdir', f'cannot read {path} ({type(e).__name__}: {e}); pass '
+                        'another --workdir') from None
     for key in sorted(set(saved) | set(config)):
       if saved.get(key) != config.get(key):
         raise ConfigError(key, f'is {config.get(key)!r} but the run in {workdir} used '
                           f'{saved.get(key)!r}; pass the same flags to resume it, or '
                           'another --workdir')
     return
-  os.makedirs(workdir, exist_ok=True)
   if is_primary():
     with open(path, 'w') as f:
       json.dump(config, f, indent=2, sort_keys=True)

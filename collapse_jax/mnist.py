@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import zlib
 
 import numpy as np
 
@@ -34,6 +35,15 @@ def _find(directory: str, name: str) -> str:
   raise driver.ConfigError('mnist_dir', f'{name}[.gz] is not in {directory}; {HOW}')
 
 
+def _read(directory: str, name: str) -> np.ndarray:
+  """The IDX array `name`[.gz] in directory; ConfigError naming --mnist_dir if it cannot be read."""
+  path = _find(directory, name)
+  try:
+    return read_idx(path)
+  except (OSError, EOFError, ValueError, zlib.error) as e:  # unreadable, truncated, not IDX
+    raise driver.ConfigError('mnist_dir', f'cannot read {path} ({type(e).__name__}: {e})') from None
+
+
 def _from_tfds(split: str):
   try:
     import tensorflow_datasets as tfds  # noqa: PLC0415 (optional)
@@ -49,8 +59,8 @@ def load(split: str, directory: str | None = None):
     if not os.path.isdir(directory):
       raise driver.ConfigError('mnist_dir', f'{directory} is not a directory; {HOW}')
     images_file, labels_file = FILES[split]
-    images = read_idx(_find(directory, images_file)).reshape(-1, 784)
-    labels = read_idx(_find(directory, labels_file))
+    images = _read(directory, images_file).reshape(-1, 784)
+    labels = _read(directory, labels_file)
   else:
     images, labels = _from_tfds(split)
   return (images.astype(np.float32) / 255.0), labels.astype(np.int32)

@@ -38,8 +38,11 @@ def _read_parquet(paths: list[str]) -> list[str]:
 
 def _read_raw(path: str) -> list[str]:
   """Lines keeping their '\\n', blank ones '': the rows Hugging Face's builder made of this file."""
-  with open(path, encoding='utf-8') as f:
-    return [row if row.strip() else '' for row in f]
+  try:
+    with open(path, encoding='utf-8') as f:
+      return [row if row.strip() else '' for row in f]
+  except (OSError, UnicodeDecodeError) as e:
+    raise driver.ConfigError('data_dir', f'cannot read {path} ({_why(e)}); {HOW}') from None
 
 
 def _from_hub(split: str) -> list[str]:

@@ -18,7 +18,8 @@ cli.define_common_flags(_D, 'runs/discrete', discrete.PRESETS)
 flags.DEFINE_list('samples', [str(m) for m in _D.samples],
                   'Comma-separated sample sizes M: each generation counts M samples.')
 flags.DEFINE_list('probs', list(_D.probs), 'Comma-separated probabilities of the true '
-                  'distribution (normalised); empty: a Zipf law over --outcomes.')
+                  'distribution (weights are fine: divided by their sum, with a note when it '
+                  'is not 1); empty: a Zipf law over --outcomes.')
 flags.DEFINE_integer('outcomes', _D.outcomes, 'Outcomes K of the Zipf law.')
 flags.DEFINE_float('zipf_exponent', _D.zipf_exponent, 'p_i proportional to i^-exponent.')
 flags.DEFINE_float('tail', _D.tail, 'The tail: the least likely outcomes holding at most this '
