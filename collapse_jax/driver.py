@@ -63,6 +63,11 @@ class Family:
   reference(params0, key) -> ref    what later generations are measured against
   evaluate(params, x_NxD, ref) -> metrics     x_NxD: the model's samples
   summary: sufficient statistics, when the fit has them (see Summary)
+  refit(params, key, n) -> (params, metrics)  optional: under `replace`, the next
+    generation fitted to n samples of the model `params` that it draws itself, in
+    place of `fit` on stored samples: for fits better conditioned in the model's
+    own coordinates (its samples are mu + L z: refit from z), or that draw fresh
+    samples for every batch
   one_at_a_time_on_cpu: on a CPU, run a device's runs one after another rather
     than vectorised (default_width): for fits that iterate to a per-run
     convergence test (EM), or whose vectorised form costs more than a loop
@@ -73,11 +78,16 @@ class Family:
   reference: Callable[..., Any]
   evaluate: Callable[..., Any]
   summary: Summary | None = None
+  refit: Callable[..., Any] | None = None
   one_at_a_time_on_cpu: bool = False
 
   def running(self, regime: str) -> bool:
     """Whether this regime keeps a running summary in place of a pool."""
     return regime == 'accumulate' and self.summary is not None
+
+  def refitting(self, regime: str) -> bool:
+    """Whether this regime refits on the previous model itself rather than its stored samples."""
+    return regime == 'replace' and self.refit is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +217,7 @@ def _first_generation(family: Family, sweep: Sweep, seed, fraction):
   synth_NxD = family.sample(params, sample_key, n)
   ref = family.reference(params, ref_key)
   const = {'seed': seed, 'fraction': fraction, 'x0': x0_NxD, 'ref': ref}
-  carry = {'last': synth_NxD}
+  carry = {'model': params} if family.refitting(sweep.regime) else {'last': synth_NxD}
   rows = pool_rows(family, sweep.regime, sweep.generations, n)
   if family.running(sweep.regime):
     ones = jnp.ones(n)
@@ -224,14 +234,16 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
   _, _, run_key = _keys(const['seed'])
   train_key, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, g), 3)
   n = sweep.samples
-  if family.running(sweep.regime):
+  if family.refitting(sweep.regime):
+    params, fit_metrics = family.refit(carry['model'], fit_key, n)
+  elif family.running(sweep.regime):
     params, fit_metrics = family.summary.fit(carry['summary'], fit_key)
   else:
     x_NxD, w_N = training_set(sweep.regime, g, train_key, const['fraction'], const['x0'],
                               carry['last'], carry.get('pool'), family.draw_real)
     params, fit_metrics = family.fit(x_NxD, w_N, fit_key)
   synth_NxD = family.sample(params, sample_key, n)
-  carry = {**carry, 'last': synth_NxD}
+  carry = {**carry, **({'model': params} if 'model' in carry else {'last': synth_NxD})}
   if 'summary' in carry:
     carry['summary'] = family.summary.combine(carry['summary'],
                                               family.summary.of(synth_NxD, jnp.ones(n)))

@@ -18,10 +18,15 @@ from scipy import special
 
 from collapse_jax import driver, plots, results
 
-ESTIMATORS = ('unbiased', 'mle')
+ESTIMATORS = ('mle', 'unbiased')
 
 
 # ---------------------------------------------------------------- fit and sample
+# A fit is {'mean': mu_D, 'unit': U_DxD, 'log_scale': l_D}: its samples are
+# mu + U (e^l * z), z ~ N(0, I), with U unit lower triangular, so Sigma = A A^T for
+# A = U diag(e^l). Collapse drives the scales e^l below float32's range and the
+# columns' scales apart by orders of magnitude; kept as logarithms they stay exact.
+# A singular fit (M <= d samples) has dead columns, l = -inf, after its live ones.
 
 def summarise(x_NxD, w_N):
   """Sufficient statistics of weighted data: total weight, mean, scatter matrix.
@@ -47,39 +52,109 @@ def combine(a, b):
           'scatter': a['scatter'] + b['scatter'] + jnp.outer(delta_D, delta_D) * (a['n'] * b['n'] / n)}
 
 
+def _divisor(n, estimator: str):
+  """The covariance's divisor: n - 1 (unbiased, Theorem 3.1) or n (mle, the figure code)."""
+  return n - (1.0 if estimator == 'unbiased' else 0.0)
+
+
+def _factor(b_KxD):
+  """{'unit', 'log_scale'} of the lower factor C of B^T B (C C^T = B^T B), by QR of B,
+  which needs no positive definiteness: columns whose scale is lost in rounding are dead."""
+  k, d = b_KxD.shape
+  if d == 1:
+    return {'unit': jnp.ones((1, 1)), 'log_scale': 0.5 * jnp.log(jnp.sum(b_KxD**2))[None]}
+  r_KxD = jnp.linalg.qr(b_KxD, mode='r')
+  c_DxD = jnp.zeros((d, d), b_KxD.dtype).at[:min(k, d)].set(r_KxD[:d]).T
+  c_DxD = c_DxD * jnp.where(jnp.diagonal(c_DxD) < 0, -1.0, 1.0)  # columns' signs: C_jj >= 0
+  c_D = jnp.diagonal(c_DxD)
+  alive_D = jnp.cumprod(c_D > max(k, d) * jnp.finfo(c_D.dtype).eps * jnp.max(c_D)) > 0
+  unit_DxD = jnp.where(alive_D, c_DxD / jnp.where(alive_D, c_D, 1.0), jnp.eye(d))
+  return {'unit': unit_DxD, 'log_scale': jnp.where(alive_D, jnp.log(c_D), -jnp.inf)}
+
+
+def fit(x_NxD, w_N, estimator: str):
+  """Mean and covariance factor of weighted samples."""
+  n = jnp.sum(w_N)
+  mean_D = w_N @ x_NxD / n
+  b_NxD = jnp.sqrt(w_N / _divisor(n, estimator))[:, None] * (x_NxD - mean_D)
+  return {'mean': mean_D, **_factor(b_NxD)}, {}
+
+
 def fit_summary(stats, estimator: str):
-  """Mean and covariance; the covariance divides by n - 1 (unbiased) or n (mle)."""
-  ddof = 1.0 if estimator == 'unbiased' else 0.0
-  return {'mean': stats['mean'], 'cov': stats['scatter'] / (stats['n'] - ddof)}, {}
+  """The fit that sufficient statistics determine; the scatter's factor through its
+  eigenvectors, so a singular scatter factors too."""
+  cov_DxD = stats['scatter'] / _divisor(stats['n'], estimator)
+  if cov_DxD.shape[0] == 1:
+    return {'mean': stats['mean'], 'unit': jnp.ones((1, 1)),
+            'log_scale': 0.5 * jnp.log(cov_DxD[0])}, {}
+  lam_D, q_DxD = jnp.linalg.eigh(cov_DxD)
+  return {'mean': stats['mean'], **_factor((q_DxD * jnp.sqrt(jnp.maximum(lam_D, 0.0))).T)}, {}
+
+
+def covariance(params):
+  """Sigma = U diag(e^2l) U^T (underflows with the scales; for checks and small runs)."""
+  a_DxD = params['unit'] * jnp.exp(params['log_scale'])
+  return a_DxD @ a_DxD.T
 
 
 def sample(params, key, n):
-  mean_D, cov_DxD = params['mean'], params['cov']
-  z_NxD = jax.random.normal(key, (n, mean_D.shape[0]))
-  if mean_D.shape[0] == 1:
-    return mean_D + jnp.sqrt(cov_DxD[0, 0]) * z_NxD
-  return mean_D + z_NxD @ jnp.linalg.cholesky(cov_DxD).T
+  z_NxD = jax.random.normal(key, (n, params['mean'].shape[0]))
+  return params['mean'] + (z_NxD * jnp.exp(params['log_scale'])) @ params['unit'].T
+
+
+def refit(params, key, n, estimator: str):
+  """The next generation's fit to n samples of `params`, made in its own coordinates.
+
+  Its samples are mu + A z: the fit to z (mean m, factor C_z = V diag(e^c)) gives
+  mu + A m and A C_z = U W diag(e^(l + c)), W = diag(e^l) V diag(e^-l) unit lower
+  triangular with entries V_ij e^(l_i - l_j), i > j, which stay small: later
+  columns shrink faster (Bartlett). Nothing is ever rounded at the fit's own scale.
+  """
+  d = params['mean'].shape[0]
+  z_NxD = jax.random.normal(key, (n, d))
+  local, _ = fit(z_NxD, jnp.ones(n), estimator)
+  l_D, u_DxD = params['log_scale'], params['unit']
+  mean_D = params['mean'] + u_DxD @ (jnp.exp(l_D) * local['mean'])
+  if d == 1:
+    return {'mean': mean_D, 'unit': u_DxD, 'log_scale': l_D + local['log_scale']}, {}
+  alive_D = l_D > -jnp.inf
+  both_DxD = alive_D[:, None] & alive_D[None] & (jnp.arange(d)[:, None] > jnp.arange(d))
+  gap_DxD = jnp.where(both_DxD, l_D[:, None] - l_D[None], -jnp.inf)
+  w_DxD = jnp.eye(d) + jnp.where(both_DxD, local['unit'] * jnp.exp(jnp.minimum(gap_DxD, 60.0)), 0.0)
+  l_D = l_D + local['log_scale']
+  unit_DxD = jnp.where(l_D > -jnp.inf, u_DxD @ w_DxD, jnp.eye(d))
+  return {'mean': mean_D, 'unit': unit_DxD, 'log_scale': l_D}, {}
 
 
 # ---------------------------------------------------------------- metrics
 
 def evaluate(params, synth_NxD, true_mean: float, true_std: float):
-  """Distances of one fit from the truth N(true_mean, true_std^2 I)."""
-  mean_D, cov_DxD = params['mean'], params['cov']
+  """Distances of one fit from the truth N(true_mean, true_std^2 I), finite however far
+  it has collapsed: logarithms of trace and (pseudo-)determinant, and the rank."""
+  mean_D, u_DxD, l_D = params['mean'], params['unit'], params['log_scale']
   d = mean_D.shape[0]
   err_D = mean_D - true_mean
-  trace = jnp.trace(cov_DxD)
+  alive_D = l_D > -jnp.inf
+  top = jnp.max(l_D)
+  # trace = sum_j e^2l_j |U_:j|^2; tr Sigma^1/2 = the singular values of U diag(e^l), summed.
+  log_trace = top * 2 + jnp.log(jnp.sum(jnp.exp(2 * (l_D - top)) * jnp.sum(u_DxD**2, 0)))
   if d == 1:
-    logdet, sqrt_eigs = jnp.log(cov_DxD[0, 0]), jnp.sqrt(cov_DxD[0])
+    root_trace, log_pdet = jnp.exp(l_D[0]), 2 * l_D[0]
   else:
-    logdet = jnp.linalg.slogdet(cov_DxD)[1]
-    sqrt_eigs = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(cov_DxD), 0.0))
-  sigma = jnp.sqrt(trace / d)
+    a_DxD = u_DxD * jnp.exp(l_D - top)
+    root_trace = jnp.exp(top) * jnp.sum(jnp.linalg.svd(a_DxD, compute_uv=False))
+    # pdet = e^(2 sum l) det(U_a^T U_a) over the live columns a (1 when all live)
+    gram_DxD = jnp.where(alive_D[:, None] & alive_D[None], u_DxD.T @ u_DxD, jnp.eye(d))
+    log_pdet = 2 * jnp.sum(jnp.where(alive_D, l_D, 0.0)) + 2 * jnp.sum(
+        jnp.log(jnp.diagonal(jnp.linalg.cholesky(gram_DxD))))
+  trace = jnp.exp(log_trace)
+  sigma = jnp.exp(0.5 * (log_trace - jnp.log(d)))
   # W2^2 between Gaussians: |m - mu|^2 + tr(S + Sigma - 2 (Sigma^1/2 S Sigma^1/2)^1/2),
   # and Sigma = true_std^2 I makes the last term 2 true_std tr(S^1/2).
-  w2_sq = err_D @ err_D + trace + d * true_std**2 - 2 * true_std * jnp.sum(sqrt_eigs)
+  w2_sq = err_D @ err_D + trace + d * true_std**2 - 2 * true_std * root_trace
   return {'mean_error': jnp.sqrt(err_D @ err_D), 'sigma': sigma,
-          'sigma_error': jnp.abs(sigma - true_std), 'trace': trace, 'logdet': logdet,
+          'sigma_error': jnp.abs(sigma - true_std), 'trace': trace, 'log_trace': log_trace,
+          'logdet': log_pdet, 'rank': jnp.sum(alive_D).astype(jnp.int32),
           'w2_sq': jnp.maximum(w2_sq, 0.0),
           'sample_msd': jnp.mean(jnp.sum((synth_NxD - true_mean) ** 2, axis=1))}
 
@@ -122,10 +197,11 @@ def theory(regime: str, estimator: str, samples: int, dims: int, true_std: float
   mean_sq = dims * var / samples * (n_G if r == 1.0 else (1 - r**n_G) / (1 - r))
   trace = dims * var * r**n_G
   nu_d = k - np.arange(dims)  # Bartlett: det W = prod_i chi2_{k - i + 1}
-  out.update(mean_error_rms=np.sqrt(mean_sq), trace_mean=trace, sample_msd_mean=mean_sq + trace,
-             logdet_mean=dims * np.log(var) + n_G * (special.digamma(nu_d / 2).sum()
-                                                      + dims * np.log(2 / v)),
-             logdet_sd=np.sqrt(n_G * special.polygamma(1, nu_d / 2).sum()))
+  out.update(mean_error_rms=np.sqrt(mean_sq), trace_mean=trace, sample_msd_mean=mean_sq + trace)
+  if k >= dims:  # M <= d: a singular fit, whose pseudo-determinant has no closed form here
+    out.update(logdet_mean=dims * np.log(var) + n_G * (special.digamma(nu_d / 2).sum()
+                                                       + dims * np.log(2 / v)),
+               logdet_sd=np.sqrt(n_G * special.polygamma(1, nu_d / 2).sum()))
   if dims == 1:
     a = np.exp(0.5 * np.log(2 / v) + special.gammaln((k + 1) / 2) - special.gammaln(k / 2))
     sigma_sq_err = var * (r**n_G - 2 * a**n_G + 1)
@@ -139,12 +215,13 @@ def theory(regime: str, estimator: str, samples: int, dims: int, true_std: float
 @dataclasses.dataclass(frozen=True)
 class GaussianConfig:
   """The Gaussian experiment; defaults are the paper's (Section 3, its figure of a
-  1-D Gaussian refitted with M samples), with accumulate beside replace."""
+  1-D Gaussian refitted with M samples) as its released figure code runs it (the
+  maximum-likelihood estimator), with accumulate beside replace."""
   seeds: int = 1000
   generations: int = 1000
   samples: tuple[int, ...] = (100, 500, 1000, 10000)
   dims: int = 1
-  estimator: str = 'unbiased'
+  estimator: str = 'mle'
   regimes: tuple[str, ...] = ('replace', 'accumulate')
   real_fractions: tuple[float, ...] = (0.0,)
   true_mean: float = 0.0
@@ -162,12 +239,8 @@ class GaussianConfig:
       raise driver.ConfigError('dims', f'must be at least 1, got {self.dims}')
     if not self.samples:
       raise driver.ConfigError('samples', 'needs at least one sample size')
-    for m in self.samples:
-      if m <= self.dims:
-        raise driver.ConfigError('samples', f'{m} samples cannot determine a covariance in '
-                                 f'{self.dims} dimensions; use more than {self.dims}')
     driver.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
-                          self.real_fractions)
+                          self.real_fractions, min_samples=2)  # a spread needs two
     if self.estimator not in ESTIMATORS:
       raise driver.ConfigError('estimator', f'unknown estimator {self.estimator!r}; choose '
                                f'from {", ".join(ESTIMATORS)}')
@@ -183,15 +256,17 @@ PRESETS = {'paper': {}, 'small': SMALL}
 
 
 def family(cfg: GaussianConfig) -> driver.Family:
-  """The Gaussian as a driver family; its fit has sufficient statistics."""
+  """The Gaussian as a driver family: sufficient statistics for accumulate, and under
+  replace a refit in the last generation's own coordinates."""
   fit_stats = lambda stats, key: fit_summary(stats, cfg.estimator)
   return driver.Family(
       draw_real=lambda key, n: cfg.true_mean + cfg.true_std * jax.random.normal(key, (n, cfg.dims)),
-      fit=lambda x_NxD, w_N, key: fit_stats(summarise(x_NxD, w_N), key),
+      fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, cfg.estimator),
       sample=sample,
       reference=lambda params0, key: {},
       evaluate=lambda params, synth, ref: evaluate(params, synth, cfg.true_mean, cfg.true_std),
-      summary=driver.Summary(summarise, combine, fit_stats))
+      summary=driver.Summary(summarise, combine, fit_stats),
+      refit=lambda params, key, n: refit(params, key, n, cfg.estimator))
 
 
 ERRORS = ('mean_error', 'sigma_error')  # their root mean square is what theory gives

@@ -1,7 +1,8 @@
 """The paper's theory, simulated: a Gaussian refitted on M of its own samples.
 
   python -m experiments.gaussian                   # 1,000 seeds x 1,000 generations, M = 100 .. 10,000
-  python -m experiments.gaussian --estimator=mle --dims=5 --samples=50,500
+  python -m experiments.gaussian --estimator=unbiased --dims=5 --samples=50,500
+  python -m experiments.gaussian --dims=100 --samples=10 --generations=100   # M <= d: singular fits
   python -m experiments.gaussian --preset=small    # a CPU-sized run in seconds
 """
 
@@ -16,7 +17,8 @@ flags.DEFINE_list('samples', [str(m) for m in _D.samples],
                   'Comma-separated sample sizes M: each generation fits M samples.')
 flags.DEFINE_integer('dims', _D.dims, 'Dimension of the Gaussian.')
 flags.DEFINE_enum('estimator', _D.estimator, list(gaussian.ESTIMATORS),
-                  'Covariance divisor: unbiased (M - 1, the paper\'s Theorem 3.1) or mle (M).')
+                  'Covariance divisor: mle (M, as the released figure code, np.std) or unbiased '
+                  "(M - 1, the paper's Theorem 3.1).")
 flags.DEFINE_float('true_mean', _D.true_mean, 'Mean of the true distribution, in every dimension.')
 flags.DEFINE_float('true_std', _D.true_std, 'Standard deviation of the true distribution.')
 flags.DEFINE_bool('per_seed_csv', _D.per_seed_csv, 'Also write metrics.csv, one row per seed '

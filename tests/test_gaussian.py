@@ -113,8 +113,8 @@ def test_combined_statistics_equal_those_of_the_joined_data():
   for k in joined:
     np.testing.assert_allclose(split[k], joined[k], rtol=1e-4, atol=1e-7)  # float32 at 5 +- 0.01
   cov = np.cov(np.asarray(x)[np.asarray(w) > 0].T)
-  np.testing.assert_allclose(gaussian.fit_summary(joined, 'unbiased')[0]['cov'], cov, rtol=1e-3,
-                             atol=1e-7)
+  np.testing.assert_allclose(gaussian.covariance(gaussian.fit_summary(joined, 'unbiased')[0]), cov,
+                             rtol=1e-3, atol=1e-7)
 
 
 def test_running_summary_equals_fitting_the_whole_pool(tmp_path):
@@ -133,7 +133,10 @@ def test_wasserstein_distance_matches_matrix_square_roots():
   rng = np.random.default_rng(0)
   a = rng.normal(size=(3, 3))
   cov, mean = a @ a.T + 0.1 * np.eye(3), rng.normal(size=3)
-  params = {'mean': jnp.asarray(mean, jnp.float32), 'cov': jnp.asarray(cov, jnp.float32)}
+  stats = {'n': jnp.float32(2.0), 'mean': jnp.asarray(mean, jnp.float32),
+           'scatter': jnp.asarray(cov, jnp.float32)}  # divided by n - 1 = 1
+  params = gaussian.fit_summary(stats, 'unbiased')[0]
+  np.testing.assert_allclose(gaussian.covariance(params), cov, rtol=1e-5, atol=1e-6)
   out = gaussian.evaluate(params, jnp.zeros((4, 3)), true_mean=0.5, true_std=1.5)
   true_cov = 1.5**2 * np.eye(3)
   root = linalg.sqrtm(linalg.sqrtm(true_cov) @ cov @ linalg.sqrtm(true_cov)).real
@@ -143,7 +146,7 @@ def test_wasserstein_distance_matches_matrix_square_roots():
 
 
 @pytest.mark.parametrize('change, flag', [
-    (dict(samples=(100, 1)), 'samples'), (dict(dims=4, samples=(4,)), 'samples'),
+    (dict(samples=(100, 1)), 'samples'), (dict(samples=()), 'samples'),
     (dict(estimator='median'), 'estimator'), (dict(true_std=0.0), 'true_std'),
     (dict(regimes=('replace', 'keep')), 'regime'), (dict(real_fractions=(0.5,)), 'real_fraction'),
     (dict(seeds=0), 'seeds')])
@@ -161,9 +164,61 @@ def test_run_writes_curves_with_closed_forms_and_figures(tmp_path):
   assert len(curves) == (1 + 2) * 2 * 7  # (replace + mix x 2 fractions) x 2 M x 7 generations
   assert set(curves.seeds) == {5}
   replace = curves[(curves.regime == 'replace') & (curves.samples == 8)]
-  np.testing.assert_allclose(replace.sample_msd_mean_theory, 1 + np.arange(1, 8) / 8, rtol=1e-6)
+  # mle: E|x - mu|^2 = (1 - r^n) + r^n = sigma^2 every generation, r = (M - 1) / M
+  np.testing.assert_allclose(replace.sample_msd_mean_theory, 1.0, rtol=1e-6)
   assert curves[curves.regime == 'mix'].w2_sq_mean_theory.isna().all()
   per_seed = pd.read_csv(tmp_path / 'metrics.csv')
   assert len(per_seed) == 5 * 7 * 6
   for name in ('panels.png', 'w2.png', 'summary.txt'):
     assert (tmp_path / name).stat().st_size > 0
+
+
+# ---------------------------------------------------------------- collapse followed as far as it goes
+
+def test_the_default_estimator_is_the_released_figure_codes():
+  assert gaussian.GaussianConfig().estimator == 'mle'  # np.std: divide by M
+
+
+def test_a_refit_in_own_coordinates_is_the_fit_of_the_same_samples():
+  """refit draws z and fits mu + A z through z: the same fit as fitting those samples."""
+  x = jax.random.normal(jax.random.key(0), (40, 3)) @ jnp.array([[1.0, 0, 0], [0.5, 2, 0], [0, 1, 0.3]])
+  params, _ = gaussian.fit(x, jnp.ones(40), 'mle')
+  key = jax.random.key(1)
+  refit, _ = gaussian.refit(params, key, 40, 'mle')
+  same = gaussian.sample(params, key, 40)  # the same z, through the same factor
+  direct, _ = gaussian.fit(same, jnp.ones(40), 'mle')
+  np.testing.assert_allclose(refit['mean'], direct['mean'], atol=1e-5)
+  np.testing.assert_allclose(gaussian.covariance(refit), gaussian.covariance(direct), atol=2e-5)
+
+
+def test_a_singular_fit_reports_rank_trace_and_pseudo_determinant():
+  x = np.random.default_rng(0).normal(size=(5, 8))  # M = 5 <= d = 8: rank 4
+  params, _ = gaussian.fit(jnp.asarray(x, jnp.float32), jnp.ones(5), 'mle')
+  out = gaussian.evaluate(params, jnp.zeros((2, 8)), 0.0, 1.0)
+  eig = np.linalg.eigvalsh(np.cov(x.T, ddof=0))
+  assert int(out['rank']) == 4
+  np.testing.assert_allclose(out['logdet'], np.sum(np.log(eig[-4:])), rtol=1e-4)
+  np.testing.assert_allclose(out['trace'], eig.sum(), rtol=1e-5)
+  root = linalg.sqrtm(np.cov(x.T, ddof=0)).real
+  expected_w2 = np.sum(x.mean(0) ** 2) + np.trace(np.cov(x.T, ddof=0) + np.eye(8) - 2 * root)
+  np.testing.assert_allclose(out['w2_sq'], expected_w2, rtol=1e-3)
+
+
+@pytest.mark.parametrize('dims, samples, generations', [(1, 10, 1000), (10, 32, 100), (100, 10, 100)])
+def test_collapse_is_followed_in_float32_to_the_end(tmp_path, dims, samples, generations):
+  """Deep collapse ends with finite metrics: the variance far below float32's range in
+  1-D, an ill-conditioned 10-D fit, a singular 100-D one (rank M - 1 throughout); where
+  the log-determinant has a closed form, it still holds at the last generation."""
+  seeds = 200 if dims == 1 else 4
+  metrics, theory = _simulate(tmp_path, estimator='mle', dims=dims, samples=samples, seeds=seeds,
+                              generations=generations)
+  for name, v in metrics.items():
+    assert np.all(np.isfinite(v)), name
+  assert np.all(metrics['rank'] == min(dims, samples - 1))
+  if dims == 1:  # e^-220: every variance underflowed float32 long ago, its logarithm did not
+    assert np.all(metrics['trace'][-1] == 0.0)
+    assert _in_ci(metrics['logdet'][-1], theory['logdet_mean'][-1], theory['logdet_sd'][-1])
+    assert theory['logdet_mean'][-1] < -200
+  elif samples > dims:
+    assert np.all(np.abs(metrics['logdet'][-1] - theory['logdet_mean'][-1])
+                  < 4 * theory['logdet_sd'][-1])
