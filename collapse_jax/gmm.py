@@ -239,14 +239,21 @@ def fit(x_NxD, w_N, key, cfg: EMConfig):
 # ---------------------------------------------------------------- distances
 
 def _overlap(p: Mixture, q: Mixture):
-  """Closed form of the integral of p(x) q(x) dx for two mixtures."""
+  """Closed form of the integral of p(x) q(x) dx for two mixtures.
+
+  Each pair of components contributes w_i w_j N(mu_i - mu_j; 0, S_i + S_j). A
+  component collapsed onto a line can have a covariance whose smallest eigenvalue
+  float32 cannot resolve against its largest; eigenvalues are floored at that
+  resolution (where a Cholesky factor would turn NaN).
+  """
   s_KxKxDxD = p.covs[:, None] + q.covs[None]
   d_KxKxD = p.means[:, None] - q.means[None]
-  chol = jnp.linalg.cholesky(s_KxKxDxD)
-  y = jax.scipy.linalg.solve_triangular(chol, d_KxKxD[..., None], lower=True)[..., 0]
-  log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+  lam_KxKxD, vec_KxKxDxD = jnp.linalg.eigh(s_KxKxDxD)
   dim = p.means.shape[-1]
-  log_n = -0.5 * (dim * _LOG_2PI + log_det + jnp.sum(y**2, -1))
+  floor_KxK = dim * jnp.finfo(lam_KxKxD.dtype).eps * jnp.max(jnp.abs(lam_KxKxD), -1)
+  lam_KxKxD = jnp.maximum(lam_KxKxD, floor_KxK[..., None])
+  y_KxKxD = jnp.sum(vec_KxKxDxD * d_KxKxD[..., None], axis=-2)  # V^T d
+  log_n = -0.5 * (dim * _LOG_2PI + jnp.sum(jnp.log(lam_KxKxD) + y_KxKxD**2 / lam_KxKxD, -1))
   return jnp.sum(p.weights[:, None] * q.weights[None] * jnp.exp(log_n))
 
 

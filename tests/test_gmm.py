@@ -101,6 +101,22 @@ def test_l2_squared_agrees_with_monte_carlo():
   assert float(gmm.l2_squared(p, p)) == 0.0
 
 
+def test_l2_squared_stays_finite_for_a_component_collapsed_onto_a_line():
+  """As at generation 800 of seed 58 under the default protocol: 3 samples on a near-line
+  give a covariance whose smallest eigenvalue float32 does not resolve (a Cholesky is NaN)."""
+  v = np.array([1.85, 2.58], np.float32)
+  thin = np.outer(v, v) + np.float32(1e-7) * np.eye(2, dtype=np.float32)  # det 2.2e-6
+  p = gmm.Mixture(jnp.array([0.003, 0.997]), jnp.array([[-1.786422, -1.680204], [-0.457368, 0.670992]]),
+                  jnp.asarray(np.stack([thin, [[0.3382, 0.382749], [0.382749, 0.433742]]]), jnp.float32))
+  q = gmm.Mixture(jnp.array([0.5, 0.5]), jnp.array([[-1.0, 0.0], [1.0, 0.0]]), jnp.stack([jnp.eye(2)] * 2))
+  assert np.isnan(np.asarray(jnp.linalg.cholesky(2 * p.covs[0]))).any()  # what failed before
+  assert float(gmm.l2_squared(p, p)) == 0.0
+  got = float(gmm.l2_squared(p, q))
+  assert np.isfinite(got) and got == pytest.approx(_notebook_l2(
+      [np.asarray(v, np.float64) for v in (p.weights, p.means, p.covs)],
+      [np.asarray(v, np.float64) for v in q]), rel=0.05)
+
+
 def _notebook_l2(p, q):
   """The released notebook's formula, in float64: sum over component pairs of
   w_i w_j N(mu_i - mu_j; 0, S_i + S_j), for p.p + q.q - 2 p.q (no square root)."""
