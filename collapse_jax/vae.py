@@ -180,43 +180,75 @@ def init(model: VAE, key):
   return model.init(key, jnp.zeros((1, PIXELS)), jax.random.key(0))['params']
 
 
-def train_step(model: VAE, tx, params, opt_state, x_BxD, key):
-  """One Adam step on a batch; returns the new state and the batch's loss per image."""
-  loss_fn = lambda p: jnp.sum(neg_elbo_B(model, p, x_BxD, key))
+def train_step(model: VAE, tx, params, opt_state, x_BxD, key, w_B=None):
+  """One Adam step on a batch (rows weighted by w_B: 0 pads a short last batch); returns
+  the new state and the batch's loss per image."""
+  w_B = jnp.ones(x_BxD.shape[0]) if w_B is None else w_B
+  loss_fn = lambda p: jnp.sum(w_B * neg_elbo_B(model, p, x_BxD, key))
   loss, grads = jax.value_and_grad(loss_fn)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
-  return optax.apply_updates(params, updates), opt_state, loss / x_BxD.shape[0]
+  return optax.apply_updates(params, updates), opt_state, loss / jnp.sum(w_B)
 
 
-def fit(cfg: TrainConfig, x_NxD, w_N, key, epoch_rows: int | None = None):
-  """Trains a VAE from scratch on the rows of x with weight > 0.
+def _train(cfg: TrainConfig, rows: int, batches, key):
+  """A VAE trained from scratch for cfg.epochs epochs of ceil(rows / batch) steps, the
+  last short when the batch does not divide `rows` (a PyTorch DataLoader's epoch).
 
-  An epoch is `steps = N // batch` batches drawn without replacement from those
-  rows, N the training set's size (for a pool: `epoch_rows` rows, the size of
-  one generation's data), the last partial batch dropped. Returns (params,
+  batches(epoch_key) -> (s, step_key) -> x_BxD: an epoch's batches. Returns (params,
   {'train_loss': mean loss per image over the last epoch}).
   """
   model, tx = VAE(cfg.latent), cfg.optimizer()
   init_key, data_key = jax.random.split(key)
   params = init(model, init_key)
   opt_state = tx.init(params)
-  steps = (epoch_rows or x_NxD.shape[0]) // cfg.batch
+  steps = -(-rows // cfg.batch)
 
   def epoch(e, state):
     params, opt_state, _ = state
     epoch_key = jax.random.fold_in(data_key, e)
-    score_N = jnp.where(w_N > 0, jax.random.uniform(epoch_key, w_N.shape), -1.0)
-    order = jax.lax.top_k(score_N, steps * cfg.batch)[1].reshape(steps, cfg.batch)
+    batch = batches(epoch_key)
 
     def step(s, state):
       params, opt_state, total = state
-      params, opt_state, loss = train_step(model, tx, params, opt_state, x_NxD[order[s]],
-                                           jax.random.fold_in(epoch_key, s))
-      return params, opt_state, total + loss
+      step_key = jax.random.fold_in(epoch_key, s)
+      w_B = (s * cfg.batch + jnp.arange(cfg.batch) < rows).astype(jnp.float32)
+      params, opt_state, loss = train_step(model, tx, params, opt_state,
+                                           batch(s, jax.random.fold_in(step_key, 1)), step_key, w_B)
+      return params, opt_state, total + loss * jnp.sum(w_B)
     return jax.lax.fori_loop(0, steps, step, (params, opt_state, 0.0))
 
   params, _, total = jax.lax.fori_loop(0, cfg.epochs, epoch, (params, opt_state, 0.0))
-  return params, {'train_loss': total / steps}
+  return params, {'train_loss': total / rows}
+
+
+def fit(cfg: TrainConfig, x_NxD, w_N, key, epoch_rows: int | None = None):
+  """Trains a VAE from scratch on the rows of x with weight > 0.
+
+  An epoch visits `rows` of them in a random order, without replacement: all of
+  them, or for a pool, `epoch_rows` (the size of one generation's data).
+  """
+  rows = epoch_rows or x_NxD.shape[0]
+  steps = -(-rows // cfg.batch)
+
+  def batches(epoch_key):
+    score_N = jnp.where(w_N > 0, jax.random.uniform(epoch_key, w_N.shape), -1.0)
+    order = jnp.zeros(steps * cfg.batch, jnp.int32).at[:rows].set(jax.lax.top_k(score_N, rows)[1])
+    return lambda s, _: x_NxD[jax.lax.dynamic_slice_in_dim(order, s * cfg.batch, cfg.batch)]
+  return _train(cfg, rows, batches, key)
+
+
+def decoded_batch(cfg: TrainConfig, params, key):
+  """A batch of images decoded from z ~ N(0, I): the decoder's pixel probabilities."""
+  z_BxL = jax.random.normal(key, (cfg.batch, cfg.latent))
+  return jax.nn.sigmoid(VAE(cfg.latent).apply({'params': params}, z_BxL, method=VAE.decode))
+
+
+def fit_fresh(cfg: TrainConfig, params_prev, key, rows: int):
+  """Trains a VAE from scratch on images decoded by `params_prev`, fresh for every batch:
+  an epoch is as many batches as `rows` images would fill (the released notebook's
+  synthetic generations)."""
+  decode = lambda s, key: decoded_batch(cfg, params_prev, key)
+  return _train(cfg, rows, lambda epoch_key: decode, key)
 
 
 def generate(latent: int, params, key, n, chunk: int = 1000):
@@ -314,7 +346,9 @@ def evaluate(latent: int, params, synth_NxD, ref, data, eval_images: int):
 
 @dataclasses.dataclass(frozen=True)
 class VAEConfig:
-  """The VAE experiment; defaults are the paper's protocol."""
+  """The VAE experiment; defaults are the paper's protocol as its released notebook runs
+  it: each batch of a synthetic generation decoded fresh by the previous generation
+  (`fresh_batches`; else a fixed set of `samples` images decoded once)."""
   seeds: int = 8
   generations: int = 20
   samples: int = 60_000
@@ -327,6 +361,7 @@ class VAEConfig:
   test_images: int = 10_000
   regimes: tuple[str, ...] = ('replace',)
   real_fractions: tuple[float, ...] = (0.0,)
+  fresh_batches: bool = True
   checkpoint_every: int = 1
   first_seed: int = 0
   mnist_dir: str = ''
@@ -394,6 +429,8 @@ def family(cfg: VAEConfig, data) -> driver.WithData:
     return driver.Family(
         draw_real=lambda key, n: train[jax.random.permutation(key, train.shape[0])[:n]],
         fit=lambda x_NxD, w_N, key: fit(cfg.train, x_NxD, w_N, key, cfg.samples),
+        refit=(lambda params, key, n: fit_fresh(cfg.train, params, key, n))
+        if cfg.fresh_batches else None,
         sample=lambda params, key, n: generate(cfg.latent, params, key, n),
         reference=lambda params0, key: {'params0': params0},
         evaluate=lambda params, synth, ref: evaluate(cfg.latent, params, synth, ref, data,

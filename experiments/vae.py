@@ -24,10 +24,14 @@ flags.DEFINE_float('lr', _D.lr, 'Adam learning rate.')
 flags.DEFINE_float('weight_decay', _D.weight_decay, 'L2 weight decay added to the gradient.')
 flags.DEFINE_integer('eval_images', _D.eval_images, 'Generated images measured per generation.')
 flags.DEFINE_integer('test_images', _D.test_images, 'Real test images for the negative ELBO.')
+flags.DEFINE_bool('fresh_batches', _D.fresh_batches, 'Under replace, decode every batch of a '
+                  "synthetic generation fresh from the previous generation (the released "
+                  'notebook); --nofresh_batches: train on a fixed set of --samples images '
+                  'decoded once (as other regimes do).')
 
 _FIELDS = {f: f for f in cli.COMMON + ('samples', 'latent', 'epochs', 'batch', 'lr',
-                                        'weight_decay', 'eval_images', 'test_images', 'mnist_dir',
-                                        'classifier_cache')}
+                                        'weight_decay', 'eval_images', 'test_images', 'fresh_batches',
+                                        'mnist_dir', 'classifier_cache')}
 
 
 def main(argv):

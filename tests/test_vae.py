@@ -67,9 +67,17 @@ def cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp('cache') / 'mlp.npz')
 
 
-def test_generation_loop_is_finite_and_resumes_exactly(tmp_path, cache):
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory, cache):
+  """A finished run of the tiny protocol: 2 seeds, 2 generations of fresh batches."""
+  workdir = str(tmp_path_factory.mktemp('tiny'))
+  vae.run(_tiny(classifier_cache=cache), workdir, progress=False, log=lambda _: None)
+  return workdir
+
+
+def test_generation_loop_is_finite_and_resumes_exactly(tmp_path, cache, tiny_run):
   cfg = _tiny(classifier_cache=cache)
-  vae.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
+  shutil.copytree(tiny_run, tmp_path, dirs_exist_ok=True)
   first = (tmp_path / 'metrics.csv').read_text()
   table = pd.read_csv(tmp_path / 'metrics.csv')
   assert len(table) == 2 * 3 and np.isfinite(table.select_dtypes('number').to_numpy()).all()
@@ -81,6 +89,37 @@ def test_generation_loop_is_finite_and_resumes_exactly(tmp_path, cache):
   shutil.rmtree(tmp_path / 'checkpoints' / 'replace' / '2')
   vae.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
   assert (tmp_path / 'metrics.csv').read_text() == first
+
+
+def test_defaults_are_the_released_notebooks_protocol():
+  """Adam(lr 1e-3, weight_decay 1e-5), batch 256, 30 epochs of 235 batches (the last of 96
+  images), latent 20, every synthetic batch decoded fresh by the previous generation."""
+  cfg = vae.VAEConfig()
+  assert (cfg.lr, cfg.weight_decay, cfg.batch, cfg.epochs, cfg.latent, cfg.samples) == (
+      1e-3, 1e-5, 256, 30, 20, 60_000)
+  data = {'train': jnp.zeros((1, vae.PIXELS))}
+  assert cfg.fresh_batches and vae.family(cfg, data).make(data).refit is not None
+  assert vae.family(_tiny(fresh_batches=False), data).make(data).refit is None
+  assert -(-cfg.samples // cfg.batch) == 235 and cfg.samples - 234 * cfg.batch == 96
+
+
+def test_fresh_batches_are_new_decoder_outputs():
+  cfg = vae.TrainConfig(batch=8)
+  params = vae.init(vae.VAE(cfg.latent), jax.random.key(0))
+  a = vae.decoded_batch(cfg, params, jax.random.key(1))
+  b = vae.decoded_batch(cfg, params, jax.random.key(2))
+  np.testing.assert_allclose(a, vae.generate(cfg.latent, params, jax.random.key(1), 8), atol=1e-6)
+  assert a.shape == (8, vae.PIXELS) and float(jnp.max(jnp.abs(a - b))) > 0.01
+  assert bool(jnp.all((a > 0) & (a < 1)))  # probabilities, used as the targets themselves
+
+
+def test_fresh_and_fixed_synthetic_data_share_generation_0_only(tmp_path, cache, tiny_run):
+  fresh = pd.read_csv(os.path.join(tiny_run, 'metrics.csv'))
+  fixed = vae.run(_tiny(generations=1, classifier_cache=cache, fresh_batches=False),
+                  str(tmp_path), progress=False, log=lambda _: None)
+  for name in ('latent_std', 'test_nelbo', 'train_loss'):
+    np.testing.assert_allclose(fresh[name][:2], fixed[name][:2], rtol=1e-6)  # generation 0
+    assert np.all(fresh[name][2:4] != fixed[name][2:]), name
 
 
 def test_generated_digits_drift_toward_the_latent_centre(tmp_path, cache):
