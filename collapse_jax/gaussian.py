@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from collapse_jax import driver, plots, results
+from collapse_jax import driver, linalg, plots, results
 
 ESTIMATORS = ('mle', 'unbiased')
 
@@ -63,7 +63,7 @@ def _factor(b_KxD):
   k, d = b_KxD.shape
   if d == 1:
     return {'unit': jnp.ones((1, 1)), 'log_scale': 0.5 * jnp.log(jnp.sum(b_KxD**2))[None]}
-  r_KxD = jnp.linalg.qr(b_KxD, mode='r')
+  r_KxD = linalg.qr_r(b_KxD)
   c_DxD = jnp.zeros((d, d), b_KxD.dtype).at[:min(k, d)].set(r_KxD[:d]).T
   c_DxD = c_DxD * jnp.where(jnp.diagonal(c_DxD) < 0, -1.0, 1.0)  # columns' signs: C_jj >= 0
   c_D = jnp.diagonal(c_DxD)
@@ -87,7 +87,7 @@ def fit_summary(stats, estimator: str):
   if cov_DxD.shape[0] == 1:
     return {'mean': stats['mean'], 'unit': jnp.ones((1, 1)),
             'log_scale': 0.5 * jnp.log(cov_DxD[0])}, {}
-  lam_D, q_DxD = jnp.linalg.eigh(cov_DxD)
+  lam_D, q_DxD = linalg.eigh(cov_DxD)
   return {'mean': stats['mean'], **_factor((q_DxD * jnp.sqrt(jnp.maximum(lam_D, 0.0))).T)}, {}
 
 
@@ -142,11 +142,11 @@ def evaluate(params, synth_NxD, true_mean: float, true_std: float):
     root_trace, log_pdet = jnp.exp(l_D[0]), 2 * l_D[0]
   else:
     a_DxD = u_DxD * jnp.exp(l_D - top)
-    root_trace = jnp.exp(top) * jnp.sum(jnp.linalg.svd(a_DxD, compute_uv=False))
+    root_trace = jnp.exp(top) * jnp.sum(linalg.svdvals(a_DxD))
     # pdet = e^(2 sum l) det(U_a^T U_a) over the live columns a (1 when all live)
     gram_DxD = jnp.where(alive_D[:, None] & alive_D[None], u_DxD.T @ u_DxD, jnp.eye(d))
     log_pdet = 2 * jnp.sum(jnp.where(alive_D, l_D, 0.0)) + 2 * jnp.sum(
-        jnp.log(jnp.diagonal(jnp.linalg.cholesky(gram_DxD))))
+        jnp.log(jnp.diagonal(linalg.cholesky(gram_DxD))))
   trace = jnp.exp(log_trace)
   sigma = jnp.exp(0.5 * (log_trace - jnp.log(d)))
   # W2^2 between Gaussians: |m - mu|^2 + tr(S + Sigma - 2 (Sigma^1/2 S Sigma^1/2)^1/2),

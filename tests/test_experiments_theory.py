@@ -10,10 +10,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(module, *args):
+def _run(module, *args, timeout=600):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   return subprocess.run([sys.executable, '-m', f'experiments.{module}', *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
+                        env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize('module, flag, value', [
@@ -35,3 +35,14 @@ def test_small_presets_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'median [5%, 95%] over seeds' in proc.stdout
     assert len(pd.read_csv(tmp_path / module / table)) > 0
+
+
+def test_the_configuration_that_deadlocked_ends(tmp_path):
+  """10-D, 200 seeds, two CPU devices each in a batched LAPACK decomposition: jaxlib's
+  kernels split such batches over a thread pool they then block, and this waited forever
+  at zero CPU (collapse_jax.linalg)."""
+  proc = _run('gaussian', '--dims=10', '--seeds=200', '--generations=3', '--samples=32',
+              '--regime=replace', '--cpu_devices=2', f'--workdir={tmp_path}', timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  curves = pd.read_csv(tmp_path / 'curves.csv')
+  assert len(curves) == 4 and (curves.rank_q50 == 10).all()
