@@ -6,7 +6,9 @@ into several devices (--cpu_devices) and each runs a batched decomposition at
 once, every pool thread can be blocked so, with nothing left to run the pieces:
 the program waits forever at zero CPU. A batch of one matrix never splits, so on
 a CPU these functions, vmapped, run their decomposition one matrix at a time
-(lax.map); on an accelerator they are the batched ones.
+(lax.map); on an accelerator they are the batched ones. jaxlib 0.10.0-0.10.2 have the
+splitting kernels; later open-source builds do not split. Each wraps a lambda: a
+keyword default (UPLO, upper) would break custom_vmap.
 """
 
 import jax
@@ -31,5 +33,5 @@ def one_matrix_per_call(f):
 
 qr_r = one_matrix_per_call(lambda a: jnp.linalg.qr(a, mode='r'))
 svdvals = one_matrix_per_call(lambda a: jnp.linalg.svd(a, compute_uv=False))
-cholesky = one_matrix_per_call(jnp.linalg.cholesky)
+cholesky = one_matrix_per_call(lambda a: jnp.linalg.cholesky(a))
 eigh = one_matrix_per_call(lambda a: tuple(jnp.linalg.eigh(a)))
