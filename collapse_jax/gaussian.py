@@ -143,10 +143,11 @@ def evaluate(params, synth_NxD, true_mean: float, true_std: float):
   else:
     a_DxD = u_DxD * jnp.exp(l_D - top)
     root_trace = jnp.exp(top) * jnp.sum(linalg.svdvals(a_DxD))
-    # pdet = e^(2 sum l) det(U_a^T U_a) over the live columns a (1 when all live)
-    gram_DxD = jnp.where(alive_D[:, None] & alive_D[None], u_DxD.T @ u_DxD, jnp.eye(d))
-    log_pdet = 2 * jnp.sum(jnp.where(alive_D, l_D, 0.0)) + 2 * jnp.sum(
-        jnp.log(jnp.diagonal(linalg.cholesky(gram_DxD))))
+    # pdet = e^(2 sum l) det(U_a^T U_a) over the live columns a (1 when all live), the
+    # determinant through QR of U_a: a Gram matrix would square U's condition, which grows
+    # while later columns' scales overtake earlier ones'.
+    r_D = jnp.abs(jnp.diagonal(linalg.qr_r(jnp.where(alive_D, u_DxD, 0.0))))
+    log_pdet = 2 * jnp.sum(jnp.where(alive_D, l_D + jnp.log(jnp.where(alive_D, r_D, 1.0)), 0.0))
   trace = jnp.exp(log_trace)
   sigma = jnp.exp(0.5 * (log_trace - jnp.log(d)))
   # W2^2 between Gaussians: |m - mu|^2 + tr(S + Sigma - 2 (Sigma^1/2 S Sigma^1/2)^1/2),

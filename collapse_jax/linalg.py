@@ -33,5 +33,4 @@ def one_matrix_per_call(f):
 
 qr_r = one_matrix_per_call(lambda a: jnp.linalg.qr(a, mode='r'))
 svdvals = one_matrix_per_call(lambda a: jnp.linalg.svd(a, compute_uv=False))
-cholesky = one_matrix_per_call(lambda a: jnp.linalg.cholesky(a))
 eigh = one_matrix_per_call(lambda a: tuple(jnp.linalg.eigh(a)))
