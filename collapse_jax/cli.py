@@ -6,7 +6,7 @@ import sys
 import jax
 from absl import flags, logging
 
-from collapse_jax import driver
+from collapse_jax import checkpoints, driver
 
 
 COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below
@@ -72,7 +72,7 @@ def regime_fields(flag_values) -> dict:
 
 def main(run) -> None:
   """An experiment's main: quiet logs, the CPU split into devices, then `run()`;
-  a ConfigError it raises is printed as one line and exits 2."""
+  a ConfigError or checkpoints.Damaged it raises is printed as one line and exits 2."""
   flag_values = flags.FLAGS
   if not flag_values['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # checkpointing is chatty at INFO
@@ -80,7 +80,7 @@ def main(run) -> None:
   try:
     start_processes(flag_values)
     run()
-  except driver.ConfigError as e:
+  except (driver.ConfigError, checkpoints.Damaged) as e:
     fail(e)
 
 

@@ -24,6 +24,8 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from collapse_jax import checkpoints
+
 REGIMES = ('replace', 'accumulate', 'accumulate-subsample', 'mix', 'fresh')
 FRACTION_REGIMES = ('mix', 'fresh')  # the regimes that --real_fraction applies to
 POOL_REGIMES = ('accumulate', 'accumulate-subsample')  # the ones that keep all data
@@ -410,8 +412,12 @@ def _check_finite(metrics, g0, sweep, seed_B, fraction_B):
 
 
 def _manager(directory):
+  """The sweep's checkpoints, once the latest steps that fail their digests are moved aside."""
+  directory = os.path.abspath(directory)
+  checkpoints.recover(directory)
+  barrier(f'{directory} recovered')
   options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def default_width(family: Family, runs_per_device: int) -> int:
@@ -502,6 +508,7 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave({'const': const_B, 'carry': carry_B}),
           history=ocp.args.StandardSave(metrics)))
+      checkpoints.seal(os.path.join(str(manager.directory), str(step)))  # after the commit
       bar.update(done)
   manager.wait_until_finished()
   return {k: v[:, :b] for k, v in metrics.items()}

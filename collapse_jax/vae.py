@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from collapse_jax import driver, mnist, plots, results
+from collapse_jax import checkpoints, driver, mnist, plots, results
 
 SIDE, PIXELS = 28, 784
 
@@ -409,9 +409,10 @@ def load_data(cfg: VAEConfig):
 
 
 def cached_classifier(path: str, images_NxD, labels_N):
-  """The digit classifier, trained once (seconds) and kept at `path`."""
+  """The digit classifier, trained once (seconds) and kept at `path` with its digest; a
+  cache that fails the digest is trained again."""
   path = os.path.expanduser(path)
-  if os.path.exists(path):
+  if checkpoints.intact(path, 'training the classifier again'):
     flat = dict(np.load(path))
     return traverse_util.unflatten_dict({tuple(k.split('/')): jnp.asarray(v)
                                          for k, v in flat.items()})
@@ -419,6 +420,7 @@ def cached_classifier(path: str, images_NxD, labels_N):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   flat = {'/'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
   results.write_file(path, lambda f: np.savez(f, **flat), binary=True)
+  checkpoints.seal(path)
   return params
 
 
