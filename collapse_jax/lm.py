@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from collapse_jax import driver, opt, plots, results, wikitext
+from collapse_jax import checkpoints, driver, opt, plots, results, wikitext
 
 # The paper's Example 1 prompt.
 PROMPT = ('some started before 1360 \u2014 was typically accomplished by a master mason and a small '
@@ -39,7 +39,8 @@ PROMPT = ('some started before 1360 \u2014 was typically accomplished by a maste
 
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
-  """The language-model experiment; defaults are the paper's no-original-data setting."""
+  """The language-model experiment; defaults are the authors' released code (main.py): the
+  paper's no-original-data setting with main.py's optimiser, schedule and repetition penalty."""
   model: str = 'facebook/opt-125m'  # a hub name, a local HF directory, or 'tiny' (random, small)
   tokenizer: str = ''  # default: where the model is
   data_dir: str = ''  # WikiText-2 Parquet or raw files; empty: the hub
@@ -52,14 +53,16 @@ class LMConfig:
   regimes: tuple[str, ...] = ('replace',)
   real_fractions: tuple[float, ...] = (0.0,)
   epochs: int = 5
-  batch: int = 8
-  learning_rate: float = 5e-5
-  weight_decay: float = 0.0
+  batch: int = 128
+  learning_rate: float = 2e-5
+  weight_decay: float = 0.01  # torch.optim.AdamW's default
   warmup_steps: int = 0
+  schedule: str = 'cosine'  # per epoch, as main.py; or linear over the steps (the HF Trainer's)
+  min_learning_rate: float = 1e-6  # where the schedule ends (CosineAnnealingLR's eta_min)
   block: int = 64
   new_tokens: int = 64
   beams: int = 5
-  repetition_penalty: float = 1.0
+  repetition_penalty: float = 3.0
   decoding: str = 'beam'  # beam (the paper), greedy, or sample (temperature, top_k, top_p)
   temperature: float = 1.0
   top_k: int = 0
@@ -87,6 +90,9 @@ class LMConfig:
         ('learning_rate', self.learning_rate > 0, 'must be positive'),
         ('weight_decay', self.weight_decay >= 0, 'must be non-negative'),
         ('warmup_steps', self.warmup_steps >= 0, 'must be non-negative'),
+        ('schedule', self.schedule in opt.SCHEDULES, f'must be one of {", ".join(opt.SCHEDULES)}'),
+        ('min_learning_rate', 0 <= self.min_learning_rate <= self.learning_rate,
+         f'must be in [0, --learning_rate ({self.learning_rate:g})]'),
         ('block', self.block >= 2, 'must be at least 2'),
         ('new_tokens', self.new_tokens >= 2, 'must be at least 2'),
         ('beams', self.beams >= 1, 'must be at least 1'),
@@ -109,15 +115,20 @@ class LMConfig:
 
   @property
   def train(self) -> opt.TrainConfig:
-    return opt.TrainConfig(self.learning_rate, self.batch, self.weight_decay, self.warmup_steps)
+    return opt.TrainConfig(self.learning_rate, self.batch, self.weight_decay, self.warmup_steps,
+                           self.schedule, self.min_learning_rate, self.epochs)
 
 
-# The paper's two settings, and a CPU-sized one that needs nothing from the hub.
+# The released code (the defaults); the paper's text, whose two settings name no optimiser
+# (these keep the Hugging Face Trainer's defaults) and no repetition penalty; and a CPU-sized
+# run that needs nothing from the hub.
 SHARED = os.environ.get('COLLAPSE_JAX_DATA', os.path.join('..', 'shared', 'data'))
+TRAINER = dict(learning_rate=5e-5, batch=8, weight_decay=0.0, schedule='linear', min_learning_rate=0.0)
 PRESETS = {
-    'paper': {},
-    'keep10': dict(epochs=10, regimes=('mix',), real_fractions=(0.1,)),
-    'tiny': dict(model='tiny', tokenizer=os.path.join(SHARED, 'opt-125m'),
+    'official': {},
+    'paper': dict(TRAINER, repetition_penalty=1.0),
+    'keep10': dict(TRAINER, repetition_penalty=1.0, epochs=10, regimes=('mix',), real_fractions=(0.1,)),
+    'tiny': dict(TRAINER, model='tiny', tokenizer=os.path.join(SHARED, 'opt-125m'),
                  data_dir=os.path.join(SHARED, 'wikitext-2-raw-v1'), train_split='validation',
                  valid_split='test', seeds=1, generations=4, epochs=4, batch=16,
                  learning_rate=3e-3, train_blocks=512, eval_blocks=256, gen_batch=128,
@@ -254,6 +265,8 @@ def fine_tune(cfg: LMConfig, config, params_S, ids_SxNxL, valid_NxL, keys, direc
   params = _replicated(params_S)
   state = {'params': params, 'opt': _replicated(jax.vmap(tx.init)(params)), 'best': params,
            'losses': np.full((seeds, cfg.epochs), np.nan, np.float32)}
+  checkpoints.recover(os.path.abspath(directory))  # a damaged epoch: this generation starts again
+  driver.barrier(f'{directory} recovered')
   manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
       max_to_keep=1, enable_async_checkpointing=False))
   done = manager.latest_step() or 0
@@ -283,6 +296,7 @@ def fine_tune(cfg: LMConfig, config, params_S, ids_SxNxL, valid_NxL, keys, direc
                         best, params)  # new buffers: the step donates params'
     manager.save(epoch + 1, args=ocp.args.StandardSave(
         {'params': params, 'opt': opt_state, 'best': best, 'losses': losses}))
+    checkpoints.seal(os.path.join(os.path.abspath(directory), str(epoch + 1)))
   bar.close()
   manager.close()
   return best, losses
@@ -329,7 +343,7 @@ def regenerate(cfg: LMConfig, config, params_S, prompts_NxL, key_S, directories,
   for start, prompt, n in tqdm(chunks, desc=desc, disable=not progress or not driver.is_primary(),
                                leave=False):
     paths = [os.path.join(directory, f'{start:08d}.npy') for directory in directories]
-    if all(map(os.path.exists, paths)):
+    if all([checkpoints.intact(path, 'generating it again') for path in paths]):
       out.append(np.stack([np.load(path) for path in paths]))
       continue
     out.append(driver.to_host(continue_prompts(cfg, config, params_S, _split(prompt),
@@ -340,7 +354,16 @@ def regenerate(cfg: LMConfig, config, params_S, prompts_NxL, key_S, directories,
 
 
 def _save_npy(path: str, array):
+  """Writes an array, then its digest (checkpoints.seal)."""
   results.write_file(path, lambda f: np.save(f, array), binary=True)
+  checkpoints.seal(path)
+
+
+def _measured(gdirs) -> bool:
+  """Whether every seed's generation has its metrics, and perplexities that match their digest."""
+  return all([os.path.exists(os.path.join(d, 'metrics.json'))
+              and checkpoints.intact(os.path.join(d, 'generated_ppl.npy'), 'measuring it again')
+              for d in gdirs])
 
 
 def _write_json(path: str, value):
@@ -369,22 +392,26 @@ def training_set(cfg: LMConfig, regime: str, fraction: float, g: int, key, data,
   return np.asarray(rows)[np.asarray(weight) > 0]
 
 
-def measure(cfg, config, params_S, params0_S, data, new_SxNxT):
+def measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT):
   """Each seed's generation metrics (a list of dicts) and generated-block perplexities
-  (ppl_SxN): test perplexity, and the generated blocks under the seed's generation-0 model."""
+  (ppl_SxN): test perplexity, perplexity on the blocks the model was fine-tuned on
+  (train_SxNxL; main.py's --evalgen_only), and the generated blocks under the seed's
+  generation-0 model."""
   test_nll_SxN = block_nll(config, params_S, data['test'], cfg.eval_batch)
+  own_nll_SxN = block_nll(config, params_S, train_SxNxL, cfg.eval_batch)
   gen_ppl_SxN = np.exp(block_nll(config, params0_S, new_SxNxT, cfg.eval_batch))
 
-  def one(test_nll_N, gen_ppl_N, new_NxT):
+  def one(test_nll_N, own_nll_N, gen_ppl_N, new_NxT):
     test_ppl_N = np.exp(test_nll_N)
     return {'test_ppl': float(np.exp(test_nll_N.mean())),
             'test_ppl_block_mean': float(test_ppl_N.mean()),
             'test_ppl_block_sd': float(test_ppl_N.std()),
+            'own_train_ppl': float(np.exp(own_nll_N.mean())),
             'generated_ppl_median': float(np.median(gen_ppl_N)),
             'distinct_tokens': wikitext.distinct_tokens(new_NxT),
             'rare_share': wikitext.rare_share(new_NxT, data['rare']),
             'repeated_4grams': wikitext.repeated_ngrams(new_NxT, 4)}
-  return [one(*x) for x in zip(test_nll_SxN, gen_ppl_SxN, new_SxNxT)], gen_ppl_SxN
+  return [one(*x) for x in zip(test_nll_SxN, own_nll_SxN, gen_ppl_SxN, new_SxNxT)], gen_ppl_SxN
 
 
 # ----------------------------------------------------------------------------- the experiment
@@ -410,21 +437,28 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
                                             for k in seed_keys))
     model_dirs = [os.path.abspath(os.path.join(d, 'model')) for d in gdirs]
     metrics_paths = [os.path.join(d, 'metrics.json') for d in gdirs]
-    needs_params = not all(map(os.path.exists, metrics_paths)) or g == 0 or cfg.from_previous
-    if needs_params and not all(map(os.path.exists, model_dirs)):
-      ids_SxNxL = np.stack([training_set(cfg, regime, fraction, g, k, data, gen)
-                            for k, gen in zip(data_keys, generated)])
+    measured = _measured(gdirs)
+    needs_params = not measured or g == 0 or cfg.from_previous
+    models_ok = [needs_params and checkpoints.intact(m, 'training it again') for m in model_dirs]
+    # Generation g's training blocks, for fine-tuning and for measuring the model on them.
+    own_blocks = lambda: np.stack([training_set(cfg, regime, fraction, g, k, data, gen)  # noqa: E731
+                                   for k, gen in zip(data_keys, generated)])
+    ids_SxNxL = None
+    if needs_params and not all(models_ok):
+      ids_SxNxL = own_blocks()
       start = params if cfg.from_previous else pretrained
       params, losses_SxE = fine_tune(cfg, config, start, ids_SxNxL, data['valid'], train_keys,
                                      os.path.join(train_dir, f'gen_{g:02d}'), f'{label} gen {g} train',
                                      progress)
       for s, gdir in enumerate(gdirs):
-        if not os.path.exists(model_dirs[s]):
+        if not models_ok[s]:
           os.makedirs(gdir, exist_ok=True)
           _write_json(os.path.join(gdir, 'train.json'),
                       {'valid_nll': losses_SxE[s].tolist(), 'blocks': ids_SxNxL.shape[1]})
-          ckptr.save(model_dirs[s], _seed(params, s))  # atomic: a killed save leaves no model
+          # atomic: a killed save leaves no model; force: a damaged one is replaced
+          ckptr.save(model_dirs[s], _seed(params, s), force=True)
           ckptr.wait_until_finished()
+          checkpoints.seal(model_dirs[s])
     elif needs_params:
       params = _replicated(_stack([ckptr.restore(m, one_seed) for m in model_dirs]))
     shutil.rmtree(os.path.join(train_dir, f'gen_{g:02d}'), ignore_errors=True)  # done with
@@ -435,8 +469,9 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
                            progress)
     for gen, new in zip(generated, new_SxNxT):
       gen.append(new)
-    if not all(map(os.path.exists, metrics_paths)):
-      metrics, gen_ppl_SxN = measure(cfg, config, params, params0, data, new_SxNxT)
+    if not measured:
+      ids_SxNxL = own_blocks() if ids_SxNxL is None else ids_SxNxL  # a resumed run rebuilds them
+      metrics, gen_ppl_SxN = measure(cfg, config, params, params0, data, ids_SxNxL, new_SxNxT)
       for s, gdir in enumerate(gdirs):
         with open(os.path.join(gdir, 'train.json')) as f:
           losses = np.asarray(json.load(f)['valid_nll'])
@@ -458,7 +493,7 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
 
 
 METRICS = ('test_ppl', 'test_ppl_block_mean', 'test_ppl_block_sd', 'valid_ppl', 'best_epoch',
-           'generated_ppl_median', 'distinct_tokens', 'rare_share', 'repeated_4grams')
+           'own_train_ppl', 'generated_ppl_median', 'distinct_tokens', 'rare_share', 'repeated_4grams')
 
 
 def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
@@ -503,8 +538,8 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
               f'--parallel_seeds={together // 2}, which resumes where this run stopped') from None
       for seed, rows in zip(seeds, per_seed):
         for row in rows:
-          ppl = np.load(os.path.join(workdir, name, f'seed_{seed}', f'gen_{row["generation"]:02d}',
-                                     'generated_ppl.npy'))
+          ppl = np.load(checkpoints.checked(os.path.join(
+              workdir, name, f'seed_{seed}', f'gen_{row["generation"]:02d}', 'generated_ppl.npy')))
           hist.append((regime, fraction, seed, row['generation'], ppl))
           texts.append((regime, fraction, seed, row['generation'], row['continuation']))
       sweep = driver.Sweep(regime, cfg.seeds, cfg.generations, len(data['train']), (fraction,),

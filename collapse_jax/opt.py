@@ -544,19 +544,39 @@ def beam_search(config: OPTConfig, params, prompt_BxT, mask_BxT, new_tokens: int
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """AdamW with a linear decay to zero over the run (the Hugging Face Trainer's defaults)."""
+  """AdamW after a linear warm-up, then down to min_learning_rate: linearly over the steps
+  (the defaults: the Hugging Face Trainer's), or along a cosine stepped once per epoch
+  (torch's CosineAnnealingLR(T_max=epochs) under PyTorch Lightning, as the paper's main.py)."""
   learning_rate: float = 5e-5
   batch: int = 8
   weight_decay: float = 0.0
   warmup_steps: int = 0
+  schedule: str = 'linear'  # or 'cosine'
+  min_learning_rate: float = 0.0
+  epochs: int = 1  # the cosine's period; an epoch is total_steps // epochs steps
+
+
+SCHEDULES = ('linear', 'cosine')
+
+
+def lr_schedule(cfg: TrainConfig, total_steps: int):
+  """The learning rate at each step of a run of total_steps (an optax schedule)."""
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f'schedule must be one of {SCHEDULES}, not {cfg.schedule!r}')
+  warmup = optax.schedules.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1))
+  if cfg.schedule == 'linear':
+    decay = optax.schedules.linear_schedule(cfg.learning_rate, cfg.min_learning_rate,
+                                            max(total_steps - cfg.warmup_steps, 1))
+    return optax.schedules.join_schedules([warmup, decay], [cfg.warmup_steps])
+  cosine = optax.schedules.cosine_decay_schedule(  # min + (lr - min)(1 + cos(pi epoch / epochs)) / 2
+      cfg.learning_rate, cfg.epochs, alpha=cfg.min_learning_rate / cfg.learning_rate)
+  steps_per_epoch = max(total_steps // cfg.epochs, 1)
+  return lambda step: jnp.where(step < cfg.warmup_steps, warmup(step), cosine(step // steps_per_epoch))
 
 
 def optimizer(cfg: TrainConfig, total_steps: int):
-  schedule = optax.schedules.join_schedules(
-      [optax.schedules.linear_schedule(0.0, cfg.learning_rate, max(cfg.warmup_steps, 1)),
-       optax.schedules.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - cfg.warmup_steps, 1))],
-      [cfg.warmup_steps])
-  return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.weight_decay)
+  return optax.adamw(lr_schedule(cfg, total_steps), b1=0.9, b2=0.999, eps=1e-8,
+                     weight_decay=cfg.weight_decay)
 
 
 def token_nll(config: OPTConfig, params, ids_BxL, dropout_key=None):

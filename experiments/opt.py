@@ -1,8 +1,9 @@
 """The paper's language-model experiment: OPT fine-tuned on WikiText-2, then for 10 generations
 on text it generated itself (64-token prompts, 64 new tokens, 5-beam search).
 
-  python -m experiments.opt --model=facebook/opt-125m                  # no original data, 5 seeds
-  python -m experiments.opt --model=facebook/opt-125m --preset=keep10  # 10% original data kept
+  python -m experiments.opt --model=facebook/opt-125m                  # the authors' main.py, 5 seeds
+  python -m experiments.opt --model=facebook/opt-125m --preset=paper   # the paper's text: no original data
+  python -m experiments.opt --model=facebook/opt-125m --preset=keep10  # the text: 10% original data kept
   python -m experiments.opt --preset=tiny                              # a small random OPT, CPU, offline
 """
 
@@ -14,8 +15,12 @@ _D = lm.LMConfig()
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', 'runs/opt', 'Where checkpoints, tables and figures go; rerunning '
                     'with the same flags resumes there.')
-flags.DEFINE_enum('preset', 'paper', list(lm.PRESETS), 'paper: fine-tune 5 epochs, no original '
-                  'data; keep10: 10 epochs with 10% original blocks; tiny: ' + str(lm.PRESETS['tiny'])
+flags.DEFINE_enum('preset', 'official', list(lm.PRESETS), "official: the authors' released "
+                  'main.py (5 epochs, no original data, AdamW at 2e-5 with weight decay 0.01, '
+                  'cosine to 1e-6 stepped per epoch, batch 128, repetition penalty 3), as below; '
+                  "the paper's text, with the Hugging Face Trainer's optimiser and no repetition "
+                  'penalty: paper: ' + str(lm.PRESETS['paper']) + '; keep10: '
+                  + str(lm.PRESETS['keep10']) + '; tiny: ' + str(lm.PRESETS['tiny'])
                   + '. Flags given explicitly override the preset.')
 flags.DEFINE_string('model', _D.model, "Hub name or local Hugging Face OPT directory; 'tiny': "
                     'a small randomly initialised OPT.')
@@ -37,14 +42,22 @@ flags.DEFINE_list('real_fraction', [str(f) for f in _D.real_fractions],
                   'Comma-separated fractions of original blocks, for mix and fresh.')
 flags.DEFINE_integer('epochs', _D.epochs, 'Fine-tuning epochs per generation (the best is kept).')
 flags.DEFINE_integer('batch', _D.batch, 'Blocks per training step, over all devices.')
-flags.DEFINE_float('learning_rate', _D.learning_rate, 'AdamW peak learning rate (linear decay to 0).')
-flags.DEFINE_float('weight_decay', _D.weight_decay, 'AdamW weight decay.')
+flags.DEFINE_float('learning_rate', _D.learning_rate, 'AdamW peak learning rate.')
+flags.DEFINE_float('weight_decay', _D.weight_decay, 'AdamW weight decay (decoupled, times the '
+                   'learning rate, as torch.optim.AdamW).')
+flags.DEFINE_enum('schedule', _D.schedule, list(lm.opt.SCHEDULES), 'After the warm-up, from '
+                  '--learning_rate down to --min_learning_rate: cosine, stepped once per epoch '
+                  "(torch's CosineAnnealingLR(T_max=epochs) under Lightning, as main.py; the last "
+                  'epoch stays above the minimum), or linear over the steps (the Hugging Face '
+                  "Trainer's, with --min_learning_rate=0).")
+flags.DEFINE_float('min_learning_rate', _D.min_learning_rate, 'Where --schedule ends '
+                   "(CosineAnnealingLR's eta_min).")
 flags.DEFINE_integer('warmup_steps', _D.warmup_steps, 'Linear warm-up steps.')
 flags.DEFINE_integer('block', _D.block, 'Tokens per block (and per prompt).')
 flags.DEFINE_integer('new_tokens', _D.new_tokens, 'Tokens generated per prompt (exactly).')
 flags.DEFINE_integer('beams', _D.beams, 'Beam width.')
 flags.DEFINE_float('repetition_penalty', _D.repetition_penalty, 'CTRL repetition penalty '
-                   '(1: none; the paper ablates 2).')
+                   "(1: none, the paper's text; it ablates 2; main.py uses 3).")
 flags.DEFINE_enum('decoding', _D.decoding, ['beam', 'greedy', 'sample'], 'How new text is '
                   'made: beam search (the paper), greedy, or sampling.')
 flags.DEFINE_float('temperature', _D.temperature, 'Sampling temperature (--decoding=sample).')
@@ -63,7 +76,8 @@ cli.define_process_flags()
 
 _FIELDS = {f: f for f in ('model', 'tokenizer', 'data_dir', 'train_split', 'valid_split', 'seeds',
                           'first_seed', 'parallel_seeds', 'generations', 'epochs', 'batch', 'learning_rate',
-                          'weight_decay', 'warmup_steps', 'block', 'new_tokens', 'beams',
+                          'weight_decay', 'warmup_steps', 'schedule', 'min_learning_rate',
+                          'block', 'new_tokens', 'beams',
                           'repetition_penalty', 'decoding', 'temperature', 'top_k', 'top_p',
                           'from_previous', 'train_blocks', 'eval_blocks',
                           'eval_batch', 'gen_batch', 'prompt', 'dtype')}

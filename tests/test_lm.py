@@ -1,14 +1,17 @@
 """The language-model generation loop on the real tokenizer and WikiText-2 (../shared/data), tiny sizes."""
 
 import dataclasses
+import inspect
 import os
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
+import torch
+import transformers
 
-from collapse_jax import driver, lm
+from collapse_jax import driver, lm, opt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
@@ -28,9 +31,41 @@ def quiet(*_):
   pass
 
 
+def _main_py_perplexity(config, params, ids_NxL, directory) -> float:
+  """main.py's score of a model on a set of blocks (--evalgen_only scores its training set):
+  exp of the transformers OPT's loss, the mean next-token NLL, with labels = input_ids."""
+  opt.save(str(directory), config, params)
+  model = transformers.OPTForCausalLM.from_pretrained(str(directory)).eval()
+  ids = torch.as_tensor(np.asarray(ids_NxL, np.int64))
+  with torch.no_grad():
+    return float(np.exp(model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.item()))
+
+
 def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch):
+  measured = []  # each generation's model and the blocks its own_train_ppl was measured on
+  measure = lm.measure
+
+  def spy(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT):
+    measured.append((config, lm.jax.tree.map(np.asarray, lm._seed(params_S, 0)), train_SxNxL[0]))
+    return measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT)
+  monkeypatch.setattr(lm, 'measure', spy)
   table = lm.run(CFG, str(tmp_path), progress=False, log=quiet)
   metrics = pd.read_csv(tmp_path / 'metrics.csv')
+
+  # own_train_ppl is each model's perplexity on the blocks it was fine-tuned on, scored as
+  # main.py does: the original blocks at generation 0, then the previous generation's text
+  # as written to disk.
+  seed_dir = tmp_path / 'replace' / 'seed_0'
+  trained_on = [data['train']] + [
+      np.concatenate([np.load(p) for p in sorted((seed_dir / f'gen_{g:02d}' / 'generated').glob('*.npy'))])
+      for g in (0, 1)]
+  assert len(measured) == 3
+  for g, ((config, params, blocks), expected) in enumerate(zip(measured, trained_on)):
+    np.testing.assert_array_equal(blocks, expected)
+    np.testing.assert_allclose(metrics['own_train_ppl'][g],
+                               _main_py_perplexity(config, params, expected, tmp_path / f'hf_{g}'),
+                               rtol=1e-4, err_msg=f'generation {g}')
+
   assert len(metrics) == 3 and metrics['generation'].tolist() == [0, 1, 2]
   assert np.all(np.isfinite(metrics[list(lm.METRICS)].to_numpy()))
   assert (metrics['test_ppl'] > 1).all() and metrics['distinct_tokens'].min() >= 1
@@ -104,9 +139,10 @@ def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, dat
 
 
 def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data, monkeypatch):
-  config, params = lm.start_model(CFG, [0, 1])
+  cfg = dataclasses.replace(CFG, schedule='cosine', min_learning_rate=1e-4)  # main.py's, per epoch
+  config, params = lm.start_model(cfg, [0, 1])
   ids = np.stack([data['train'], data['train'][::-1]])
-  args = (CFG, config, params, ids, data['valid'], [lm.jax.random.key(3), lm.jax.random.key(4)])
+  args = (cfg, config, params, ids, data['valid'], [lm.jax.random.key(3), lm.jax.random.key(4)])
   whole, losses = lm.fine_tune(*args, str(tmp_path / 'a'), '', False)
 
   save = ocp.CheckpointManager.save
@@ -141,8 +177,66 @@ def test_training_sets_follow_the_regimes(data):
   assert len(sub) == len(x0) and not (sub == 102).all(axis=1).any()  # generation 2's is not yet made
 
 
+def test_the_default_official_preset_is_the_authors_main_py():
+  """github.com/iliaishacked/curse_recurse: main.py's defaults (-lr 2e-5, -m 5, -b 128,
+  -gen_percent 0.0, facebook/opt-125m, 64-token blocks in dataset.py), its generate(num_beams=5,
+  max_new_tokens=64, min_new_tokens=64, repetition_penalty=3.0), and plt_model.py's
+  torch.optim.AdamW(lr=lr) with CosineAnnealingLR(T_max=epochs, eta_min=1e-6), which
+  Lightning steps once per epoch. Update these only if that code changes."""
+  main_py = dict(model='facebook/opt-125m', learning_rate=2e-5, epochs=5, batch=128,
+                 schedule='cosine', min_learning_rate=1e-6, warmup_steps=0, block=64,
+                 decoding='beam', beams=5, new_tokens=64, repetition_penalty=3.0,
+                 regimes=('replace',), real_fractions=(0.0,),
+                 weight_decay=inspect.signature(torch.optim.AdamW).parameters['weight_decay'].default)
+  assert lm.PRESETS['official'] == {}
+  official = lm.LMConfig(**lm.PRESETS['official'])
+  assert {k: getattr(official, k) for k in main_py} == main_py
+  # The paper's text keeps the Hugging Face Trainer's optimiser and no repetition penalty.
+  trainer = dict(learning_rate=5e-5, batch=8, weight_decay=0.0, schedule='linear',
+                 min_learning_rate=0.0, repetition_penalty=1.0)
+  for name, extra in [('paper', dict(epochs=5, regimes=('replace',))),
+                      ('keep10', dict(epochs=10, regimes=('mix',), real_fractions=(0.1,)))]:
+    cfg = lm.LMConfig(**lm.PRESETS[name])
+    assert {k: getattr(cfg, k) for k in {**trainer, **extra}} == {**trainer, **extra}, name
+
+
+def test_the_cosine_schedule_is_cosine_annealing_stepped_once_per_epoch():
+  """The official schedule equals its closed form and torch's CosineAnnealingLR stepped after
+  every epoch (as Lightning does with main.py's scheduler), and AdamW follows it step by step."""
+  train, steps = lm.LMConfig().train, 7  # 2e-5 down to 1e-6 over 5 epochs of 7 steps
+  n = steps * train.epochs
+  ours = np.asarray(opt.lr_schedule(train, n)(lm.jnp.arange(n)))
+  epoch = np.arange(n) // steps
+  closed = 1e-6 + (2e-5 - 1e-6) * (1 + np.cos(np.pi * epoch / 5)) / 2
+  np.testing.assert_allclose(ours, closed, rtol=1e-6)
+  np.testing.assert_allclose(ours[[0, 6, 7, 34]], [2e-5, 2e-5, 1.8185661e-5, 2.8143379e-6], rtol=1e-6)
+
+  p = torch.nn.Parameter(torch.zeros(1))
+  adamw = torch.optim.AdamW([p], lr=2e-5)
+  cosine = torch.optim.lr_scheduler.CosineAnnealingLR(adamw, T_max=5, eta_min=1e-6)
+  reference = []
+  for _ in range(train.epochs):
+    reference += [adamw.param_groups[0]['lr']] * steps
+    adamw.step()  # no gradient: nothing moves, but the scheduler's order is Lightning's
+    cosine.step()
+  np.testing.assert_allclose(ours, reference, rtol=1e-6)
+  linear = np.asarray(opt.lr_schedule(dataclasses.replace(train, schedule='linear'), n)(lm.jnp.arange(n)))
+  assert np.abs(linear - ours).max() > 0.1 * 2e-5  # the Trainer's schedule is another one
+
+  # Under a constant gradient at zero weights Adam's step is the learning rate itself (to
+  # float32 rounding of its bias corrections).
+  tx, params = opt.optimizer(train, n), lm.jnp.zeros(1)
+  state, grads, updates, step = tx.init(params), lm.jnp.ones(1), [], lm.jax.jit(tx.update)
+  for _ in range(n):
+    update, state = step(grads, state, params)
+    updates.append(-float(update[0]))
+  np.testing.assert_allclose(updates, ours, rtol=1e-4)
+
+
 @pytest.mark.parametrize('change, flag', [
     (dict(batch=0), 'batch'),
+    (dict(schedule='step'), 'schedule'),
+    (dict(min_learning_rate=1.0), 'min_learning_rate'),
     (dict(model='tiny', tokenizer=''), 'tokenizer'),
     (dict(data_dir='/no/such/dir'), 'data_dir'),
     (dict(regimes=('mix',), real_fractions=(0.1,), new_tokens=8), 'new_tokens'),
