@@ -75,7 +75,7 @@ def _factor(b_KxD):
 def fit(x_NxD, w_N, estimator: str):
   """Mean and covariance factor of weighted samples."""
   n = jnp.sum(w_N)
-  mean_D = w_N @ x_NxD / n
+  mean_D = jnp.sum(w_N[:, None] * x_NxD, 0) / n  # elementwise: batched 1-D matvecs are slow on a CPU
   b_NxD = jnp.sqrt(w_N / _divisor(n, estimator))[:, None] * (x_NxD - mean_D)
   return {'mean': mean_D, **_factor(b_NxD)}, {}
 
@@ -99,6 +99,8 @@ def covariance(params):
 
 def sample(params, key, n):
   z_NxD = jax.random.normal(key, (n, params['mean'].shape[0]))
+  if z_NxD.shape[1] == 1:  # elementwise, as summarise
+    return params['mean'] + z_NxD * jnp.exp(params['log_scale'])
   return params['mean'] + (z_NxD * jnp.exp(params['log_scale'])) @ params['unit'].T
 
 
@@ -114,9 +116,10 @@ def refit(params, key, n, estimator: str):
   z_NxD = jax.random.normal(key, (n, d))
   local, _ = fit(z_NxD, jnp.ones(n), estimator)
   l_D, u_DxD = params['log_scale'], params['unit']
-  mean_D = params['mean'] + u_DxD @ (jnp.exp(l_D) * local['mean'])
   if d == 1:
+    mean_D = params['mean'] + jnp.exp(l_D) * local['mean']
     return {'mean': mean_D, 'unit': u_DxD, 'log_scale': l_D + local['log_scale']}, {}
+  mean_D = params['mean'] + u_DxD @ (jnp.exp(l_D) * local['mean'])
   alive_D = l_D > -jnp.inf
   both_DxD = alive_D[:, None] & alive_D[None] & (jnp.arange(d)[:, None] > jnp.arange(d))
   gap_DxD = jnp.where(both_DxD, l_D[:, None] - l_D[None], -jnp.inf)
