@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 
-import jax
 import tqdm
 
 MANIFEST = 'MANIFEST.sha256'  # inside a sealed directory
@@ -63,18 +62,16 @@ def _read_digests(path: str) -> dict[str, str]:
 
 
 def _is_primary() -> bool:
-  return jax.process_index() == 0
+  from collapse_jax import driver  # noqa: PLC0415 (driver imports this module)
+  return driver.is_primary()
 
 
 def seal(path: str) -> None:
   """Writes the digest of a saved directory or file, atomically; from the primary process only."""
-  if not _is_primary():
-    return
-  text = ''.join(f'{h}  {f}\n' for f, h in _digests(path).items())
-  target = _digest_path(path)
-  with open(target + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(target + '.tmp', target)
+  from collapse_jax import results  # noqa: PLC0415 (results imports driver, which imports this)
+  if _is_primary():
+    text = ''.join(f'{h}  {f}\n' for f, h in _digests(path).items())
+    results.write_text(_digest_path(path), text)
 
 
 def damage(path: str) -> str | None:
