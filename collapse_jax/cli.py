@@ -6,7 +6,7 @@ import sys
 import jax
 from absl import flags, logging
 
-from collapse_jax import checkpoints, driver
+from collapse_jax import checkpoints, driver, regimes
 
 
 COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below
@@ -24,9 +24,11 @@ def define_common_flags(defaults, workdir: str, presets: dict[str, dict]) -> Non
   flags.DEFINE_integer('seeds', defaults.seeds, 'Independent runs, all in one program.')
   flags.DEFINE_integer('generations', defaults.generations, 'Generations after the first.')
   flags.DEFINE_list('regime', list(defaults.regimes),
-                    f'Comma-separated regimes: {", ".join(driver.REGIMES)}.')
+                    f'Comma-separated regimes: {", ".join(regimes.REGIMES)}.')
   flags.DEFINE_list('real_fraction', [str(f) for f in defaults.real_fractions],
                     'Comma-separated fractions of real data, for the regimes mix and fresh.')
+  if isinstance(defaults, regimes.Options):
+    define_regime_flags(defaults)
   flags.DEFINE_integer('checkpoint_every', defaults.checkpoint_every,
                        'Generations between checkpoints.')
   flags.DEFINE_integer('cpu_devices', os.cpu_count() or 1, 'On a CPU, split it into this many '
@@ -64,10 +66,38 @@ def start_processes(flag_values) -> None:
   jax.distributed.initialize(*args)
 
 
-def regime_fields(flag_values) -> dict:
-  """The config's regimes and real fractions from their list flags."""
-  return {'regimes': tuple(flag_values.regime),
-          'real_fractions': parse_floats('real_fraction', flag_values.real_fraction)}
+def define_regime_flags(defaults: regimes.Options) -> None:
+  """The flags of the regimes that select, weight or augment synthetic data."""
+  lists = {'keep_fraction': ('keep_fractions', 'verify: the share of candidates kept (draws '
+                             'samples / keep_fraction, keeps the best-scored).'),
+           'reward_scale': ('reward_scales', 'curate: each row chosen among --candidates with '
+                            'probability proportional to exp(reward_scale * score).'),
+           'synthetic_ratio': ('synthetic_ratios', 'augment: all original data plus this many '
+                               'times as many samples of the latest model.'),
+           'age_decay': ('age_decays', "accumulate: each generation's data weighted by "
+                         'age_decay^age.')}
+  for flag, (field, help_) in lists.items():
+    flags.DEFINE_list(flag, [f'{v:g}' for v in getattr(defaults, field)],
+                      f'Comma-separated values, each a group of runs; {help_}')
+  flags.DEFINE_enum('score', defaults.score, list(regimes.SCORES),
+                    'What verify and curate rank candidates by: the true density, the '
+                    "model's own, generation 0's, the truth plus N(0, verifier_noise^2), or "
+                    "the family's reward (default: truth). Given with any regime, every run "
+                    'reports the mean score of its training data and samples.')
+  flags.DEFINE_integer('candidates', defaults.candidates, 'curate: candidates K per kept row.')
+  flags.DEFINE_float('verifier_noise', defaults.verifier_noise, '--score=noisy: the standard '
+                     "deviation of the noise added to the true log density.")
+
+
+def regime_fields(flag_values, config_cls=None) -> dict:
+  """The config's regimes and their settings from the flags (those `config_cls` has)."""
+  fields = {'regimes': tuple(flag_values.regime),
+            'real_fractions': parse_floats('real_fraction', flag_values.real_fraction)}
+  if config_cls is not None and issubclass(config_cls, regimes.Options):
+    for field, flag in regimes.OPTION_FLAGS.items():
+      value = flag_values[flag].value
+      fields[field] = parse_floats(flag, value) if isinstance(value, list) else value
+  return fields
 
 
 def main(run) -> None:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import driver, plots, results
+from collapse_jax import driver, plots, regimes, results
 
 
 # ---------------------------------------------------------------- fit and sample
@@ -93,7 +93,7 @@ def loss_time_theory(p, samples: int):
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class DiscreteConfig:
+class DiscreteConfig(regimes.Options):
   """The discrete experiment: a Zipf law over `outcomes` outcomes by default, or
   the probabilities `probs`, re-estimated from M samples until every seed is
   absorbed in one outcome or `generations` is reached."""
@@ -104,6 +104,7 @@ class DiscreteConfig:
   outcomes: int = 20
   zipf_exponent: float = 1.0
   tail: float = 0.1
+  rewards: tuple[float, ...] = ()  # per outcome; empty: i / (K - 1), the rarer the higher
   regimes: tuple[str, ...] = ('replace',)
   real_fractions: tuple[float, ...] = (0.0,)
   checkpoint_every: int = 100
@@ -119,7 +120,11 @@ class DiscreteConfig:
 
   def sweep(self, regime: str, samples: int):
     return driver.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
-                        self.first_seed)
+                        self.first_seed, **self.sweep_fields(self.regimes))
+
+  def reward_per_outcome(self) -> np.ndarray:
+    k = len(self.true_probs())
+    return np.asarray(self.rewards or np.arange(k) / (k - 1), np.float32)
 
   def validate(self) -> 'DiscreteConfig':
     if not self.samples:
@@ -137,6 +142,11 @@ class DiscreteConfig:
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
     driver.check_fields(self, checks)
+    if self.rewards and (len(self.rewards) != len(self.true_probs())
+                         or not np.all(np.isfinite(self.rewards))):
+      raise driver.ConfigError('rewards', f'needs {len(self.true_probs())} finite values, one '
+                               f'per outcome, got {list(self.rewards)}')
+    driver.validate_options(self, family(self))
     return self
 
 
@@ -150,7 +160,12 @@ def family(cfg: DiscreteConfig) -> driver.Family:
   k = len(p)
   p_K, tail_K = jnp.asarray(p, jnp.float32), jnp.asarray(tail_outcomes(p, cfg.tail))
   fit_counts = lambda counts_K, key: (counts_K, {})
+  reward_K = jnp.asarray(cfg.reward_per_outcome())
+  at = lambda v_K, x_Nx1: v_K[x_Nx1[:, 0].astype(jnp.int32)]  # noqa: E731
   return driver.Family(
+      log_density=lambda counts_K, x_Nx1: at(_log_floor(counts_K / jnp.sum(counts_K)), x_Nx1),
+      true_log_density=lambda x_Nx1: at(_log_floor(p_K), x_Nx1),
+      reward=lambda x_Nx1: at(reward_K, x_Nx1),
       draw_real=lambda key, n: sample(p_K, key, n),
       fit=lambda x_Nx1, w_N, key: fit_counts(summarise(x_Nx1, w_N, k), key),
       sample=sample,
@@ -159,10 +174,16 @@ def family(cfg: DiscreteConfig) -> driver.Family:
       summary=driver.Summary(lambda x, w: summarise(x, w, k), jnp.add, fit_counts))
 
 
+def _log_floor(q_K):
+  """log q, with outcomes of probability 0 at log 1e-30: a score, not -inf, so that
+  means over rows stay finite."""
+  return jnp.log(jnp.maximum(q_K, 1e-30))
+
+
 def absorbing(cfg: DiscreteConfig, regime: str) -> bool:
   """Whether an absorbed run stays absorbed: it trains on its own samples only."""
-  return regime == 'replace' or (regime in driver.FRACTION_REGIMES
-                                 and max(cfg.real_fractions) == 0)
+  return regime in ('replace', 'verify', 'curate') or (regime in driver.FRACTION_REGIMES
+                                                       and max(cfg.real_fractions) == 0)
 
 
 def absorption(metrics):
@@ -206,6 +227,7 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   # -- every regime x M is one compiled program over seeds x real fractions
   fam = family(cfg)
   sweeps, per_seed, per_outcome = [], [], []
+  shown = results.parameter_columns([cfg.sweep(r, m) for r in cfg.regimes for m in cfg.samples])
   for regime in cfg.regimes:
     for m in cfg.samples:
       sweep = cfg.sweep(regime, m)
@@ -223,7 +245,8 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
       sweeps.append((sweep, metrics))
       seed_B, fraction_B = sweep.runs()
       per_seed.append({'regime': np.full(len(seed_B), regime), 'samples': np.full(len(seed_B), m),
-                       'real_fraction': fraction_B, 'seed': seed_B,
+                       **results.setting_columns(sweep, fraction_B, shown), 'value': fraction_B,
+                       'seed': seed_B,
                        'absorbed_outcome': where_B, 'absorption_generation': when_B})
       for fraction in sweep.fractions:
         cols_B = fraction_B == np.float32(fraction)
@@ -232,7 +255,8 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
         mean_loss = np.where(lost_SxK, ext_SxK, 0).sum(0) / np.maximum(lost_SxK.sum(0), 1)
         per_outcome.append({
             'regime': np.full(len(p), regime), 'samples': np.full(len(p), m),
-            'real_fraction': np.full(len(p), fraction), 'outcome': np.arange(len(p)),
+            **results.setting_columns(sweep, np.full(len(p), fraction, np.float32), shown),
+            'outcome': np.arange(len(p)),
             'probability': p, 'tail': tail,
             'absorbed_frequency': np.bincount(where_B[cols_B][where_B[cols_B] >= 0],
                                               minlength=len(p)) / cols_B.sum(),
@@ -253,8 +277,8 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   results.write_csv(curves, os.path.join(workdir, 'curves.csv'))
   outcomes = {k: np.concatenate([t[k] for t in per_outcome]) for k in per_outcome[0]}
   results.write_csv(outcomes, os.path.join(workdir, 'outcomes.csv'))
-  results.write_csv({k: np.concatenate([t[k] for t in per_seed]) for k in per_seed[0]},
-                    os.path.join(workdir, 'absorption.csv'))
+  results.write_csv({k: np.concatenate([t[k] for t in per_seed]) for k in per_seed[0]
+                     if k != 'value'}, os.path.join(workdir, 'absorption.csv'))
   if cfg.per_seed_csv:
     results.write_csv(results.long_table(sweeps), os.path.join(workdir, 'metrics.csv'))
 
@@ -267,8 +291,10 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   plots.theory_panels(curves, [('gini_simpson_mean', 'mean 1 - sum q^2')],
                       os.path.join(workdir, 'diversity.png'), title)
   plots.absorption(outcomes, os.path.join(workdir, 'absorption.png'), title)
+  plots.scores_against(curves, ('entropy_bits', 'entropy (bits)'),
+                       os.path.join(workdir, 'tradeoff.png'), title)
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  absorbed = [f'{r} M={m} real fraction {f:g}: {np.mean(w >= 0):.1%} of seeds absorbed'
+  absorbed = [f'{plots.run_label(r, m, f, with_samples=True)}: {np.mean(w >= 0):.1%} of seeds absorbed'
               + (f', median at generation {np.median(w[w >= 0]):g}' if np.any(w >= 0) else '')
               for r, m, f, w in _absorption_lines(per_seed)]
   text += '\n' + '\n'.join(absorbed)
@@ -279,6 +305,6 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
 
 def _absorption_lines(per_seed):
   for t in per_seed:
-    for fraction in np.unique(t['real_fraction']):
-      rows = t['real_fraction'] == fraction
+    for fraction in np.unique(t['value']):
+      rows = t['value'] == fraction
       yield t['regime'][0], int(t['samples'][0]), float(fraction), t['absorption_generation'][rows]

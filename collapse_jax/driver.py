@@ -24,11 +24,13 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from collapse_jax import checkpoints
+from collapse_jax import checkpoints, regimes
+from collapse_jax import regimes as _regimes  # where arguments are named regimes
 
-REGIMES = ('replace', 'accumulate', 'accumulate-subsample', 'mix', 'fresh')
+REGIMES = tuple(regimes.REGIMES)  # the built-in ones; regimes.REGIMES takes more
+PAPER_REGIMES = ('replace', 'accumulate', 'accumulate-subsample', 'mix', 'fresh')
 FRACTION_REGIMES = ('mix', 'fresh')  # the regimes that --real_fraction applies to
-POOL_REGIMES = ('accumulate', 'accumulate-subsample')  # the ones that keep all data
+POOL_REGIMES = ('accumulate', 'accumulate-subsample')  # the paper's ones that keep all data
 
 
 class ConfigError(ValueError):
@@ -65,6 +67,10 @@ class Family:
   reference(params0, key) -> ref    what later generations are measured against
   evaluate(params, x_NxD, ref) -> metrics     x_NxD: the model's samples
   summary: sufficient statistics, when the fit has them (see Summary)
+  log_density(params, x_NxD) -> l_N   optional: the model's log density (the scores
+    self and gen0 of verify and curate)
+  true_log_density(x_NxD) -> l_N      optional: the truth's (the scores truth, noisy)
+  reward(x_NxD) -> r_N                optional: the family's reward (the score reward)
   refit(params, key, n) -> (params, metrics)  optional: under `replace`, the next
     generation fitted to n samples of the model `params` that it draws itself, in
     place of `fit` on stored samples: for fits better conditioned in the model's
@@ -82,14 +88,20 @@ class Family:
   summary: Summary | None = None
   refit: Callable[..., Any] | None = None
   one_at_a_time_on_cpu: bool = False
+  log_density: Callable[..., Any] | None = None
+  true_log_density: Callable[..., Any] | None = None
+  reward: Callable[..., Any] | None = None
 
-  def running(self, regime: str) -> bool:
-    """Whether this regime keeps a running summary in place of a pool."""
-    return regime == 'accumulate' and self.summary is not None
+  def running(self, regime: str, values=(1.0,)) -> bool:
+    """Whether this regime keeps a running summary in place of a pool: all data, equal
+    weights (`values`: the sweep's values of its parameter, age decays of 1)."""
+    reg = regimes.get(regime)
+    return (reg.shortcut == 'summary' and self.summary is not None
+            and all(v == reg.default for v in values))
 
   def refitting(self, regime: str) -> bool:
     """Whether this regime refits on the previous model itself rather than its stored samples."""
-    return regime == 'replace' and self.refit is not None
+    return regimes.get(regime).shortcut == 'refit' and self.refit is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,27 +131,51 @@ def concrete(family) -> Family:
 
 @dataclasses.dataclass(frozen=True)
 class Sweep:
-  """One regime's batch of runs: seeds x real-data fractions, G generations."""
+  """One regime's batch of runs: seeds x values of the regime's parameter, G generations.
+
+  real_fractions: the values of mix's and fresh's parameter; settings: (parameter,
+  values) pairs of the other regimes' (keep_fraction, reward_scale, ...); score:
+  what verify and curate rank by (regimes.SCORES), with `noise` for 'noisy';
+  candidates: K of curate.
+  """
   regime: str
   seeds: int
   generations: int
   samples: int
   real_fractions: tuple[float, ...] = (0.0,)
   first_seed: int = 0
+  settings: tuple[tuple[str, tuple[float, ...]], ...] = ()
+  score: str | None = None
+  noise: float = 0.0
+  candidates: int = regimes.CANDIDATES
 
   @property
   def fractions(self) -> tuple[float, ...]:
-    return self.real_fractions if self.regime in FRACTION_REGIMES else (0.0,)
+    """The values of the regime's parameter, one per group of runs (real fractions, ...)."""
+    reg = regimes.get(self.regime)
+    if reg.parameter is None:
+      return (0.0,)
+    if reg.parameter == 'real_fraction':
+      return self.real_fractions
+    return tuple(dict(self.settings).get(reg.parameter, (reg.default,)))
+
+  def candidate_rows(self) -> int:
+    """Rows of the previous model's samples a generation draws."""
+    if self.regime == 'curate':
+      return self.candidates * self.samples
+    return regimes.get(self.regime).candidates(self.samples, self.fractions)
 
   def runs(self) -> tuple[np.ndarray, np.ndarray]:
-    """Seed and real fraction of every run, fraction-major, B each."""
+    """Seed and parameter value (real fraction, ...) of every run, value-major, B each."""
     seed_B = np.tile(np.arange(self.seeds) + self.first_seed, len(self.fractions))
     fraction_B = np.repeat(np.asarray(self.fractions, np.float32), self.seeds)
     return seed_B.astype(np.int32), fraction_B
 
 
-def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_samples=1):
-  """Checks the flags every experiment shares; raises ConfigError."""
+def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_samples=1,
+                   settings=(), score=None, family=None, choices=None):
+  """Checks the flags every experiment shares; raises ConfigError. `choices`: the regimes
+  the experiment takes (default: all)."""
   if seeds < 1:
     raise ConfigError('seeds', f'must be at least 1, got {seeds}')
   if generations < 1:
@@ -148,9 +184,10 @@ def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_sam
     raise ConfigError('samples', f'must be at least {min_samples}, got {samples}')
   if not regimes:
     raise ConfigError('regime', 'needs at least one regime')
+  choices = tuple(_regimes.REGIMES) if choices is None else choices
   for r in regimes:
-    if r not in REGIMES:
-      raise ConfigError('regime', f'unknown regime {r!r}; choose from {", ".join(REGIMES)}')
+    if r not in choices:
+      raise ConfigError('regime', f'unknown regime {r!r}; choose from {", ".join(choices)}')
   if not real_fractions:
     raise ConfigError('real_fraction', 'needs at least one fraction')
   for f in real_fractions:
@@ -158,6 +195,48 @@ def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_sam
       raise ConfigError('real_fraction', f'{f} is outside [0, 1]')
   if not set(regimes) & set(FRACTION_REGIMES) and tuple(real_fractions) != (0.0,):
     raise ConfigError('real_fraction', 'applies only to the regimes mix and fresh')
+  validate_regime_settings(regimes, settings, score, family)
+
+
+def validate_options(config, family) -> None:
+  """Checks a config's regimes.Options against its regimes and family; raises ConfigError."""
+  validate_regime_settings(config.regimes, config.settings(), config.active_score(config.regimes),
+                           family)
+  if config.score is not None and config.score not in _regimes.SCORES:
+    raise ConfigError('score', f'unknown score {config.score!r}; choose from '
+                      f'{", ".join(_regimes.SCORES)}')
+  if config.score is not None and config.score not in _regimes.available_scores(family):
+    raise ConfigError('score', f'{config.score!r} is not a score this family has; choose from '
+                      f'{", ".join(_regimes.available_scores(family))}')
+  if config.candidates != _regimes.CANDIDATES and 'curate' not in config.regimes:
+    raise ConfigError('candidates', 'applies only to the regime curate')
+  if config.candidates < 1:
+    raise ConfigError('candidates', f'must be at least 1, got {config.candidates}')
+  if not config.verifier_noise >= 0:
+    raise ConfigError('verifier_noise', f'must be non-negative, got {config.verifier_noise}')
+  if config.verifier_noise != 1.0 and config.active_score(config.regimes) != 'noisy':
+    raise ConfigError('verifier_noise', 'applies only to --score=noisy')
+
+
+def validate_regime_settings(names, settings, score, family):
+  """Each parameter's values in range and given only with a regime that uses it; the score
+  one the family has, where a regime ranks candidates."""
+  used = {_regimes.get(r).parameter: r for r in names}
+  for parameter, values in settings:
+    reg = _regimes.get(used[parameter]) if parameter in used else None
+    for name, r in _regimes.REGIMES.items():
+      if reg is None and r.parameter == parameter and tuple(values) != (r.default,):
+        raise ConfigError(parameter, f'applies only to the regime {name}')
+    if not values:
+      raise ConfigError(parameter, 'needs at least one value')
+    for v in values:
+      if reg is not None and not reg.valid(v):
+        raise ConfigError(parameter, f'{v:g} is not {reg.allowed}')
+  if family is not None and any(_regimes.get(r).scored for r in names):
+    have = _regimes.available_scores(family)
+    if score not in have:
+      raise ConfigError('score', f'{score!r} is not a score this family has; choose from '
+                        f'{", ".join(have)}')
 
 
 def check_fields(config, checks) -> None:
@@ -173,33 +252,21 @@ def check_fields(config, checks) -> None:
 # generation's samples (only the pool regimes keep it).
 
 def training_set(regime, g, key, fraction, x0_NxD, last_NxD, pool_PxD, draw_real):
-  """The training data of generation g >= 1 and its weights."""
-  n = x0_NxD.shape[0]
-  if regime == 'replace':
-    return last_NxD, jnp.ones(n)
-  if regime == 'accumulate':
-    return pool_PxD, (jnp.arange(pool_PxD.shape[0]) < (g + 1) * n).astype(jnp.float32)
-  if regime == 'accumulate-subsample':
-    # n rows uniformly without replacement from the g + 1 filled blocks.
-    filled_P = jnp.arange(pool_PxD.shape[0]) < (g + 1) * n
-    score_P = jnp.where(filled_P, jax.random.uniform(key, filled_P.shape), -1.0)
-    return pool_PxD[jax.lax.top_k(score_P, n)[1]], jnp.ones(n)
-  # mix and fresh: the first round(fraction * n) rows are real, the rest the model's.
-  if regime == 'mix':
-    real_NxD = x0_NxD[jax.random.permutation(key, n)]
-  elif regime == 'fresh':
-    real_NxD = draw_real(key, n)
-  else:
-    raise ValueError(regime)
-  is_real_N = jnp.arange(n) < jnp.round(fraction * n)
-  return jnp.where(is_real_N[:, None], real_NxD, last_NxD), jnp.ones(n)
+  """The training data of generation g >= 1 and its weights under a regime that ranks
+  nothing, its parameter the real fraction for mix and fresh and its default otherwise
+  (for host loops such as the language model's)."""
+  reg = _regimes.get(regime)
+  value = fraction if reg.parameter == 'real_fraction' else reg.default
+  x_RxD, w_R, *_ = reg.policy(_regimes.Pools(x0_NxD, last_NxD, pool_PxD, draw_real), g, key,
+                              jnp.float32(value), None)
+  return x_RxD, w_R
 
 
-def pool_rows(family: Family, regime, generations: int, n: int) -> int:
+def pool_rows(family: Family, sweep: 'Sweep', n: int) -> int:
   """Rows of the pool: the original data and every generation's samples."""
-  if regime not in POOL_REGIMES or family.running(regime):
+  if not regimes.get(sweep.regime).keeps_pool or _running(family, sweep):
     return 0
-  return (generations + 2) * n
+  return (sweep.generations + 2) * n
 
 
 # ---------------------------------------------------------------- one run
@@ -209,7 +276,7 @@ def _keys(seed):
   return data_key, ref_key, run_key
 
 
-def _first_generation(family: Family, sweep: Sweep, seed, fraction):
+def _first_generation(family: Family, sweep: Sweep, seed, value):
   """Generation 0 of one run: fit the original data. Returns const, carry, metrics."""
   data_key, ref_key, run_key = _keys(seed)
   _, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, 0), 3)
@@ -218,17 +285,53 @@ def _first_generation(family: Family, sweep: Sweep, seed, fraction):
   params, fit_metrics = family.fit(x0_NxD, jnp.ones(n), fit_key)
   synth_NxD = family.sample(params, sample_key, n)
   ref = family.reference(params, ref_key)
-  const = {'seed': seed, 'fraction': fraction, 'x0': x0_NxD, 'ref': ref}
-  carry = {'model': params} if family.refitting(sweep.regime) else {'last': synth_NxD}
-  rows = pool_rows(family, sweep.regime, sweep.generations, n)
-  if family.running(sweep.regime):
+  const = {'seed': seed, 'fraction': value, 'x0': x0_NxD, 'ref': ref}
+  if sweep.score == 'gen0':
+    const['model0'] = params
+  if _draws_candidates(family, sweep):
+    carry = {'model': params}
+  else:
+    carry = {'model': params} if family.refitting(sweep.regime) else {'last': synth_NxD}
+  rows = pool_rows(family, sweep, n)
+  if _running(family, sweep):
     ones = jnp.ones(n)
     carry['summary'] = family.summary.combine(family.summary.of(x0_NxD, ones),
                                               family.summary.of(synth_NxD, ones))
   if rows:
     pool_PxD = jnp.zeros((rows, x0_NxD.shape[-1]), x0_NxD.dtype)
     carry['pool'] = pool_PxD.at[:n].set(x0_NxD).at[n:2 * n].set(synth_NxD)
-  return const, carry, {**fit_metrics, **family.evaluate(params, synth_NxD, ref)}
+  metrics = {**fit_metrics, **family.evaluate(params, synth_NxD, ref)}
+  return const, carry, {**metrics, **_score_metrics(family, sweep, const, params, synth_NxD,
+                                                    x0_NxD, jnp.ones(n), {}, fit_key)}
+
+
+def _running(family: Family, sweep: Sweep) -> bool:
+  """Whether the sweep keeps a running summary: a scored sweep keeps its data to score it."""
+  return family.running(sweep.regime, sweep.fractions) and sweep.score is None
+
+
+def _draws_candidates(family: Family, sweep: Sweep) -> bool:
+  """Whether a generation draws its synthetic training data from the previous model itself
+  (more or fewer rows than it evaluates, or to score them) rather than reusing those samples."""
+  reg = regimes.get(sweep.regime)
+  return not reg.keeps_pool and (reg.scored or sweep.candidate_rows() != sweep.samples)
+
+
+def _score_metrics(family, sweep, const, params, synth_NxD, x_RxD, w_R, policy_metrics, key,
+                   previous=None):
+  """The mean score of the training data and of the model's samples, where the run has a
+  score; pass_rate, the share of candidates kept (1 where nothing is filtered)."""
+  if sweep.score is None:
+    return {}
+  score = regimes.scorer(family, sweep.score, sweep.noise)
+  model0 = const.get('model0', params)
+  k1, k2, k3 = jax.random.split(jax.random.fold_in(key, 1), 3)
+  if x_RxD is None:  # refitted on draws of its own: as many fresh draws of the same model
+    x_RxD, w_R = family.sample(previous, k3, sweep.samples), jnp.ones(sweep.samples)
+  s_R = score(params, model0, x_RxD, k2)
+  return {'sample_score': jnp.mean(score(params, model0, synth_NxD, k1)),
+          'train_score': jnp.sum(jnp.where(w_R > 0, w_R * s_R, 0.0)) / jnp.sum(w_R),
+          'pass_rate': jnp.float32(policy_metrics.get('pass_rate', 1.0))}
 
 
 def _generation(family: Family, sweep: Sweep, const, carry, g):
@@ -236,14 +339,29 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
   _, _, run_key = _keys(const['seed'])
   train_key, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, g), 3)
   n = sweep.samples
-  if family.refitting(sweep.regime):
+  reg = regimes.get(sweep.regime)
+  x_RxD, w_R, policy_metrics = None, None, {}
+  previous = carry.get('model')
+  if _draws_candidates(family, sweep):
+    draw_key, score_key, train_key = jax.random.split(train_key, 3)
+    last_CxD = family.sample(carry['model'], draw_key, sweep.candidate_rows())
+    scores_C = None
+    if reg.scored:
+      scores_C = regimes.scorer(family, sweep.score, sweep.noise)(
+          carry['model'], const.get('model0'), last_CxD, score_key)
+    out = reg.policy(regimes.Pools(const['x0'], last_CxD, carry.get('pool'), family.draw_real),
+                     g, train_key, const['fraction'], scores_C)
+    x_RxD, w_R, policy_metrics = out if len(out) == 3 else (*out, {})
+    params, fit_metrics = family.fit(x_RxD, w_R, fit_key)
+  elif family.refitting(sweep.regime):
     params, fit_metrics = family.refit(carry['model'], fit_key, n)
-  elif family.running(sweep.regime):
+  elif _running(family, sweep):
     params, fit_metrics = family.summary.fit(carry['summary'], fit_key)
   else:
-    x_NxD, w_N = training_set(sweep.regime, g, train_key, const['fraction'], const['x0'],
-                              carry['last'], carry.get('pool'), family.draw_real)
-    params, fit_metrics = family.fit(x_NxD, w_N, fit_key)
+    out = reg.policy(regimes.Pools(const['x0'], carry['last'], carry.get('pool'),
+                                   family.draw_real), g, train_key, const['fraction'], None)
+    x_RxD, w_R, policy_metrics = out if len(out) == 3 else (*out, {})
+    params, fit_metrics = family.fit(x_RxD, w_R, fit_key)
   synth_NxD = family.sample(params, sample_key, n)
   carry = {**carry, **({'model': params} if 'model' in carry else {'last': synth_NxD})}
   if 'summary' in carry:
@@ -251,7 +369,9 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
                                               family.summary.of(synth_NxD, jnp.ones(n)))
   if 'pool' in carry:
     carry['pool'] = jax.lax.dynamic_update_slice_in_dim(carry['pool'], synth_NxD, (g + 1) * n, 0)
-  return carry, {**fit_metrics, **family.evaluate(params, synth_NxD, const['ref'])}
+  metrics = {**fit_metrics, **family.evaluate(params, synth_NxD, const['ref'])}
+  return carry, {**metrics, **_score_metrics(family, sweep, const, params, synth_NxD, x_RxD, w_R,
+                                             policy_metrics, fit_key, previous)}
 
 
 # ---------------------------------------------------------------- compiled programs

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from collapse_jax import driver, linalg, plots, results
+from collapse_jax import driver, linalg, plots, regimes, results
 
 ESTIMATORS = ('mle', 'unbiased')
 
@@ -129,6 +129,27 @@ def refit(params, key, n, estimator: str):
   return {'mean': mean_D, 'unit': unit_DxD, 'log_scale': l_D}, {}
 
 
+def log_density(params, x_NxD):
+  """log N(x; mu, Sigma) of each row. A collapsed fit's dead columns (scale -inf) are left
+  out: the density is over the directions the fit still spans."""
+  mean_D, u_DxD, l_D = params['mean'], params['unit'], params['log_scale']
+  alive_D = l_D > -jnp.inf
+  if mean_D.shape[0] == 1:  # elementwise, as sample
+    y_NxD = x_NxD - mean_D
+  else:
+    y_NxD = jax.scipy.linalg.solve_triangular(u_DxD, (x_NxD - mean_D).T, lower=True,
+                                              unit_diagonal=True).T
+  z_NxD = jnp.where(alive_D, y_NxD * jnp.exp(-jnp.where(alive_D, l_D, 0.0)), 0.0)
+  return (-0.5 * jnp.sum(z_NxD**2, axis=1) - jnp.sum(jnp.where(alive_D, l_D, 0.0))
+          - 0.5 * jnp.sum(alive_D) * jnp.log(2 * jnp.pi))
+
+
+def true_log_density(x_NxD, true_mean: float, true_std: float):
+  d = x_NxD.shape[1]
+  return (-0.5 * jnp.sum((x_NxD - true_mean) ** 2, axis=1) / true_std**2
+          - d * jnp.log(true_std) - 0.5 * d * jnp.log(2 * jnp.pi))
+
+
 # ---------------------------------------------------------------- metrics
 
 def evaluate(params, synth_NxD, true_mean: float, true_std: float):
@@ -214,10 +235,55 @@ def theory(regime: str, estimator: str, samples: int, dims: int, true_std: float
   return out
 
 
+def verify_factor(keep: float) -> float:
+  """c_q: the variance of N(0, 1) kept inside its central fraction q, the truncated normal's
+  1 - 2 z phi(z) / (2 Phi(z) - 1), z = Phi^-1((1 + q) / 2) (Johnson, Kotz and Balakrishnan,
+  Continuous Univariate Distributions, Vol. 1, Section 13.10).
+
+  Under `verify` scored by the true density, a model centred on the truth keeps the central
+  q of its candidates, so each generation multiplies the variance by c_q (with the
+  estimator's factor, (M - 1)/M for mle): E sigma_n^2 ~ sigma^2 (r c_q)^g r for large M,
+  r the estimator's factor, q the share kept, M / ceil(M / keep_fraction).
+  """
+  if keep >= 1:
+    return 1.0
+  z = special.ndtri((1 + keep) / 2)
+  phi = np.exp(-z**2 / 2) / np.sqrt(2 * np.pi)
+  return float(1 - 2 * z * phi / (2 * special.ndtr(z) - 1))
+
+
+def curate_limit(mean: float, var: float, scale: float, target: float) -> tuple[float, float]:
+  """(mean, variance) of N(mean, var) tilted by exp(scale * r), r = -(x - c)^2: `curate`'s
+  step as its candidates K -> infinity (Ferbach et al. 2024: p_{t+1} proportional to
+  p_t e^{beta r}). The tilt adds 2 scale to the precision and pulls the mean to c."""
+  precision = 1 / var + 2 * scale
+  return (mean / var + 2 * scale * target) / precision, 1 / precision
+
+
+def augment_mean_error(samples: int, ratio: float, true_std: float, generations: int):
+  """E (mu_g - mu)^2 in one dimension under `augment`: the M original samples and
+  round(ratio M) = lam M samples of the last fit, fitted together.
+
+  The fit's mean is mu_g = (xbar_0 + lam ybar_g) / (1 + lam), ybar_g ~ N(mu_{g-1},
+  s^2 / (lam M)), so e_g = mu_g - xbar_0 follows the linear recursion e_g = a (e_{g-1} + eps_g),
+  a = lam / (1 + lam), e_0 = 0: Var e_g = a^2 s^2 / (lam M) (1 - a^2g) / (1 - a^2), and with
+  s = sigma (the variance stays near it: real data hold it)
+    E (mu_g - mu)^2 = sigma^2 / M (1 + lam / (1 + 2 lam) (1 - a^2g)),
+  bounded by 1.5 sigma^2 / M for every lam, where replace's grows like g sigma^2 / M
+  (Bertrand et al. 2024 prove stability for small enough lam in general).
+  """
+  g_G = np.arange(generations + 1, dtype=np.float64)
+  lam = round(ratio * samples) / samples
+  if lam == 0:
+    return np.full_like(g_G, true_std**2 / samples)
+  a = lam / (1 + lam)
+  return true_std**2 / samples * (1 + lam / (1 + 2 * lam) * (1 - a ** (2 * g_G)))
+
+
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class GaussianConfig:
+class GaussianConfig(regimes.Options):
   """The Gaussian experiment; defaults are the paper's (Section 3, its figure of a
   1-D Gaussian refitted with M samples) as its released figure code runs it (the
   maximum-likelihood estimator), with accumulate beside replace."""
@@ -230,13 +296,14 @@ class GaussianConfig:
   real_fractions: tuple[float, ...] = (0.0,)
   true_mean: float = 0.0
   true_std: float = 1.0
+  reward_target: float = 1.0  # the reward -|x - c|^2, c this in every dimension
   checkpoint_every: int = 250
   first_seed: int = 0
   per_seed_csv: bool = False
 
   def sweep(self, regime: str, samples: int):
     return driver.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
-                        self.first_seed)
+                        self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'GaussianConfig':
     if self.dims < 1:
@@ -252,6 +319,7 @@ class GaussianConfig:
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
     driver.check_fields(self, checks)
+    driver.validate_options(self, family(self))
     return self
 
 
@@ -270,7 +338,10 @@ def family(cfg: GaussianConfig) -> driver.Family:
       reference=lambda params0, key: {},
       evaluate=lambda params, synth, ref: evaluate(params, synth, cfg.true_mean, cfg.true_std),
       summary=driver.Summary(summarise, combine, fit_stats),
-      refit=lambda params, key, n: refit(params, key, n, cfg.estimator))
+      refit=lambda params, key, n: refit(params, key, n, cfg.estimator),
+      log_density=log_density,
+      true_log_density=lambda x_NxD: true_log_density(x_NxD, cfg.true_mean, cfg.true_std),
+      reward=lambda x_NxD: -jnp.sum((x_NxD - cfg.reward_target) ** 2, axis=1))
 
 
 ERRORS = ('mean_error', 'sigma_error')  # their root mean square is what theory gives
@@ -318,6 +389,9 @@ def run(cfg: GaussianConfig, workdir: str, progress: bool = True, log=print):
   w2 = ('w2_sq_mean', 'mean W2^2 to the original') if cfg.dims == 1 else (
       'trace_mean', 'mean trace Sigma_n')
   plots.theory_panels(curves, [w2], os.path.join(workdir, 'w2.png'), title)
+  plots.scores_against(curves, ('sigma', 'sigma of the fit') if cfg.dims == 1 else
+                       ('log_trace', 'log trace of the covariance'),
+                       os.path.join(workdir, 'tradeoff.png'), title)
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
   results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)

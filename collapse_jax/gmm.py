@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import driver, plots, results
+from collapse_jax import driver, plots, regimes, results
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -290,7 +290,7 @@ def tail_thresholds(true: Mixture, probs=(0.95, 0.99), n: int = 1 << 20):
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class GMMConfig:
+class GMMConfig(regimes.Options):
   """The GMM experiment; defaults are the paper's protocol as its released notebook runs it.
 
   The truth is one standard 2-D Gaussian, N(0, I) (the notebook's
@@ -313,6 +313,7 @@ class GMMConfig:
   true_means: tuple[tuple[float, ...], ...] = ((0.0, 0.0),)
   true_covs: tuple[tuple[float, ...], ...] = ()
   true_std: float = 1.0
+  reward_target: tuple[float, ...] = ()  # the reward -|x - c|^2; empty: c = (1, ..., 1)
   checkpoint_every: int = 100
   first_seed: int = 0
 
@@ -332,7 +333,12 @@ class GMMConfig:
 
   def sweep(self, regime: str):
     return driver.Sweep(regime, self.seeds, self.generations, self.samples,
-                        self.real_fractions, self.first_seed)
+                        self.real_fractions, self.first_seed, **self.sweep_fields(self.regimes))
+
+  def target(self) -> np.ndarray:
+    """The reward's target point c."""
+    d = len(self.true_means[0]) if self.true_means else 2
+    return np.asarray(self.reward_target or (1.0,) * d, np.float32)
 
   def validate(self) -> 'GMMConfig':
     if self.components < 1:
@@ -348,6 +354,10 @@ class GMMConfig:
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
     driver.check_fields(self, checks)
     self._validate_truth()
+    if self.reward_target and len(self.reward_target) != len(self.true_means[0]):
+      raise driver.ConfigError('reward_target', f'needs {len(self.true_means[0])} coordinates, '
+                               f'one per dimension, got {len(self.reward_target)}')
+    driver.validate_options(self, family(self))
     return self
 
   def _validate_truth(self) -> None:
@@ -413,10 +423,13 @@ def family(cfg: GMMConfig):
   true = cfg.true_mixture()
   reference, evaluate = metric_fns(cfg)
   em = cfg.em
+  target_D = jnp.asarray(cfg.target())
   return driver.Family(draw_real=lambda key, n: sample(true, key, n),
                        fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, key, em),
                        sample=sample, reference=reference, evaluate=evaluate,
-                       one_at_a_time_on_cpu=True)
+                       one_at_a_time_on_cpu=True, log_density=log_prob,
+                       true_log_density=lambda x_NxD: log_prob(true, x_NxD),
+                       reward=lambda x_NxD: -jnp.sum((x_NxD - target_D) ** 2, axis=1))
 
 
 SUMMARY_COLUMNS = ('l2sq_gen0', 'total_var', 'heldout_ll', 'tail_mass_99', 'em_iters')
@@ -451,6 +464,9 @@ def run(cfg: GMMConfig, workdir: str, progress: bool = True, log=print):
                         ('total_var', 'fitted spread (trace of covariance)', True)],
                os.path.join(workdir, 'collapse.png'),
                title=f'GMM refitted on its own samples, {cfg.seeds} seeds')
+  plots.scores_against(curves, ('total_var', 'fitted spread (trace of covariance)'),
+                       os.path.join(workdir, 'tradeoff.png'),
+                       title=f'GMM: score and spread, {cfg.seeds} seeds')
   if len(cfg.true_means[0]) == 2:
     plots.gmm_scatter(table, os.path.join(workdir, 'scatter.png'))
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 200, 1000))

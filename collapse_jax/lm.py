@@ -77,7 +77,8 @@ class LMConfig:
 
   def validate(self) -> 'LMConfig':
     driver.validate_sweep(self.seeds, self.generations, 1, self.regimes,
-                          self.real_fractions, min_samples=1)  # the data's size is checked on loading
+                          self.real_fractions, min_samples=1,  # the data's size: on loading
+                          choices=driver.PAPER_REGIMES)
     devices = jax.device_count()
     checks = [
         ('epochs', self.epochs >= 1, 'must be at least 1'),

@@ -7,12 +7,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from collapse_jax import driver, results  # noqa: E402
+from collapse_jax import driver, regimes, results  # noqa: E402
 
 
-def _label(regime, samples, fraction, with_regime=True, with_samples=False):
+def run_label(regime, samples, fraction, with_regime=True, with_samples=False):
   name = regime if with_regime else ''
-  if regime in ('mix', 'fresh'):
+  reg = regimes.REGIMES.get(regime)
+  if reg is not None and reg.parameter and not (reg.quiet_default and fraction == reg.default):
     name += f' {fraction:g}'
   if with_samples:
     name += f', M={samples}'
@@ -32,7 +33,7 @@ def curves(table, panels, path, title=None):
       sub = results.select(table, regime, fraction, samples)
       g_G = sub['generation'][:, 0]
       line, = ax.plot(g_G, sub[f'{column}_q50'][:, 0],
-                      label=_label(regime, samples, fraction, with_samples=several_m))
+                      label=run_label(regime, samples, fraction, with_samples=several_m))
       ax.fill_between(g_G, sub[f'{column}_q05'][:, 0], sub[f'{column}_q95'][:, 0],
                       color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel('generation')
@@ -42,6 +43,40 @@ def curves(table, panels, path, title=None):
       ax.set_yscale('log')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+  _finish(fig, path, title)
+
+
+def scores_against(table, diversity, path, title=None):
+  """trade_off() of the training data's mean score, where the run has scores."""
+  if 'train_score_q50' in table:
+    trade_off(table, ('train_score', 'mean score of the training data'), diversity, path, title)
+
+
+def trade_off(table, score, diversity, path, title=None):
+  """Score against diversity: each over generations (median and 90% band over seeds), and
+  one against the other, a line per regime and parameter value from generation 0 (o) to
+  the last (x). `score` and `diversity` are (metric, label) of an over_seeds table."""
+  keys = results.groups(table)
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+  for i, (regime, samples, value) in enumerate(keys):
+    sub = results.select(table, regime, value, samples)
+    g_G, color = sub['generation'][:, 0], f'C{i % 10}'
+    label = run_label(regime, samples, value, with_samples=len({m for _, m, _ in keys}) > 1)
+    for ax, (column, _) in zip(axes[:2], (score, diversity)):
+      ax.plot(g_G, sub[f'{column}_q50'][:, 0], color=color, label=label)
+      ax.fill_between(g_G, sub[f'{column}_q05'][:, 0], sub[f'{column}_q95'][:, 0], color=color,
+                      alpha=0.15, linewidth=0)
+    x, y = sub[f'{diversity[0]}_q50'][:, 0], sub[f'{score[0]}_q50'][:, 0]
+    axes[2].plot(x, y, color=color, label=label)
+    axes[2].plot(x[:1], y[:1], 'o', x[-1:], y[-1:], 'x', color=color)
+  for ax, (_, label) in zip(axes[:2], (score, diversity)):
+    ax.set_xlabel('generation')
+    ax.set_ylabel(label)
+  axes[2].set_xlabel(diversity[1])
+  axes[2].set_ylabel(score[1])
+  for ax in axes:
+    ax.grid(alpha=0.3)
+  axes[2].legend(fontsize=7, title='o: generation 0, x: the last', title_fontsize=7)
   _finish(fig, path, title)
 
 
@@ -63,7 +98,7 @@ def theory_panels(table, panels, path, title=None):
         g_G = sub['generation'][1:, 0]  # generation 0 has no place on a log axis
         color = f'C{i}'
         ax.plot(g_G, sub[column][1:, 0], color=color,
-                label=_label(r, samples, fraction, with_regime=False, with_samples=True))
+                label=run_label(r, samples, fraction, with_regime=False, with_samples=True))
         theory = sub.get(column + '_theory')
         if theory is not None and np.isfinite(theory[1:, 0]).any():
           ax.plot(g_G, theory[1:, 0], color=color, linestyle='--', linewidth=1)
@@ -94,7 +129,7 @@ def absorption(outcomes, path, title=None):
   for j, (regime, samples, fraction) in enumerate(keys):
     sub = results.select(outcomes, regime, fraction, samples)
     ax.bar(i_K + (j + 1) * width, sub['absorbed_frequency'][:, 0], width,
-           label=f'absorbed there, {_label(regime, samples, fraction, with_samples=True)}')
+           label=f'absorbed there, {run_label(regime, samples, fraction, with_samples=True)}')
   ax.set_xlabel('outcome')
   ax.set_ylabel('probability / frequency over seeds')
   ax.legend(fontsize=8)
@@ -104,7 +139,7 @@ def absorption(outcomes, path, title=None):
     c_K = samples * sub['probability'][:, 0]
     order = np.argsort(c_K)
     ax.plot(c_K[order], sub['mean_loss_generation'][order, 0], 'o', color=f'C{j}',
-            label=_label(regime, samples, fraction, with_samples=True))
+            label=run_label(regime, samples, fraction, with_samples=True))
     ax.plot(c_K[order], sub['mean_loss_generation_theory'][order, 0], '--', color=f'C{j}',
             linewidth=1)
   c = np.geomspace(max(ax.get_xlim()[0], 0.1), ax.get_xlim()[1], 50)
@@ -189,7 +224,7 @@ def latent_hists(table, bins, limit, path, title=None):
       ax.plot(centres, density, color=colors[g], label=f'generation {g}' if g in (0, g1 - 1) else None)
     ax.set_xlabel('latent mean under the generation-0 encoder')
     ax.set_ylabel('share of values')
-    ax.set_title(_label(regime, samples, fraction), fontsize=10)
+    ax.set_title(run_label(regime, samples, fraction), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   _finish(fig, path, title)
@@ -216,7 +251,7 @@ def perplexity_histograms(entries, path, title=None):
     ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel('perplexity under the generation-0 model')
     ax.set_ylabel('density')
-    ax.set_title(_label(regime, 0, fraction), fontsize=10)
+    ax.set_title(run_label(regime, 0, fraction), fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
   _finish(fig, path, title)

@@ -5,31 +5,63 @@ import os
 
 import numpy as np
 
-from collapse_jax import driver
+from collapse_jax import driver, regimes
 
 GROUP_COLUMNS = ('regime', 'samples', 'real_fraction')  # what tells sweeps apart
 ID_COLUMNS = GROUP_COLUMNS + ('seed', 'generation')
 
 
+def parameter_columns(sweeps) -> list[str]:
+  """The regimes' parameters other than real_fraction that the sweeps set, as table columns:
+  a parameter given to a paper regime after the fact (accumulate's age_decay) only when it
+  is swept away from its default, so the paper's tables keep their columns."""
+  out = []
+  for sweep in sweeps:
+    reg = regimes.get(sweep.regime)
+    if reg.parameter not in (None, 'real_fraction', *out) and (
+        not reg.quiet_default or tuple(sweep.fractions) != (reg.default,)):
+      out.append(reg.parameter)
+  return [p for p in regimes.PARAMETERS if p in out]
+
+
+def setting_columns(sweep, value_R, shown) -> dict[str, np.ndarray]:
+  """real_fraction and the shown parameter columns of one sweep's rows: its own
+  parameter's values where shown, 0 as real fraction otherwise, NaN in the others."""
+  reg = regimes.get(sweep.regime)
+  cols = {'real_fraction': value_R if reg.parameter == 'real_fraction'
+          else np.zeros_like(value_R)}
+  for p in shown:
+    cols[p] = value_R if p == reg.parameter else np.full(value_R.shape, np.nan, np.float32)
+  return cols
+
+
+def _concatenate(parts) -> dict[str, np.ndarray]:
+  """The parts' rows together; a column some parts lack is NaN there."""
+  names = list(dict.fromkeys(k for p in parts for k in p))
+  fill = lambda p, k: p[k] if k in p else np.full(len(p['regime']), np.nan)  # noqa: E731
+  return {k: np.concatenate([fill(p, k) for p in parts]) for k in names}
+
+
 def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
-  """One row per generation x seed x regime x samples x real fraction, as named columns.
+  """One row per generation x seed x regime x samples x parameter value, as named columns.
 
   `sweeps` pairs each driver.Sweep with its metrics, each (G+1) x B; the metric
   columns named in `first` lead, in that order, the rest follow sorted.
   """
   parts = []
+  shown = parameter_columns([sweep for sweep, _ in sweeps])
   for sweep, metrics in sweeps:
     seed_B, fraction_B = sweep.runs()
     g1 = sweep.generations + 1
     cols = {'regime': np.full(g1 * len(seed_B), sweep.regime),
             'samples': np.full(g1 * len(seed_B), sweep.samples),
-            'real_fraction': np.tile(fraction_B, g1),
+            **setting_columns(sweep, np.tile(fraction_B, g1), shown),
             'seed': np.tile(seed_B, g1),
             'generation': np.repeat(np.arange(g1), len(seed_B))}
     names = [k for k in first if k in metrics] + sorted(set(metrics) - set(first))
     cols.update({k: metrics[k].reshape(-1) for k in names})
     parts.append(cols)
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return _concatenate(parts)
 
 
 def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
@@ -40,14 +72,15 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
   each of G+1 values (closed forms to read beside the measurements).
   """
   parts = []
+  shown = parameter_columns([sweep for sweep, _ in sweeps])
   for sweep, metrics in sweeps:
     _, fraction_B = sweep.runs()
     g1 = sweep.generations + 1
     for fraction in sweep.fractions:
       cols_B = fraction_B == np.float32(fraction)
       part = {'regime': np.full(g1, sweep.regime), 'samples': np.full(g1, sweep.samples),
-              'real_fraction': np.full(g1, fraction, np.float32), 'generation': np.arange(g1),
-              'seeds': np.full(g1, cols_B.sum())}
+              **setting_columns(sweep, np.full(g1, fraction, np.float32), shown),
+              'generation': np.arange(g1), 'seeds': np.full(g1, cols_B.sum())}
       for name in sorted(metrics):
         v_GxS = metrics[name][:, cols_B].astype(np.float64)
         lo, mid, hi = np.percentile(v_GxS, [5, 50, 95], axis=1)
@@ -58,7 +91,7 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
           part[f'{name}_rms'] = np.sqrt(np.mean(v_GxS**2, axis=1))
       part.update(extra(sweep, fraction) if extra else {})
       parts.append(part)
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  return _concatenate(parts)
 
 
 def write_file(path: str, write, binary: bool = False) -> None:
@@ -88,16 +121,27 @@ def write_csv(table: dict[str, np.ndarray], path: str) -> None:
   write_file(path, write)
 
 
+def value_column(table, regime: str) -> str:
+  """The column holding a regime's parameter values in `table`."""
+  reg = regimes.REGIMES.get(str(regime))
+  return reg.parameter if reg is not None and reg.parameter in table else 'real_fraction'
+
+
 def groups(table):
-  """(regime, samples, real fraction) of each sweep, in the order they appear."""
-  keys = zip(*(table[c] for c in GROUP_COLUMNS))
+  """(regime, samples, parameter value) of each sweep, in the order they appear."""
+  value_R = np.asarray(table['real_fraction'], np.float64).copy()
+  for regime in dict.fromkeys(table['regime']):
+    rows = table['regime'] == regime
+    value_R[rows] = table[value_column(table, regime)][rows]
+  keys = zip(table['regime'], table['samples'], value_R)
   return list(dict.fromkeys((str(r), int(m), float(f)) for r, m, f in keys))
 
 
 def select(table, regime, fraction, samples=None):
-  """The (generation x seed) matrix of every column for one sweep; from an
-  over_seeds table, generation x 1; from a table without generations, row x 1."""
-  rows = (table['regime'] == regime) & (table['real_fraction'] == np.float32(fraction))
+  """The (generation x seed) matrix of every column for one sweep (its parameter's value
+  `fraction`); from an over_seeds table, generation x 1; from a table without
+  generations, row x 1."""
+  rows = (table['regime'] == regime) & (table[value_column(table, regime)] == np.float32(fraction))
   if samples is not None:
     rows &= table['samples'] == samples
   g1 = int(table['generation'][rows].max()) + 1 if 'generation' in table else int(rows.sum())

@@ -377,7 +377,8 @@ class VAEConfig:
 
   def validate(self) -> 'VAEConfig':
     driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                          self.real_fractions, min_samples=self.batch)
+                          self.real_fractions, min_samples=self.batch,
+                          choices=driver.PAPER_REGIMES)
     checks = [('latent', self.latent >= 1, 'must be at least 1'),
               ('epochs', self.epochs >= 1, 'must be at least 1'),
               ('batch', self.batch >= 1, 'must be at least 1'),

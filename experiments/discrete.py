@@ -24,6 +24,8 @@ flags.DEFINE_integer('outcomes', _D.outcomes, 'Outcomes K of the Zipf law.')
 flags.DEFINE_float('zipf_exponent', _D.zipf_exponent, 'p_i proportional to i^-exponent.')
 flags.DEFINE_float('tail', _D.tail, 'The tail: the least likely outcomes holding at most this '
                    'much of the original probability.')
+flags.DEFINE_list('rewards', [], '--score=reward: the reward of each outcome (empty: '
+                  'i / (K - 1) for outcome i, the rarer the higher under a Zipf law).')
 flags.DEFINE_bool('per_seed_csv', _D.per_seed_csv, 'Also write metrics.csv, one row per seed '
                   'and generation (large: about 80 MB per million rows).')
 
@@ -38,9 +40,11 @@ def main(argv):
     cfg = cli.preset_config(discrete.DiscreteConfig, discrete.PRESETS,
                             FLAGS.preset, FLAGS, _FIELDS)
     samples = FLAGS.samples if FLAGS['samples'].present else cfg.samples
-    discrete.run(discrete.DiscreteConfig(**{**vars(cfg), **cli.regime_fields(FLAGS),
+    discrete.run(discrete.DiscreteConfig(**{**vars(cfg),
+                                            **cli.regime_fields(FLAGS, discrete.DiscreteConfig),
                                             'samples': cli.parse_ints('samples', samples),
-                                            'probs': cli.parse_floats('probs', FLAGS.probs)}),
+                                            'probs': cli.parse_floats('probs', FLAGS.probs),
+                                            'rewards': cli.parse_floats('rewards', FLAGS.rewards)}),
                  FLAGS.workdir)
   cli.main(run)
 

@@ -21,11 +21,13 @@ flags.DEFINE_enum('estimator', _D.estimator, list(gaussian.ESTIMATORS),
                   "(M - 1, the paper's Theorem 3.1).")
 flags.DEFINE_float('true_mean', _D.true_mean, 'Mean of the true distribution, in every dimension.')
 flags.DEFINE_float('true_std', _D.true_std, 'Standard deviation of the true distribution.')
+flags.DEFINE_float('reward_target', _D.reward_target, '--score=reward: the reward is '
+                   '-|x - c|^2 for c this value in every dimension.')
 flags.DEFINE_bool('per_seed_csv', _D.per_seed_csv, 'Also write metrics.csv, one row per seed '
                   'and generation (large: about 80 MB per million rows).')
 
 _FIELDS = {f: f for f in cli.COMMON + ('samples', 'dims', 'estimator', 'true_mean', 'true_std',
-                                        'per_seed_csv')}
+                                        'reward_target', 'per_seed_csv')}
 
 
 def main(argv):
@@ -35,7 +37,7 @@ def main(argv):
     cfg = cli.preset_config(gaussian.GaussianConfig, gaussian.PRESETS,
                             FLAGS.preset, FLAGS, _FIELDS)
     samples = FLAGS.samples if FLAGS['samples'].present else cfg.samples
-    gaussian.run(gaussian.GaussianConfig(**{**vars(cfg), **cli.regime_fields(FLAGS),
+    gaussian.run(gaussian.GaussianConfig(**{**vars(cfg), **cli.regime_fields(FLAGS, gaussian.GaussianConfig),
                                             'samples': cli.parse_ints('samples', samples)}),
                  FLAGS.workdir)
   cli.main(run)

@@ -32,6 +32,8 @@ flags.DEFINE_string('true_covs', '', "Covariances of the true mixture's componen
                     "row-major, 'a,b,c,d;a,b,c,d' (empty: true_std^2 I for every component).")
 flags.DEFINE_float('true_std', _D.true_std, 'Standard deviation of each true component, when '
                    '--true_covs is empty.')
+flags.DEFINE_list('reward_target', [], "--score=reward: the reward is -|x - c|^2 for this point "
+                  'c (empty: 1 in every dimension).')
 
 _FIELDS = {f: f for f in cli.COMMON + ('samples', 'components', 'tol', 'max_iter', 'reg_covar',
                                         'heldout', 'true_std')}
@@ -44,9 +46,11 @@ def main(argv):
     cfg = cli.preset_config(gmm.GMMConfig, gmm.PRESETS, FLAGS.preset, FLAGS, _FIELDS)
     truth = {'true_weights': cli.parse_floats('true_weights', FLAGS.true_weights),
              'true_means': cli.parse_points('true_means', FLAGS.true_means),
-             'true_covs': cli.parse_points('true_covs', FLAGS.true_covs)}
+             'true_covs': cli.parse_points('true_covs', FLAGS.true_covs),
+             'reward_target': cli.parse_floats('reward_target', FLAGS.reward_target)}
     truth = {k: v for k, v in truth.items() if FLAGS[k].present}  # else the preset's
-    gmm.run(gmm.GMMConfig(**{**vars(cfg), **cli.regime_fields(FLAGS), **truth}), FLAGS.workdir)
+    gmm.run(gmm.GMMConfig(**{**vars(cfg), **cli.regime_fields(FLAGS, gmm.GMMConfig), **truth}),
+            FLAGS.workdir)
   cli.main(run)
 
 

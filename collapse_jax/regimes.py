@@ -1,0 +1,264 @@
+"""Regimes: how each generation's training data is made, as small pure policies.
+
+A regime's policy is a pure function of one run:
+
+  policy(pools, g, key, value, scores) -> (x_RxD, w_R) or (x_RxD, w_R, metrics)
+
+`pools` holds what the driver keeps (Pools below), g >= 1 is the generation being
+trained, `value` the run's setting of the regime's swept parameter (a traced
+scalar: every value of the list flag runs in the same compiled program), and
+`scores` the scores of the previous model's candidate samples, for regimes that
+rank them. The rows R and the candidates C are fixed per sweep; rows a run does
+not use get weight 0. The policies below are composed from four parts: the
+synthetic data's source (the last generation, or every generation so far), the
+real data it brings (none, a fraction resampled or fresh, all of it), a
+selection of synthetic candidates (all, a subsample, the best-scored, chosen by
+reward) and weights over generations. A new regime is a few lines:
+
+  def half_real(pools, g, key, value, scores):
+    return with_real(pools.last[:pools.n], resampled(pools, key), 0.5), jnp.ones(pools.n)
+
+  REGIMES['half-real'] = Regime('half-real', half_real)
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+SCORES = ('truth', 'self', 'gen0', 'noisy', 'reward')
+CANDIDATES = 4  # default K of curate
+
+
+class Pools(NamedTuple):
+  """What a policy may draw on in one run.
+
+  x0: N x D, the original data.  last: C x D, the previous generation's model's
+  samples (C >= N; the first N are the ones a non-selecting regime trains on).
+  pool: P x D, the original data and every generation's samples in blocks of N,
+  or None when the regime does not keep it.  draw_real(key, n): fresh real data.
+  """
+  x0: Any
+  last: Any
+  pool: Any
+  draw_real: Callable[..., Any]
+
+  @property
+  def n(self) -> int:
+    return self.x0.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """A policy and what the driver must know to feed it.
+
+  parameter: the flag whose list of values is swept per run ('real_fraction', ...),
+    or None; `default` its value when the regime has none; `valid(v)` says whether a
+    value is allowed, `allowed` says what is, for the error message.
+  keeps_pool: the driver keeps every generation's samples (`pools.pool`).
+  candidates(n, values): rows of the previous model's samples drawn each generation
+    (`pools.last`), given the sweep's values of the parameter.
+  scored: the policy ranks candidates; the driver scores them first.
+  quiet_default: the parameter was added to a paper regime; tables show its column only
+    when it is swept away from its default.
+  shortcut: the policy is one a family may run without stored samples:
+    'refit' (train on the last model's own samples: Family.refit), 'summary'
+    (all data, equal weights: Family.summary); None otherwise.
+  """
+  name: str
+  policy: Callable[..., Any]
+  parameter: str | None = None
+  default: float = 0.0
+  valid: Callable[[float], bool] = lambda v: True
+  allowed: str = ''
+  keeps_pool: bool = False
+  candidates: Callable[[int, tuple], int] = lambda n, values: n
+  scored: bool = False
+  shortcut: str | None = None
+  quiet_default: bool = False
+
+  @property
+  def column(self) -> str:
+    """The table column that tells this regime's runs apart."""
+    return self.parameter or 'real_fraction'
+
+
+# ---------------------------------------------------------------- the parts
+
+def filled(pools: Pools, g):
+  """Rows of the pool that hold data at generation g: the original and g generations' samples."""
+  return jnp.arange(pools.pool.shape[0]) < (g + 1) * pools.n
+
+
+def resampled(pools: Pools, key):
+  """The original data in a random order."""
+  return pools.x0[jax.random.permutation(key, pools.n)]
+
+
+def with_real(synth_NxD, real_NxD, fraction):
+  """The first round(fraction * N) rows real, the rest synthetic."""
+  is_real_N = jnp.arange(synth_NxD.shape[0]) < jnp.round(fraction * synth_NxD.shape[0])
+  return jnp.where(is_real_N[:, None], real_NxD, synth_NxD)
+
+
+def by_age(pools: Pools, g, decay):
+  """Weights of the pool's rows: decay^age for the data generation k trained on (block k)
+  at generation g, age g - k; 0 for empty rows."""
+  block_P = jnp.arange(pools.pool.shape[0]) // pools.n
+  return jnp.where(filled(pools, g), decay ** jnp.maximum(g - block_P, 0).astype(jnp.float32), 0.0)
+
+
+def best_scored(x_CxD, scores_C, n, used):
+  """The n best-scored of the first `used` candidates (a traced count)."""
+  live_C = jnp.arange(x_CxD.shape[0]) < used
+  return x_CxD[jax.lax.top_k(jnp.where(live_C, scores_C, -jnp.inf), n)[1]]
+
+
+def chosen_by_reward(x_CxD, scores_C, n, key, scale):
+  """n rows, each the pick among its K = C / n candidates with probability proportional
+  to exp(scale * score): the Bradley-Terry choice of curation."""
+  k = x_CxD.shape[0] // n
+  logits_NxK = scale * scores_C[:n * k].reshape(n, k)
+  pick_N = jax.random.categorical(key, jnp.where(jnp.isfinite(logits_NxK), logits_NxK, -1e30))
+  return x_CxD[:n * k].reshape(n, k, -1)[jnp.arange(n), pick_N]
+
+
+# ---------------------------------------------------------------- the policies
+
+def replace(pools, g, key, value, scores):
+  return pools.last[:pools.n], jnp.ones(pools.n)
+
+
+def accumulate(pools, g, key, decay, scores):
+  return pools.pool, by_age(pools, g, decay)
+
+
+def accumulate_subsample(pools, g, key, value, scores):
+  """N rows uniformly without replacement from the filled blocks."""
+  score_P = jnp.where(filled(pools, g), jax.random.uniform(key, (pools.pool.shape[0],)), -1.0)
+  return pools.pool[jax.lax.top_k(score_P, pools.n)[1]], jnp.ones(pools.n)
+
+
+def mix(pools, g, key, fraction, scores):
+  return with_real(pools.last[:pools.n], resampled(pools, key), fraction), jnp.ones(pools.n)
+
+
+def fresh(pools, g, key, fraction, scores):
+  return with_real(pools.last[:pools.n], pools.draw_real(key, pools.n), fraction), jnp.ones(pools.n)
+
+
+def verify(pools, g, key, keep_fraction, scores):
+  """Draw N / keep_fraction candidates, keep the N best-scored (a verifier's filter)."""
+  n = pools.n
+  used = jnp.ceil(n / keep_fraction - 1e-6 * n)
+  return best_scored(pools.last, scores, n, used), jnp.ones(n), {'pass_rate': n / used}
+
+
+def curate(pools, g, key, scale, scores):
+  """Each row chosen among K candidates with probability proportional to exp(scale * score)."""
+  return chosen_by_reward(pools.last, scores, pools.n, key, scale), jnp.ones(pools.n)
+
+
+def augment(pools, g, key, ratio, scores):
+  """All original data plus ratio * N of the latest model's samples."""
+  c = pools.last.shape[0]
+  synth_C = (jnp.arange(c) < jnp.round(ratio * pools.n)).astype(jnp.float32)
+  return jnp.concatenate([pools.x0, pools.last]), jnp.concatenate([jnp.ones(pools.n), synth_C])
+
+
+def _fraction(v):
+  return 0.0 <= v <= 1.0
+
+
+REGIMES = {
+    'replace': Regime('replace', replace, shortcut='refit'),
+    'accumulate': Regime('accumulate', accumulate, 'age_decay', 1.0, lambda v: 0.0 < v <= 1.0,
+                         'in (0, 1]', keeps_pool=True, shortcut='summary', quiet_default=True),
+    'accumulate-subsample': Regime('accumulate-subsample', accumulate_subsample, keeps_pool=True),
+    'mix': Regime('mix', mix, 'real_fraction', 0.0, _fraction, 'in [0, 1]'),
+    'fresh': Regime('fresh', fresh, 'real_fraction', 0.0, _fraction, 'in [0, 1]'),
+    'verify': Regime('verify', verify, 'keep_fraction', 0.5, lambda v: 0.0 < v <= 1.0, 'in (0, 1]',
+                     candidates=lambda n, values: math.ceil(n / min(values) - 1e-6 * n),
+                     scored=True),
+    'curate': Regime('curate', curate, 'reward_scale', 1.0, lambda v: v >= 0.0, 'non-negative',
+                     scored=True),
+    'augment': Regime('augment', augment, 'synthetic_ratio', 0.5, lambda v: v >= 0.0,
+                      'non-negative',
+                      candidates=lambda n, values: max(1, math.ceil(n * max(values) - 1e-6 * n))),
+}
+PARAMETERS = tuple(dict.fromkeys(r.parameter for r in REGIMES.values() if r.parameter))
+
+
+def get(name: str) -> Regime:
+  return REGIMES[name]
+
+
+def scorer(family, score: str, noise: float = 0.0):
+  """score(model, model0, x_CxD, key) -> s_C: what verify and curate rank candidates by.
+
+  truth: the true log density (a perfect verifier); self: the log density of the
+  model that drew them (self-filtering); gen0: generation 0's; noisy: the truth
+  plus N(0, noise^2) per candidate (a fallible verifier); reward: the family's reward.
+  """
+  if score == 'truth':
+    return lambda model, model0, x, key: family.true_log_density(x)
+  if score == 'noisy':
+    return lambda model, model0, x, key: (family.true_log_density(x)
+                                          + noise * jax.random.normal(key, x.shape[:1]))
+  if score == 'self':
+    return lambda model, model0, x, key: family.log_density(model, x)
+  if score == 'gen0':
+    return lambda model, model0, x, key: family.log_density(model0, x)
+  if score == 'reward':
+    return lambda model, model0, x, key: family.reward(x)
+  raise ValueError(score)
+
+
+def available_scores(family) -> tuple[str, ...]:
+  """The scores a family can give."""
+  has = {'truth': family.true_log_density, 'noisy': family.true_log_density,
+         'self': family.log_density, 'gen0': family.log_density, 'reward': family.reward}
+  return tuple(s for s in SCORES if has[s] is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The regimes' settings, as fields of an experiment's config (a base class of it).
+
+  keep_fractions, reward_scales, synthetic_ratios, age_decays: the values swept of
+  verify's, curate's, augment's and accumulate's parameter; score: what verify and
+  curate rank by (None: 'truth' where a regime ranks, no scores otherwise; given with
+  any regime, every run reports the scores of its data); candidates: K of curate;
+  verifier_noise: the standard deviation of the 'noisy' score's noise.
+  """
+  keep_fractions: tuple[float, ...] = (REGIMES['verify'].default,)
+  reward_scales: tuple[float, ...] = (REGIMES['curate'].default,)
+  synthetic_ratios: tuple[float, ...] = (REGIMES['augment'].default,)
+  age_decays: tuple[float, ...] = (REGIMES['accumulate'].default,)
+  score: str | None = None
+  candidates: int = CANDIDATES
+  verifier_noise: float = 1.0
+
+  def settings(self) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    return (('keep_fraction', tuple(self.keep_fractions)),
+            ('reward_scale', tuple(self.reward_scales)),
+            ('synthetic_ratio', tuple(self.synthetic_ratios)),
+            ('age_decay', tuple(self.age_decays)))
+
+  def active_score(self, names) -> str | None:
+    """The score the runs use: as given, else 'truth' where a regime ranks, else none."""
+    if self.score is not None:
+      return self.score
+    return 'truth' if any(REGIMES[r].scored for r in names if r in REGIMES) else None
+
+  def sweep_fields(self, names) -> dict:
+    """driver.Sweep's regime fields for a run of the regimes `names`."""
+    return {'settings': self.settings(), 'score': self.active_score(names),
+            'noise': self.verifier_noise, 'candidates': self.candidates}
+
+
+OPTION_FLAGS = {'keep_fractions': 'keep_fraction', 'reward_scales': 'reward_scale',
+                'synthetic_ratios': 'synthetic_ratio', 'age_decays': 'age_decay',
+                'score': 'score', 'candidates': 'candidates', 'verifier_noise': 'verifier_noise'}

@@ -1,0 +1,219 @@
+"""Regimes as policies: the parts, the new regimes' closed forms, and their bad input."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from collapse_jax import discrete, driver, gaussian, gmm, regimes
+
+Z999 = 3.2905  # two-sided 99.9% normal quantile
+
+X0 = jnp.arange(10.0)[:, None]
+
+
+def _pools(last, pool=None):
+  return regimes.Pools(X0, last, pool, lambda key, n: 1000.0 + jnp.arange(n)[:, None])
+
+
+# ---------------------------------------------------------------- the policies
+
+def test_verify_keeps_the_best_scored_of_the_candidates_it_may_use():
+  last = jnp.arange(40.0)[:, None]  # candidates; the score is the value itself
+  x, w, metrics = regimes.verify(_pools(last), 1, jax.random.key(0), jnp.float32(0.5),
+                                 last[:, 0])
+  # keep 0.5: 20 candidates are looked at, the 10 best of them kept; the rest are unused
+  np.testing.assert_array_equal(np.sort(x[:, 0]), np.arange(10.0, 20.0))
+  np.testing.assert_array_equal(w, 1.0)
+  assert float(metrics['pass_rate']) == 0.5
+  x, _, metrics = regimes.verify(_pools(last), 1, jax.random.key(0), jnp.float32(0.25),
+                                 last[:, 0])
+  np.testing.assert_array_equal(np.sort(x[:, 0]), np.arange(30.0, 40.0))
+
+
+def test_curate_picks_each_row_among_its_candidates_by_exp_scaled_score():
+  n, k = 2000, 2
+  last = jnp.tile(jnp.array([[0.0], [1.0]]), (n, 1))  # each row's candidates: 0 and 1
+  scores = last[:, 0]
+  for scale in (0.0, 1.0, 3.0):
+    x, _ = regimes.curate(regimes.Pools(jnp.zeros((n, 1)), last, None, None), 1,
+                          jax.random.key(1), jnp.float32(scale), scores)
+    p = np.exp(scale) / (1 + np.exp(scale))  # Bradley-Terry: P(1 beats 0)
+    assert abs(float(x.mean()) - p) < Z999 * np.sqrt(p * (1 - p) / n), scale
+  del k
+
+
+def test_augment_trains_on_all_original_data_and_a_share_of_synthetic():
+  last = -jnp.arange(1.0, 21.0)[:, None]
+  x, w = regimes.augment(_pools(last), 3, jax.random.key(0), jnp.float32(0.5), None)
+  np.testing.assert_array_equal(x[:10], X0)
+  np.testing.assert_array_equal(w, np.r_[np.ones(10), np.ones(5), np.zeros(15)])
+
+
+def test_age_decay_weights_each_generations_data_by_its_age():
+  pool = jnp.zeros((50, 1))
+  _, w = regimes.accumulate(_pools(X0, pool), 2, jax.random.key(0), jnp.float32(0.5), None)
+  # generation 2 trains on blocks 0 (original), 1 and 2, of ages 2, 1, 0
+  np.testing.assert_array_equal(w, np.r_[np.full(10, 0.25), np.full(10, 0.5), np.ones(10),
+                                         np.zeros(20)])
+
+
+def test_a_regime_written_by_a_user_runs_in_the_driver(tmp_path, monkeypatch):
+  def half_real(pools, g, key, value, scores):
+    return regimes.with_real(pools.last[:pools.n], regimes.resampled(pools, key), 0.5), \
+        jnp.ones(pools.n)
+  monkeypatch.setitem(regimes.REGIMES, 'half-real', regimes.Regime('half-real', half_real))
+  cfg = gaussian.GaussianConfig(seeds=64, generations=40, samples=(20,),
+                                regimes=('half-real',), checkpoint_every=40).validate()
+  m = driver.run(gaussian.family(cfg), cfg.sweep('half-real', 20), str(tmp_path), 40,
+                 progress=False)
+  # half the data real every generation: the variance cannot collapse as replace's does
+  assert np.median(m['sigma'][-1]) > 0.8
+
+
+# ---------------------------------------------------------------- closed forms
+
+def _gaussian(tmp_path, regime, seeds, samples, generations, **options):
+  cfg = gaussian.GaussianConfig(seeds=seeds, generations=generations, samples=(samples,),
+                                regimes=(regime,), checkpoint_every=generations,
+                                **options).validate()
+  sweep = cfg.sweep(regime, samples)
+  return driver.run(gaussian.family(cfg), sweep, str(tmp_path / regime), generations,
+                    progress=False)
+
+
+def _in_ci(values_S, expected):
+  values_S = np.asarray(values_S, np.float64)
+  return abs(values_S.mean() - expected) <= Z999 * values_S.std(ddof=1) / np.sqrt(len(values_S))
+
+
+def test_verified_by_the_true_density_the_variance_shrinks_by_the_truncated_normal_law(tmp_path):
+  m, keep = 2000, 0.5
+  metrics = _gaussian(tmp_path, 'verify', 400, m, 3, keep_fractions=(keep,))
+  c = gaussian.verify_factor(m / np.ceil(m / keep))
+  r = (m - 1) / m  # mle
+  var_GxS = metrics['sigma'].astype(np.float64) ** 2
+  for g in (1, 2, 3):
+    assert _in_ci(var_GxS[g] / var_GxS[g - 1], c * r), g
+    # the law as a whole, from the truth: E sigma_g^2 = (r c)^g r
+    assert _in_ci(var_GxS[g], (r * c) ** g * r), g
+  # ...and not a plausible wrong one: the kept share of the variance, or a generation off
+  assert not _in_ci(var_GxS[1] / var_GxS[0], keep * r)
+  assert not _in_ci(var_GxS[2], (r * c) ** 3 * r)
+  np.testing.assert_allclose(metrics['pass_rate'][1:], 0.5)
+
+
+def test_the_truncated_normal_factor():
+  assert gaussian.verify_factor(1.0) == pytest.approx(1.0)
+  # the central 68.27% of N(0, 1) lies within one sd: its variance 1 - 2 phi(1) / 0.6827
+  assert gaussian.verify_factor(0.682689) == pytest.approx(1 - 2 * 0.2419707 / 0.682689, 1e-5)
+
+
+def test_curation_approaches_the_tilted_gaussian_as_candidates_grow(tmp_path):
+  scale, target = 1.0, 1.0
+  mean, var = gaussian.curate_limit(0.0, 1.0, scale, target)
+  assert (mean, var) == pytest.approx((2 / 3, 1 / 3))
+  errors = []
+  for k in (2, 32):
+    metrics = _gaussian(tmp_path / f'K{k}', 'curate', 200, 2000, 1, reward_scales=(scale,),
+                        candidates=k, score='reward', reward_target=target)
+    errors.append(abs(np.mean(metrics['sigma'][1].astype(np.float64) ** 2) - var) / var)
+  assert errors[1] < errors[0] / 4 and errors[1] < 0.05, errors
+
+
+def test_augment_keeps_the_mean_error_bounded_as_its_recursion_says(tmp_path):
+  m, ratio, g = 100, 0.5, 12
+  metrics = _gaussian(tmp_path, 'augment', 3000, m, g, synthetic_ratios=(ratio,))
+  law = gaussian.augment_mean_error(m, ratio, 1.0, g)
+  err_GxS = metrics['mean_error'].astype(np.float64) ** 2
+  for gen in (0, 1, 4, g):
+    assert _in_ci(err_GxS[gen], law[gen]), gen
+  assert law[-1] < 1.5 / m
+  # replace's mean error grows without bound: n sigma^2 / M after n fits
+  assert not _in_ci(err_GxS[g], (g + 1) / m)
+
+
+def test_curating_the_chain_at_scale_zero_is_absorbed_as_replace_is(tmp_path):
+  """At reward scale 0 each kept row is a uniform pick among its candidates: the chain is
+  replace's, absorbed in outcome i with probability p_i; with a reward, the best outcome's
+  share of absorptions grows."""
+  probs = (0.5, 0.3, 0.2)
+  cfg = discrete.DiscreteConfig(seeds=1500, generations=150, samples=(10,), probs=probs,
+                                regimes=('curate',), reward_scales=(0.0, 2.0),
+                                rewards=(0.0, 0.0, 1.0), score='reward',
+                                checkpoint_every=150).validate()
+  metrics = driver.run(discrete.family(cfg), cfg.sweep('curate', 10), str(tmp_path), 150,
+                       progress=False)
+  top = metrics['top_outcome'][-1]
+  absorbed = metrics['absorbed'][-1]
+  flat, tilted = top[:1500][absorbed[:1500]], top[1500:][absorbed[1500:]]
+  assert len(flat) > 1400
+  for i, p in enumerate(probs):
+    share = np.mean(flat == i)
+    assert abs(share - p) < Z999 * np.sqrt(p * (1 - p) / len(flat)), (i, share)
+  assert np.mean(tilted == 2) > np.mean(flat == 2) + 0.2
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize('fields, flag', [
+    (dict(regimes=('verify',), keep_fractions=(0.0,)), 'keep_fraction'),
+    (dict(regimes=('verify',), keep_fractions=(1.5,)), 'keep_fraction'),
+    (dict(regimes=('curate',), reward_scales=(-1.0,)), 'reward_scale'),
+    (dict(regimes=('augment',), synthetic_ratios=(-0.1,)), 'synthetic_ratio'),
+    (dict(regimes=('accumulate',), age_decays=(0.0,)), 'age_decay'),
+    (dict(regimes=('replace',), keep_fractions=(0.3,)), 'keep_fraction'),
+    (dict(regimes=('replace',), candidates=8), 'candidates'),
+    (dict(regimes=('curate',), candidates=0), 'candidates'),
+    (dict(regimes=('verify',), score='truth', verifier_noise=2.0), 'verifier_noise'),
+    (dict(regimes=('verify',), score='nonsense'), 'score'),
+])
+def test_bad_regime_settings_name_their_flag(fields, flag):
+  with pytest.raises(driver.ConfigError) as e:
+    gaussian.GaussianConfig(**fields).validate()
+  assert e.value.flag == flag and '\n' not in str(e.value)
+
+
+def test_a_score_the_family_lacks_is_refused():
+  family = dataclasses.replace(gaussian.family(gaussian.GaussianConfig()), reward=None)
+  with pytest.raises(driver.ConfigError, match="'reward' is not a score") as e:
+    driver.validate_regime_settings(('curate',), (), 'reward', family)
+  assert e.value.flag == 'score'
+
+
+def test_the_paper_regimes_only_where_a_family_takes_no_others():
+  with pytest.raises(driver.ConfigError, match='unknown regime') as e:
+    driver.validate_sweep(2, 2, 10, ('verify',), (0.0,), choices=driver.PAPER_REGIMES)
+  assert e.value.flag == 'regime'
+
+
+def test_every_family_on_the_driver_scores_every_way():
+  for family in (gaussian.family(gaussian.GaussianConfig()), gmm.family(gmm.GMMConfig()),
+                 discrete.family(discrete.DiscreteConfig())):
+    assert regimes.available_scores(family) == regimes.SCORES
+
+
+# ---------------------------------------------------------------- resume and devices
+
+@pytest.mark.parametrize('regime, options', [
+    ('verify', dict(keep_fractions=(0.5, 0.8), score='noisy', verifier_noise=0.5)),
+    ('curate', dict(reward_scales=(0.0, 2.0), score='gen0', candidates=3)),
+    ('augment', dict(synthetic_ratios=(0.25, 1.0))),
+    ('accumulate', dict(age_decays=(0.5,), score='self')),
+])
+def test_resume_is_bit_identical_under_the_new_regimes(tmp_path, regime, options, monkeypatch):
+  cfg = gaussian.GaussianConfig(seeds=3, generations=6, samples=(16,), dims=2,
+                                regimes=(regime,), checkpoint_every=3, **options).validate()
+  family, sweep = gaussian.family(cfg), cfg.sweep(regime, 16)
+  compiled, compile_sweep = {}, driver.compile_sweep  # the same programs for the three runs
+  monkeypatch.setattr(driver, 'compile_sweep', lambda *a: compiled.get(0) or compiled.setdefault(
+      0, compile_sweep(*a)))
+  whole = driver.run(family, sweep, str(tmp_path / 'whole'), 3, progress=False)
+  driver.run(family, sweep, str(tmp_path / 'cut'), 3, progress=False)
+  (tmp_path / 'cut' / '6' / 'MANIFEST.sha256').unlink()  # killed before the last seal
+  resumed = driver.run(family, sweep, str(tmp_path / 'cut'), 3, progress=False)
+  assert {'train_score', 'sample_score', 'pass_rate'} <= set(whole) or regime == 'augment'
+  for k in whole:
+    np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
