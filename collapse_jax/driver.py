@@ -76,6 +76,9 @@ class Family:
     place of `fit` on stored samples: for fits better conditioned in the model's
     own coordinates (its samples are mu + L z: refit from z), or that draw fresh
     samples for every batch
+  unbounded_below: metrics that may be -inf (logarithms of a spread that collapsed to 0
+    in float32, as a fit to its own filtered samples can); any other non-finite metric
+    stops the run as a bug
   one_at_a_time_on_cpu: on a CPU, run a device's runs one after another rather
     than vectorised (default_width): for fits that iterate to a per-run
     convergence test (EM), or whose vectorised form costs more than a loop
@@ -91,6 +94,7 @@ class Family:
   log_density: Callable[..., Any] | None = None
   true_log_density: Callable[..., Any] | None = None
   reward: Callable[..., Any] | None = None
+  unbounded_below: tuple[str, ...] = ()
 
   def running(self, regime: str, values=(1.0,)) -> bool:
     """Whether this regime keeps a running summary in place of a pool: all data, equal
@@ -521,14 +525,17 @@ def placed_runs(sweep: Sweep):
 
 # ---------------------------------------------------------------- the host loop
 
-def _check_finite(metrics, g0, sweep, seed_B, fraction_B):
-  """Raises on the first non-finite metric, naming generation, seed and fraction."""
+def _check_finite(metrics, g0, sweep, seed_B, fraction_B, below=()):
+  """Raises on the first non-finite metric, naming generation, seed and parameter value;
+  the metrics named in `below` may be -inf (the logarithm of a spread that reached 0)."""
   for name, v_CxB in metrics.items():
-    if np.issubdtype(v_CxB.dtype, np.floating) and not np.all(np.isfinite(v_CxB)):
-      c, b = np.argwhere(~np.isfinite(v_CxB))[0][:2]
+    bad_CxB = ~np.isfinite(v_CxB) & ~((v_CxB == -np.inf) if name in below else False)
+    if np.issubdtype(v_CxB.dtype, np.floating) and np.any(bad_CxB):
+      c, b = np.argwhere(bad_CxB)[0][:2]
+      column = regimes.get(sweep.regime).column
       raise FloatingPointError(
           f'{name} is {v_CxB[c, b]} at generation {g0 + c} of seed {seed_B[b]} '
-          f'(regime {sweep.regime}, real fraction {fraction_B[b]:g})')
+          f'(regime {sweep.regime}, {column.replace("_", " ")} {fraction_B[b]:g})')
 
 
 def _manager(directory):
@@ -594,7 +601,8 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
     tqdm.tqdm.write(f'{sweep.regime} M={sweep.samples}: {line}', file=sys.stderr)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
 
-  labels = (sweep, to_host(seed_B), to_host(fraction_B))  # for error messages
+  labels = (sweep, to_host(seed_B), to_host(fraction_B),  # for error messages
+            concrete(family).unbounded_below)
   if step is None:
     const_B, carry_B, metrics0 = first(seed_B, fraction_B)
     metrics0 = {k: to_host(v)[None] for k, v in metrics0.items()}

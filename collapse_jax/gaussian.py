@@ -159,7 +159,7 @@ def evaluate(params, synth_NxD, true_mean: float, true_std: float):
   d = mean_D.shape[0]
   err_D = mean_D - true_mean
   alive_D = l_D > -jnp.inf
-  top = jnp.max(l_D)
+  top = jnp.where(jnp.any(alive_D), jnp.max(l_D), 0.0)  # no live column: a point mass
   # trace = sum_j e^2l_j |U_:j|^2; tr Sigma^1/2 = the singular values of U diag(e^l), summed.
   log_trace = top * 2 + jnp.log(jnp.sum(jnp.exp(2 * (l_D - top)) * jnp.sum(u_DxD**2, 0)))
   if d == 1:
@@ -339,6 +339,7 @@ def family(cfg: GaussianConfig) -> driver.Family:
       evaluate=lambda params, synth, ref: evaluate(params, synth, cfg.true_mean, cfg.true_std),
       summary=driver.Summary(summarise, combine, fit_stats),
       refit=lambda params, key, n: refit(params, key, n, cfg.estimator),
+      unbounded_below=('log_trace', 'logdet'),
       log_density=log_density,
       true_log_density=lambda x_NxD: true_log_density(x_NxD, cfg.true_mean, cfg.true_std),
       reward=lambda x_NxD: -jnp.sum((x_NxD - cfg.reward_target) ** 2, axis=1))
