@@ -18,13 +18,17 @@ from absl import app, flags
 from benchmarks import timing
 from collapse_jax import cli, gaussian
 
-flags.DEFINE_integer('seeds', 10_000, 'Seeds run together by this project.')
-flags.DEFINE_integer('generations', 1000, 'Generations timed for this project.')
-flags.DEFINE_integer('samples', 100, 'Samples M per generation.')
-flags.DEFINE_integer('chunk', 250, 'Generations per compiled chunk, as --checkpoint_every.')
-flags.DEFINE_integer('ref_seeds', 50, 'Seeds for the NumPy loop.')
-flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU into this many devices (0: one per core).')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags: defined when it runs, not when benchmarks.accelerator imports it."""
+  flags.DEFINE_integer('seeds', 10_000, 'Seeds run together by this project.')
+  flags.DEFINE_integer('generations', 1000, 'Generations timed for this project.')
+  flags.DEFINE_integer('samples', 100, 'Samples M per generation.')
+  flags.DEFINE_integer('chunk', 250, 'Generations per compiled chunk, as --checkpoint_every.')
+  flags.DEFINE_integer('ref_seeds', 50, 'Seeds for the NumPy loop.')
+  flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU into this many devices (0: one per core).')
 
 
 def ours(cfg: gaussian.GaussianConfig, chunk: int):
@@ -63,4 +67,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

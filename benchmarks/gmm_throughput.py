@@ -19,13 +19,17 @@ from absl import app, flags
 from benchmarks import timing
 from collapse_jax import cli, gmm
 
-flags.DEFINE_integer('seeds', 64, 'Seeds fitted together by this project.')
-flags.DEFINE_integer('generations', 200, 'Generations timed for this project.')
-flags.DEFINE_integer('chunk', 100, 'Generations per compiled chunk, as --checkpoint_every.')
-flags.DEFINE_integer('ref_seeds', 4, 'Seeds for the scikit-learn loop.')
-flags.DEFINE_integer('ref_generations', 50, 'Generations per seed for the scikit-learn loop.')
-flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU into this many devices (0: one per core).')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags: defined when it runs, not when benchmarks.accelerator imports it."""
+  flags.DEFINE_integer('seeds', 64, 'Seeds fitted together by this project.')
+  flags.DEFINE_integer('generations', 200, 'Generations timed for this project.')
+  flags.DEFINE_integer('chunk', 100, 'Generations per compiled chunk, as --checkpoint_every.')
+  flags.DEFINE_integer('ref_seeds', 4, 'Seeds for the scikit-learn loop.')
+  flags.DEFINE_integer('ref_generations', 50, 'Generations per seed for the scikit-learn loop.')
+  flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU into this many devices (0: one per core).')
 
 
 def ours(cfg: gmm.GMMConfig, chunk: int):
@@ -67,4 +71,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

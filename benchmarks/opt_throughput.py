@@ -28,33 +28,38 @@ from absl import app, flags
 
 from collapse_jax import cli, driver, opt
 
-flags.DEFINE_integer('batch', 8, 'Blocks per train step.')
-flags.DEFINE_integer('block', 64, 'Tokens per block.')
-flags.DEFINE_integer('train_steps', 5, 'Train steps timed, for both sides; 0 to skip training.')
-flags.DEFINE_integer('prompts', 8, 'Prompts generated from together; 0 to skip generation.')
-flags.DEFINE_integer('prompt_len', 64, 'Tokens per prompt.')
-flags.DEFINE_integer('new_tokens', 64, 'New tokens per prompt.')
-flags.DEFINE_integer('beams', 5, 'Beams per prompt.')
-flags.DEFINE_float('repetition_penalty', 1.0, 'CTRL repetition penalty (the paper uses 1.0 and 2.0).')
-flags.DEFINE_integer('gen_repeats', 1, 'Timed generation calls, for both sides.')
-flags.DEFINE_integer('warmup', 1, 'Untimed train steps before timing, both sides.')
-flags.DEFINE_integer('gen_warmup_tokens', 4, 'New tokens of the one untimed generation call each side '
-                     'makes before timing (same prompts and beams); 0 for none.')
-flags.DEFINE_list('train_seeds', [], 'Also time this many seeds trained together (vmapped), for each '
-                  'number in the list.')
-flags.DEFINE_bool('skip_torch_train', False, 'Time only our training.')
-flags.DEFINE_bool('skip_torch_gen', False, 'Time only our generation (no token comparison).')
 FLAGS = flags.FLAGS
 
 
-def reference_model(directory: str, device: str):
-  """A random OPT-125m-shaped OPTForCausalLM, saved to `directory` and returned on `device`."""
+def define_flags():
+  """This script's flags: defined when it runs, not when benchmarks.accelerator imports it."""
+  flags.DEFINE_integer('batch', 8, 'Blocks per train step.')
+  flags.DEFINE_integer('block', 64, 'Tokens per block.')
+  flags.DEFINE_integer('train_steps', 5, 'Train steps timed, for both sides; 0 to skip training.')
+  flags.DEFINE_integer('prompts', 8, 'Prompts generated from together; 0 to skip generation.')
+  flags.DEFINE_integer('prompt_len', 64, 'Tokens per prompt.')
+  flags.DEFINE_integer('new_tokens', 64, 'New tokens per prompt.')
+  flags.DEFINE_integer('beams', 5, 'Beams per prompt.')
+  flags.DEFINE_float('repetition_penalty', 1.0, 'CTRL repetition penalty (the paper uses 1.0 and 2.0).')
+  flags.DEFINE_integer('gen_repeats', 1, 'Timed generation calls, for both sides.')
+  flags.DEFINE_integer('warmup', 1, 'Untimed train steps before timing, both sides.')
+  flags.DEFINE_integer('gen_warmup_tokens', 4, 'New tokens of the one untimed generation call each side '
+                       'makes before timing (same prompts and beams); 0 for none.')
+  flags.DEFINE_list('train_seeds', [], 'Also time this many seeds trained together (vmapped), for each '
+                    'number in the list.')
+  flags.DEFINE_bool('skip_torch_train', False, 'Time only our training.')
+  flags.DEFINE_bool('skip_torch_gen', False, 'Time only our generation (no token comparison).')
+
+
+def reference_model(directory: str, device: str, shape: dict | None = None):
+  """A random OPT-125m-shaped OPTForCausalLM (or of `shape`, OPTConfig fields such as
+  opt.TINY), saved to `directory` and returned on `device`."""
   import torch  # noqa: PLC0415 (a benchmark-only dependency)
   import transformers  # noqa: PLC0415
 
   transformers.utils.logging.disable_progress_bar()
   torch.manual_seed(0)
-  model = transformers.OPTForCausalLM(transformers.OPTConfig())
+  model = transformers.OPTForCausalLM(transformers.OPTConfig(**(shape or {})))
   model.save_pretrained(directory)
   return model.to(device)
 
@@ -123,13 +128,14 @@ def torch_train(model, ids_KxBxL, warmup: int, device: str):
 # ----------------------------------------------------------------------------- beam search
 
 
-def ours_generate(config, params, prompt_BxT, mask_BxT, warmup_tokens: int, repeats: int):
+def ours_generate(config, params, prompt_BxT, mask_BxT, warmup_tokens: int, repeats: int,
+                  new_tokens: int, beams: int, repetition_penalty: float):
   """(compile seconds, seconds per call, new_BxN) of opt.beam_search."""
-  static = dict(beams=FLAGS.beams, repetition_penalty=FLAGS.repetition_penalty)
+  static = dict(beams=beams, repetition_penalty=repetition_penalty)
   if warmup_tokens:
     jax.block_until_ready(opt.beam_search(config, params, prompt_BxT, mask_BxT, warmup_tokens, **static))
   t0 = time.perf_counter()
-  search = opt.beam_search.lower(config, params, prompt_BxT, mask_BxT, FLAGS.new_tokens, **static).compile()
+  search = opt.beam_search.lower(config, params, prompt_BxT, mask_BxT, new_tokens, **static).compile()
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(repeats):
@@ -137,18 +143,19 @@ def ours_generate(config, params, prompt_BxT, mask_BxT, warmup_tokens: int, repe
   return compile_s, (time.perf_counter() - t0) / repeats, np.asarray(new_BxN)
 
 
-def torch_generate(model, prompt_BxT, mask_BxT, warmup_tokens: int, repeats: int, device: str):
+def torch_generate(model, prompt_BxT, mask_BxT, warmup_tokens: int, repeats: int, device: str,
+                   new_tokens: int, beams: int, repetition_penalty: float):
   """(seconds per call, new_BxN) of model.generate with the same beams and lengths."""
   import torch  # noqa: PLC0415
 
   model.eval()
   ids, mask = (torch.from_numpy(np.asarray(a, np.int64)).to(device) for a in (prompt_BxT, mask_BxT))
 
-  def call(new_tokens: int):
+  def call(tokens: int):
     with torch.no_grad():
-      out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=FLAGS.beams,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           repetition_penalty=FLAGS.repetition_penalty)
+      out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, num_beams=beams,
+                           max_new_tokens=tokens, min_new_tokens=tokens,
+                           repetition_penalty=repetition_penalty)
     sync(device)
     return out
 
@@ -156,7 +163,7 @@ def torch_generate(model, prompt_BxT, mask_BxT, warmup_tokens: int, repeats: int
     call(warmup_tokens)
   t0 = time.perf_counter()
   for _ in range(repeats):
-    out = call(FLAGS.new_tokens)
+    out = call(new_tokens)
   return (time.perf_counter() - t0) / repeats, out[:, ids.shape[1]:].cpu().numpy()
 
 
@@ -224,13 +231,15 @@ def run(config, params, model, directory: str, device: str):
     print(f'\nbeam search: {FLAGS.prompts} prompts x {FLAGS.prompt_len} tokens, {FLAGS.new_tokens} new, '
           f'{FLAGS.beams} beams, repetition penalty {FLAGS.repetition_penalty}; '
           f'{FLAGS.gen_repeats} timed call(s) after a warm-up of {FLAGS.gen_warmup_tokens} new tokens')
+    search = dict(new_tokens=FLAGS.new_tokens, beams=FLAGS.beams,
+                  repetition_penalty=FLAGS.repetition_penalty)
     compile_s, call_s, ours_BxN = ours_generate(config, params, prompt_BxT, mask_BxT,
-                                                FLAGS.gen_warmup_tokens, FLAGS.gen_repeats)
+                                                FLAGS.gen_warmup_tokens, FLAGS.gen_repeats, **search)
     rate = new / call_s
     print(f'  collapse-jax : {rate:9.1f} new tok/s  ({call_s:.2f} s/call; compile {compile_s:.1f} s, excluded)')
     if not FLAGS.skip_torch_gen:
       call_s, theirs_BxN = torch_generate(model, prompt_BxT, mask_BxT, FLAGS.gen_warmup_tokens,
-                                        FLAGS.gen_repeats, device)
+                                          FLAGS.gen_repeats, device, **search)
       ref = new / call_s
       print(f'  transformers : {ref:9.1f} new tok/s  ({call_s:.2f} s/call)')
       print(f'  ratio        : {rate / ref:9.2f}x  (target >= 3x on a CPU)')
@@ -256,4 +265,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

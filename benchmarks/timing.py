@@ -3,6 +3,7 @@
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from collapse_jax import driver
@@ -28,3 +29,27 @@ def sweep_seconds(family, sweep: driver.Sweep, chunk: int):
   loop()
   warm = time.perf_counter() - t0
   return cold - warm, warm
+
+
+def compile_seconds(family, sweep: driver.Sweep, chunk: int, width: int | None = None):
+  """(seconds, driver.compile_sweep's result): a sweep's two programs compiled ahead of time,
+  with the bytes a device needs to run them (the result's last item)."""
+  t0 = time.perf_counter()
+  compiled = driver.compile_sweep(family, sweep, chunk, width)
+  return time.perf_counter() - t0, compiled
+
+
+def run_seconds(compiled, generations: int, chunk: int, budget_s: float = float('inf')):
+  """(seconds of generation 0, seconds of the whole run, generations run after it) of a sweep
+  compiled by compile_seconds, run once: generation 0, then chunks until all `generations` have
+  run or the run has taken `budget_s` (one chunk at least), for the caller to extrapolate."""
+  (seed_B, fraction_B), _, first, advance, _, _ = compiled
+  t0 = time.perf_counter()
+  const_B, carry_B, metrics = first(seed_B, fraction_B)
+  jax.block_until_ready(metrics)
+  first_s, done = time.perf_counter() - t0, 0
+  while done < generations and (done == 0 or time.perf_counter() - t0 < budget_s):
+    carry_B, metrics = advance(const_B, carry_B, jnp.int32(done + 1))
+    jax.block_until_ready(metrics)
+    done = min(done + chunk, generations)
+  return first_s, time.perf_counter() - t0, done

@@ -25,13 +25,18 @@ from absl import app, flags
 
 from collapse_jax import cli, driver, vae
 
-flags.DEFINE_integer('steps', 2, 'Train steps timed per run, for both sides.')
-flags.DEFINE_integer('batch', 256, 'Images per step.')
-flags.DEFINE_list('seeds_list', ['1', '2'], 'Seeds trained together with jax.vmap; '
-                  'empty to skip.')
-flags.DEFINE_integer('warmup', 2, 'Untimed PyTorch steps before timing.')
-flags.DEFINE_integer('repeats', 3, 'Timed runs of each side, alternating; the medians are compared.')
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """This script's flags: defined when it runs, not when benchmarks.accelerator imports it."""
+  flags.DEFINE_integer('steps', 2, 'Train steps timed per run, for both sides.')
+  flags.DEFINE_integer('batch', 256, 'Images per step.')
+  flags.DEFINE_list('seeds_list', ['1', '2'], 'Seeds trained together with jax.vmap; '
+                    'empty to skip.')
+  flags.DEFINE_integer('warmup', 2, 'Untimed PyTorch steps before timing.')
+  flags.DEFINE_integer('repeats', 3, 'Timed runs of each side, alternating; the medians are '
+                       'compared.')
 
 
 def train_steps(model, tx, steps: int, params, opt_state, x_KxBxD, key):
@@ -42,8 +47,9 @@ def train_steps(model, tx, steps: int, params, opt_state, x_KxBxD, key):
   return jax.lax.fori_loop(0, steps, step, (params, opt_state, jnp.float32(0.0)))
 
 
-def ours(cfg: vae.TrainConfig, x_KxBxD, seeds: int | None):
-  """(compile seconds, a function timing one run of the steps), for one seed or `seeds` vmapped."""
+def ours(cfg: vae.TrainConfig, x_KxBxD, seeds: int | None, state=None):
+  """(compile seconds, a function timing one run of the steps), for one seed or `seeds` vmapped;
+  from `state`, (params, opt_state) stacked over the seeds, if given, else from vae.init's."""
   model, tx = vae.VAE(cfg.latent), cfg.optimizer()
   run = functools.partial(train_steps, model, tx, x_KxBxD.shape[0])
   init = lambda key: (lambda p: (p, tx.init(p)))(vae.init(model, key))
@@ -52,7 +58,7 @@ def ours(cfg: vae.TrainConfig, x_KxBxD, seeds: int | None):
   else:
     run_fn = jax.vmap(run, in_axes=(0, 0, None, 0))
     keys = jax.random.split(jax.random.key(0), seeds)
-  params, opt_state = jax.jit(init if seeds is None else jax.vmap(init))(keys)
+  params, opt_state = state or jax.jit(init if seeds is None else jax.vmap(init))(keys)
   t0 = time.perf_counter()
   compiled = jax.jit(run_fn).lower(params, opt_state, x_KxBxD, keys).compile()
   compile_s = time.perf_counter() - t0
@@ -167,4 +173,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
