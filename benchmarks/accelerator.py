@@ -57,7 +57,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import gaussian_throughput, gmm_throughput, opt_throughput, timing, vae_throughput
-from collapse_jax import cli, driver, gaussian, gmm, lm, mnist, opt, results, vae
+from collapse_jax import cli, data, driver, gaussian, gmm, lm, mnist, opt, results, vae
 
 FLAGS = flags.FLAGS
 PARTS = ('gmm', 'gmm_max', 'gaussian', 'vae', 'lm')
@@ -129,8 +129,7 @@ SMOKE = Sizes(
                      train_blocks=64, eval_blocks=16))
 
 SMOKE_CACHE = os.path.join(tempfile.gettempdir(), 'collapse_jax_smoke_xla_cache')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA') or os.path.join(ROOT, '..', 'shared', 'data')
+DATA = data.directory()  # $COLLAPSE_JAX_DATA, else the user's cache
 
 # WikiText-2 in 64-token blocks of the OPT tokenizer (each row tokenised with its BOS, as
 # lm.load_data does): validation and test counted on the shared copies; train, which is not

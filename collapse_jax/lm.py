@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from collapse_jax import checkpoints, driver, opt, plots, results, wikitext
+from collapse_jax import checkpoints, data, driver, opt, plots, results, wikitext
 
 # The paper's Example 1 prompt.
 PROMPT = ('some started before 1360 \u2014 was typically accomplished by a master mason and a small '
@@ -42,8 +42,8 @@ class LMConfig:
   """The language-model experiment; defaults are the authors' released code (main.py): the
   paper's no-original-data setting with main.py's optimiser, schedule and repetition penalty."""
   model: str = 'facebook/opt-125m'  # a hub name, a local HF directory, or 'tiny' (random, small)
-  tokenizer: str = ''  # default: where the model is
-  data_dir: str = ''  # WikiText-2 Parquet or raw files; empty: the hub
+  tokenizer: str = ''  # default: where the model is; for 'tiny', the data directory's opt-125m/
+  data_dir: str = ''  # the data directory, or WikiText-2's own; empty: data.resolve's
   train_split: str = 'train'
   valid_split: str = 'validation'
   seeds: int = 5
@@ -122,18 +122,17 @@ class LMConfig:
 
 # The released code (the defaults); the paper's text, whose two settings name no optimiser
 # (these keep the Hugging Face Trainer's defaults) and no repetition penalty; and a CPU-sized
-# run that needs nothing from the hub.
-SHARED = os.environ.get('COLLAPSE_JAX_DATA', os.path.join('..', 'shared', 'data'))
+# run that needs nothing from the hub (OPT's tokenizer and WikiText-2's validation and test
+# splits, from the data directory).
 TRAINER = dict(learning_rate=5e-5, batch=8, weight_decay=0.0, schedule='linear', min_learning_rate=0.0)
 PRESETS = {
     'official': {},
     'paper': dict(TRAINER, repetition_penalty=1.0),
     'keep10': dict(TRAINER, repetition_penalty=1.0, epochs=10, regimes=('mix',), real_fractions=(0.1,)),
-    'tiny': dict(TRAINER, model='tiny', tokenizer=os.path.join(SHARED, 'opt-125m'),
-                 data_dir=os.path.join(SHARED, 'wikitext-2-raw-v1'), train_split='validation',
-                 valid_split='test', seeds=1, generations=4, epochs=4, batch=16,
-                 learning_rate=3e-3, train_blocks=512, eval_blocks=256, gen_batch=128,
-                 repetition_penalty=2.0, regimes=('replace', 'mix'), real_fractions=(0.1,)),
+    'tiny': dict(TRAINER, model='tiny', train_split='validation', valid_split='test', seeds=1,
+                 generations=4, epochs=4, batch=16, learning_rate=3e-3, train_blocks=512,
+                 eval_blocks=256, gen_batch=128, repetition_penalty=2.0,
+                 regimes=('replace', 'mix'), real_fractions=(0.1,)),
 }
 
 
@@ -142,9 +141,11 @@ PRESETS = {
 
 def load_data(cfg: LMConfig):
   """The tokenizer and the original blocks: train, validation and test (ids_NxL int32)."""
-  tok = wikitext.tokenizer(cfg.tokenizer or _model_dir(cfg))
+  splits = list(dict.fromkeys((cfg.train_split, cfg.valid_split, 'test')))
+  directory = data.require('wikitext', cfg.data_dir, splits)
+  tok = wikitext.tokenizer(_tokenizer_dir(cfg))
   split = lambda name: wikitext.blocks(  # noqa: E731
-      wikitext.encode_lines(tok, wikitext.read_split(name, cfg.data_dir or None)), cfg.block)
+      wikitext.encode_lines(tok, wikitext.read_split(name, directory)), cfg.block)
   train = split(cfg.train_split)
   if cfg.train_blocks:
     if cfg.train_blocks > len(train):
@@ -160,10 +161,15 @@ def load_data(cfg: LMConfig):
           'rare': wikitext.rare_tokens(train)}
 
 
+def _tokenizer_dir(cfg: LMConfig) -> str:
+  """--tokenizer, else the model's own; the random 'tiny' model has none: OPT's, in the data
+  directory."""
+  if cfg.tokenizer:
+    return cfg.tokenizer
+  return data.require('opt-tokenizer', cfg.data_dir) if cfg.model == 'tiny' else _model_dir(cfg)
+
+
 def _model_dir(cfg: LMConfig) -> str:
-  if cfg.model == 'tiny':
-    raise driver.ConfigError('tokenizer', '--model=tiny needs --tokenizer (a directory with '
-                             "OPT's vocab.json and merges.txt, such as ../shared/data/opt-125m)")
   try:
     return opt.local_directory(cfg.model)
   except Exception as e:  # noqa: BLE001 (no hub, no such name: one line either way)

@@ -1,4 +1,4 @@
-"""MNIST from the standard IDX files (gzip or not), or through tensorflow-datasets."""
+"""MNIST from the standard IDX files (gzip or not), in the data directory or a --mnist_dir."""
 
 import gzip
 import os
@@ -11,8 +11,8 @@ from collapse_jax import driver
 FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
          'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
 HOW = ('pass --mnist_dir=DIR holding train-images-idx3-ubyte, train-labels-idx1-ubyte, '
-       't10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (gzip or not), or install '
-       'tensorflow-datasets with access to its MNIST data')
+       't10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (gzip or not), or leave it empty for '
+       "the data directory's mnist/ (python -m collapse_jax.data status)")
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -25,6 +25,15 @@ def read_idx(path: str) -> np.ndarray:
   ndim = raw[3]
   shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
   return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+  """Writes unsigned bytes as an IDX file (gzip if path ends in .gz), through a temporary file."""
+  array = np.ascontiguousarray(array, np.uint8)
+  header = bytes([0, 0, 0x08, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+  with (gzip.open if path.endswith('.gz') else open)(path + '.part', 'wb') as f:
+    f.write(header + array.tobytes())
+  os.replace(path + '.part', path)
 
 
 def _find(directory: str, name: str) -> str:
@@ -44,23 +53,11 @@ def _read(directory: str, name: str) -> np.ndarray:
     raise driver.ConfigError('mnist_dir', f'cannot read {path} ({type(e).__name__}: {e})') from None
 
 
-def _from_tfds(split: str):
-  try:
-    import tensorflow_datasets as tfds  # noqa: PLC0415 (optional)
-    data = tfds.as_numpy(tfds.load('mnist', split=split, batch_size=-1))
-  except Exception as e:  # noqa: BLE001 (any failure means: not available here)
-    raise driver.ConfigError('mnist_dir', f'MNIST not found ({type(e).__name__}); {HOW}') from None
-  return data['image'].reshape(-1, 784), data['label']
-
-
-def load(split: str, directory: str | None = None):
+def load(split: str, directory: str):
   """(images_Nx784 float32 in [0, 1], labels_N int32) of the 'train' or 'test' split."""
-  if directory:
-    if not os.path.isdir(directory):
-      raise driver.ConfigError('mnist_dir', f'{directory} is not a directory; {HOW}')
-    images_file, labels_file = FILES[split]
-    images = _read(directory, images_file).reshape(-1, 784)
-    labels = _read(directory, labels_file)
-  else:
-    images, labels = _from_tfds(split)
+  if not os.path.isdir(directory):
+    raise driver.ConfigError('mnist_dir', f'{directory} is not a directory; {HOW}')
+  images_file, labels_file = FILES[split]
+  images = _read(directory, images_file).reshape(-1, 784)
+  labels = _read(directory, labels_file)
   return (images.astype(np.float32) / 255.0), labels.astype(np.int32)

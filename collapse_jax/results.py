@@ -164,3 +164,64 @@ def summary(curves, columns, generations=None) -> str:
   out = [header + '  '.join(c.rjust(w) for c, w in zip(columns, widths))]
   out += [head + '  '.join(x.rjust(w) for x, w in zip(cells, widths)) for head, cells in lines]
   return '\n'.join(out) + '\n(median [5%, 95%] over seeds; M: samples per generation)'
+
+
+# ----------------------------------------------------------------------------- runs read back
+
+# Each experiment by a setting that only its config.json has.
+EXPERIMENT_KEYS = (('opt', 'beams'), ('vae', 'latent'), ('discrete', 'outcomes'),
+                   ('gaussian', 'estimator'), ('gmm', 'components'))
+
+
+def load(workdirs):
+  """One pandas DataFrame of the per-generation metrics of runs: a workdir, a list of them, or
+  a directory of workdirs. Beside each row's regime, samples, real fraction, seed and
+  generation stand the experiment, the workdir and the run's scalar settings (config.json),
+  so runs of different experiments and settings concatenate.
+
+  Rows come from a run's per-seed metrics.csv, or, where there is none (the theory
+  experiments without --per_seed_csv), from curves.csv: one row per generation with each
+  metric's mean, sd and quantiles over seeds, and no seed.
+  """
+  try:
+    import pandas as pd  # noqa: PLC0415 (a test extra; experiments never need it)
+  except ImportError:
+    raise ImportError('results.load needs pandas: pip install pandas') from None
+  paths = [workdirs] if isinstance(workdirs, (str, os.PathLike)) else list(workdirs)
+  runs = [run for path in paths for run in _runs(os.path.normpath(os.fspath(path)))]
+  return pd.concat([_load_run(pd, run) for run in runs], ignore_index=True, sort=False)
+
+
+def _runs(path: str) -> list[str]:
+  """The workdirs at path: itself, or the directories in it that hold a run."""
+  if os.path.isfile(os.path.join(path, 'config.json')):
+    return [path]
+  inside = sorted(os.path.join(path, d) for d in (os.listdir(path) if os.path.isdir(path) else ())
+                  if os.path.isfile(os.path.join(path, d, 'config.json')))
+  if not inside:
+    raise ValueError(f'{path} holds no run: no config.json in it or in its directories')
+  return inside
+
+
+def _load_run(pd, workdir: str):
+  """One run's rows, with its experiment, workdir and scalar settings as columns."""
+  import json  # noqa: PLC0415
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  experiment = config.get('experiment') or next(
+      (name for name, key in EXPERIMENT_KEYS if key in config), 'unknown')
+  path = next((p for p in (os.path.join(workdir, n) for n in ('metrics.csv', 'curves.csv'))
+               if os.path.isfile(p)), None)
+  if path is None:
+    raise ValueError(f'{workdir} has no metrics.csv or curves.csv yet: run it to the end '
+                     'first (the same command resumes it)')
+  table = pd.read_csv(path)
+  if 'seed' in table:
+    table['seed'] = table['seed'].astype('Int64')
+  else:  # statistics over seeds
+    table.insert(int(table.columns.get_loc('generation')), 'seed',
+                 pd.Series(pd.NA, index=table.index, dtype='Int64'))
+  settings = {k: v for k, v in sorted(config.items())
+              if isinstance(v, (str, int, float, bool)) and k not in table}
+  return pd.concat([pd.DataFrame({'experiment': experiment, 'workdir': workdir}, index=table.index),
+                    table, pd.DataFrame(settings, index=table.index)], axis=1)

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from collapse_jax import checkpoints, driver, mnist, plots, results
+from collapse_jax import checkpoints, data, driver, mnist, plots, results
 
 SIDE, PIXELS = 28, 784
 
@@ -364,7 +364,8 @@ class VAEConfig:
   fresh_batches: bool = True
   checkpoint_every: int = 1
   first_seed: int = 0
-  mnist_dir: str = ''
+  data_dir: str = ''  # the data directory (data.resolve's when empty), for its mnist/
+  mnist_dir: str = ''  # the IDX files' own directory; empty: the data directory's mnist/
   classifier_cache: str = '~/.cache/collapse_jax/mnist_mlp_v1.npz'
 
   @property
@@ -400,8 +401,9 @@ PRESETS = {'paper': {}, 'small': SMALL}
 
 def load_data(cfg: VAEConfig):
   """MNIST train and test images, checked against the config, and the classifier."""
-  train_x, train_y = mnist.load('train', cfg.mnist_dir or None)
-  test_x, _ = mnist.load('test', cfg.mnist_dir or None)
+  directory = cfg.mnist_dir or data.require('mnist', cfg.data_dir)
+  train_x, train_y = mnist.load('train', directory)
+  test_x, _ = mnist.load('test', directory)
   if cfg.samples > train_x.shape[0]:
     raise driver.ConfigError('samples', f'MNIST has {train_x.shape[0]} training images, '
                              f'got {cfg.samples}')
@@ -456,7 +458,7 @@ def run(cfg: VAEConfig, workdir: str, progress: bool = True, log=print):
   """
   cfg.validate()
   data = load_data(cfg)  # a missing dataset fails here, before anything is written
-  where = {'mnist_dir', 'classifier_cache'}  # where things are, not what the run is
+  where = {'data_dir', 'mnist_dir', 'classifier_cache'}  # where things are, not what the run is
   driver.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
       dataclasses.asdict(cfg))).items() if k not in where})
 

@@ -14,7 +14,8 @@ SPLITS = ('train', 'validation', 'test')
 RAW_FILES = {'train': 'wiki.train.raw', 'validation': 'wiki.valid.raw', 'test': 'wiki.test.raw'}
 HOW = ('pass --data_dir=DIR holding SPLIT-*.parquet files with a text column, as the Hugging '
        'Face dataset wikitext/wikitext-2-raw-v1 serves them, or the raw files wiki.train.raw, '
-       'wiki.valid.raw and wiki.test.raw; or install datasets with access to the hub')
+       'wiki.valid.raw and wiki.test.raw, or DIR/wikitext-2-raw-v1/ holding them; '
+       '`python -m collapse_jax.data download wikitext` fetches them')
 
 
 def _why(e: Exception) -> str:
@@ -45,21 +46,10 @@ def _read_raw(path: str) -> list[str]:
     raise driver.ConfigError('data_dir', f'cannot read {path} ({_why(e)}); {HOW}') from None
 
 
-def _from_hub(split: str) -> list[str]:
-  """The split through `datasets`, when it is installed and the hub (or its cache) answers."""
-  try:
-    import datasets  # noqa: PLC0415 (optional)
-    return list(datasets.load_dataset('wikitext', 'wikitext-2-raw-v1', split=split)['text'])
-  except Exception as e:  # noqa: BLE001 (any failure means: not available here)
-    raise driver.ConfigError('data_dir', f'WikiText-2 not found ({_why(e)}); {HOW}') from None
-
-
-def read_split(split: str, directory: str | None = None) -> list[str]:
+def read_split(split: str, directory: str) -> list[str]:
   """Rows of WikiText-2 (raw) 'train', 'validation' or 'test': lines with their '\\n', or ''."""
   if split not in SPLITS:
     raise ValueError(f'unknown split {split!r}; choose from {", ".join(SPLITS)}')
-  if not directory:
-    return _from_hub(split)
   if not os.path.isdir(directory):
     raise driver.ConfigError('data_dir', f'{directory} is not a directory; {HOW}')
   parquet = sorted(glob.glob(os.path.join(glob.escape(directory), f'{split}-*.parquet')))

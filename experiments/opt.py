@@ -5,11 +5,14 @@ on text it generated itself (64-token prompts, 64 new tokens, 5-beam search).
   python -m experiments.opt --model=facebook/opt-125m --preset=paper   # the paper's text: no original data
   python -m experiments.opt --model=facebook/opt-125m --preset=keep10  # the text: 10% original data kept
   python -m experiments.opt --preset=tiny                              # a small random OPT, CPU, offline
+
+WikiText-2 and, for --preset=tiny, OPT's tokenizer come from the data directory (--data_dir, else
+$COLLAPSE_JAX_DATA, else ~/.cache/collapse_jax); python -m collapse_jax.data download fills it.
 """
 
 from absl import app, flags
 
-from collapse_jax import cli, lm
+from collapse_jax import cli, data, lm
 
 _D = lm.LMConfig()
 FLAGS = flags.FLAGS
@@ -24,9 +27,9 @@ flags.DEFINE_enum('preset', 'official', list(lm.PRESETS), "official: the authors
                   + '. Flags given explicitly override the preset.')
 flags.DEFINE_string('model', _D.model, "Hub name or local Hugging Face OPT directory; 'tiny': "
                     'a small randomly initialised OPT.')
-flags.DEFINE_string('tokenizer', _D.tokenizer, 'Tokenizer directory or hub name (default: the model).')
-flags.DEFINE_string('data_dir', _D.data_dir, 'WikiText-2 raw as Parquet ({split}-*.parquet) or '
-                    'wiki.{train,valid,test}.raw; empty: the Hugging Face hub.')
+flags.DEFINE_string('tokenizer', _D.tokenizer, 'Tokenizer directory or hub name (default: the '
+                    "model's; for --model=tiny, the data directory's opt-125m/).")
+data.define_flag()  # WikiText-2 in its wikitext-2-raw-v1/, or a directory of its files itself
 flags.DEFINE_enum('train_split', _D.train_split, ['train', 'validation', 'test'], 'Original training data.')
 flags.DEFINE_enum('valid_split', _D.valid_split, ['train', 'validation', 'test'],
                   'Data that chooses the best epoch.')

@@ -1,19 +1,23 @@
 """The paper's VAE experiment: a convolutional VAE on MNIST, each generation trained
 from scratch on images decoded from the previous generation's prior samples.
 
-  python -m experiments.vae --mnist_dir=../shared/data/mnist           # 8 seeds x 20 generations
-  python -m experiments.vae --preset=small --mnist_dir=../shared/data/mnist   # minutes on a CPU
+  python -m experiments.vae                     # 8 seeds x 20 generations
+  python -m experiments.vae --preset=small      # minutes on a CPU
+  python -m experiments.vae --data_dir=DIR      # MNIST in DIR/mnist (default: $COLLAPSE_JAX_DATA)
+
+MNIST comes from the data directory (python -m collapse_jax.data download mnist fills it).
 """
 
 from absl import app, flags
 
-from collapse_jax import cli, vae
+from collapse_jax import cli, data, vae
 
 _D = vae.VAEConfig()
 FLAGS = flags.FLAGS
 cli.define_common_flags(_D, 'runs/vae', vae.PRESETS)
+data.define_flag()
 flags.DEFINE_string('mnist_dir', _D.mnist_dir, 'Directory of the MNIST IDX files (gzip or '
-                    'not); empty: tensorflow-datasets.')
+                    "not); empty: the data directory's mnist/.")
 flags.DEFINE_string('classifier_cache', _D.classifier_cache, 'Where the digit classifier '
                     'is kept once trained.')
 flags.DEFINE_integer('samples', _D.samples, 'Images each generation trains on.')
@@ -31,7 +35,7 @@ flags.DEFINE_bool('fresh_batches', _D.fresh_batches, 'Under replace, decode ever
 
 _FIELDS = {f: f for f in cli.COMMON + ('samples', 'latent', 'epochs', 'batch', 'lr',
                                         'weight_decay', 'eval_images', 'test_images', 'fresh_batches',
-                                        'mnist_dir', 'classifier_cache')}
+                                        'data_dir', 'mnist_dir', 'classifier_cache')}
 
 
 def main(argv):

@@ -17,7 +17,6 @@ import pytest
 from collapse_jax import checkpoints, driver, lm, opt, vae
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
 
 
 # ---------------------------------------------------------------- ways to damage a saved thing

@@ -1,4 +1,5 @@
-"""The language-model generation loop on the real tokenizer and WikiText-2 (../shared/data), tiny sizes."""
+"""The language-model generation loop on the real tokenizer and WikiText-2 (in the data directory,
+$COLLAPSE_JAX_DATA), tiny sizes."""
 
 import dataclasses
 import inspect
@@ -11,12 +12,9 @@ import pytest
 import torch
 import transformers
 
-from collapse_jax import driver, lm, opt
+from collapse_jax import driver, lm, opt, results
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
-CFG = lm.LMConfig(**{**lm.PRESETS['tiny'], 'tokenizer': os.path.join(DATA, 'opt-125m'),
-                     'data_dir': os.path.join(DATA, 'wikitext-2-raw-v1'), 'generations': 2,
+CFG = lm.LMConfig(**{**lm.PRESETS['tiny'], 'generations': 2,
                      'regimes': ('replace',), 'train_blocks': 24, 'eval_blocks': 8, 'batch': 8,
                      'real_fractions': (0.0,), 'epochs': 2, 'block': 16, 'new_tokens': 16, 'beams': 2, 'gen_batch': 8,
                      'eval_batch': 8})
@@ -99,6 +97,10 @@ def test_settings_share_generation_0(tmp_path, data):
   first = metrics[metrics.generation == 0].drop(columns=['regime', 'real_fraction'])
   assert len(first) == 2 and (first.iloc[0] == first.iloc[1]).all()
   assert len(pd.read_csv(tmp_path / 'generated_perplexity.csv')) == 4 * 24
+  # results.load reads the run as one table, with its settings as columns.
+  table = results.load(tmp_path)
+  assert (table['experiment'] == 'opt').all() and (table['model'] == 'tiny').all()
+  pd.testing.assert_frame_equal(table[metrics.columns].astype({'seed': int}), metrics)
 
 
 def test_seeds_run_together_as_they_do_one_at_a_time(tmp_path, data):
@@ -237,7 +239,7 @@ def test_the_cosine_schedule_is_cosine_annealing_stepped_once_per_epoch():
     (dict(batch=0), 'batch'),
     (dict(schedule='step'), 'schedule'),
     (dict(min_learning_rate=1.0), 'min_learning_rate'),
-    (dict(model='tiny', tokenizer=''), 'tokenizer'),
+    (dict(tokenizer='/no/such/dir'), 'tokenizer'),
     (dict(data_dir='/no/such/dir'), 'data_dir'),
     (dict(regimes=('mix',), real_fractions=(0.1,), new_tokens=8), 'new_tokens'),
     (dict(regimes=('sideways',)), 'regime'),

@@ -1,24 +1,20 @@
-"""MNIST from IDX files: the real files in ../shared/data (or $COLLAPSE_JAX_DATA), and clear errors."""
+"""MNIST from IDX files: the real files in the data directory ($COLLAPSE_JAX_DATA), and clear errors."""
 
 import gzip
-import os
 
 import numpy as np
 import pytest
 
-from collapse_jax import driver, mnist
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
-MNIST_DIR = os.path.join(DATA, 'mnist')
+from collapse_jax import data, driver, mnist
 
 
 def test_reads_the_real_files():
-  x, y = mnist.load('train', MNIST_DIR)
+  directory = data.require('mnist')  # fails, naming where it looked, when the data is missing
+  x, y = mnist.load('train', directory)
   assert x.shape == (60_000, 784) and x.dtype == np.float32
   assert 0.0 == x.min() and x.max() == 1.0
   np.testing.assert_array_equal(y[:10], [5, 0, 4, 1, 9, 2, 1, 3, 1, 4])  # MNIST's first labels
-  x, y = mnist.load('test', MNIST_DIR)
+  x, y = mnist.load('test', directory)
   assert x.shape == (10_000, 784) and np.bincount(y).tolist()[:3] == [980, 1135, 1032]
 
 
@@ -32,8 +28,15 @@ def test_plain_and_gzip_files_read_the_same(tmp_path):
   np.testing.assert_array_equal(mnist.read_idx(str(tmp_path / 'b.gz')), data)
 
 
-def test_missing_data_says_both_ways_to_supply_it(tmp_path):
-  with pytest.raises(driver.ConfigError, match='--mnist_dir.*tensorflow-datasets'):
+def test_written_idx_files_read_back(tmp_path):
+  data_3x2 = np.arange(6, dtype=np.uint8).reshape(3, 2)
+  for name in ('a', 'b.gz'):
+    mnist.write_idx(str(tmp_path / name), data_3x2)
+    np.testing.assert_array_equal(mnist.read_idx(str(tmp_path / name)), data_3x2)
+
+
+def test_missing_files_say_both_ways_to_supply_them(tmp_path):
+  with pytest.raises(driver.ConfigError, match='--mnist_dir.*leave it empty'):
     mnist.load('train', str(tmp_path))
-  with pytest.raises(driver.ConfigError, match='--mnist_dir.*tensorflow-datasets'):
+  with pytest.raises(driver.ConfigError, match='--mnist_dir.*leave it empty'):
     mnist.load('train', str(tmp_path / 'nowhere'))

@@ -8,10 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax import opt
+from collapse_jax import data, opt
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
 SMALL = opt.OPTConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32, dropout=0.0)
 
@@ -119,7 +117,7 @@ def test_dropout_is_random_in_training_only(params):
 
 
 def test_the_real_opt_125m_config_reads_and_writes_back():
-  with open(os.path.join(DATA, 'opt-125m', 'config.json')) as f:
+  with open(os.path.join(data.require('opt-tokenizer'), 'config.json')) as f:
     hf = json.load(f)
   config = opt.OPTConfig.from_hf(hf)
   assert config == opt.OPTConfig(vocab_size=50272)  # the defaults are OPT-125m

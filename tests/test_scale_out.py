@@ -11,7 +11,6 @@ import time
 import pandas as pd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
 
 
 def _run(module, *args, devices=None):
@@ -37,7 +36,6 @@ def test_eight_devices_equal_one(tmp_path):
                    '--per_seed_csv'],
       'vae': ['--preset=small', '--seeds=3', '--generations=1', '--samples=256', '--epochs=1',
               '--batch=64', '--eval_images=128', '--test_images=128',
-              f'--mnist_dir={os.path.join(DATA, "mnist")}',
               f'--classifier_cache={tmp_path / "classifier.npz"}'],
   }
   for name, args in sweeps.items():
@@ -101,8 +99,7 @@ def test_two_processes_run_one_sweep_and_resume_after_a_kill(tmp_path):
 def test_two_processes_train_the_language_model_data_parallel(tmp_path):
   """The tiny OPT, its batches and prompts split over two processes, equals one process with two
   devices; only process 0 writes the tables."""
-  args = ['--preset=tiny', f'--tokenizer={os.path.join(DATA, "opt-125m")}',
-          f'--data_dir={os.path.join(DATA, "wikitext-2-raw-v1")}', '--regime=replace',
+  args = ['--preset=tiny', '--regime=replace',
           '--generations=1', '--train_blocks=24', '--eval_blocks=8', '--batch=8', '--epochs=2',
           '--block=16', '--new_tokens=16', '--beams=2', '--gen_batch=8', '--eval_batch=8']
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}

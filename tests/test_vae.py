@@ -9,11 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax import driver, mnist, vae
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
-MNIST_DIR = os.path.join(DATA, 'mnist')
+from collapse_jax import data, driver, mnist, results, vae
 
 
 def test_kl_matches_a_monte_carlo_estimate():
@@ -49,12 +45,12 @@ def test_the_matmul_convolutions_are_the_strided_and_transposed_ones():
 
 def _tiny(**change):
   base = dict(seeds=2, generations=2, samples=256, epochs=1, batch=64, eval_images=100,
-              test_images=100, mnist_dir=MNIST_DIR)
+              test_images=100)  # MNIST from the data directory ($COLLAPSE_JAX_DATA)
   return vae.VAEConfig(**{**base, **change})
 
 
 def test_training_lowers_the_loss_on_real_digits():
-  x, _ = mnist.load('train', MNIST_DIR)
+  x, _ = mnist.load('train', data.require('mnist'))
   x = jnp.asarray(x[:512])
   w = jnp.ones(512)
   one = vae.fit(vae.TrainConfig(epochs=1, batch=64), x, w, jax.random.key(0))[1]['train_loss']
@@ -89,6 +85,13 @@ def test_generation_loop_is_finite_and_resumes_exactly(tmp_path, cache, tiny_run
   shutil.rmtree(tmp_path / 'checkpoints' / 'replace' / '2')
   vae.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
   assert (tmp_path / 'metrics.csv').read_text() == first
+
+
+def test_the_run_reads_back_as_one_table(tiny_run):
+  table = results.load(tiny_run)
+  assert (table['experiment'] == 'vae').all() and (table['latent'] == 20).all()
+  metrics = pd.read_csv(os.path.join(tiny_run, 'metrics.csv'))
+  pd.testing.assert_frame_equal(table[metrics.columns].astype({'seed': int}), metrics)
 
 
 def test_defaults_are_the_released_notebooks_protocol():

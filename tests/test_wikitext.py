@@ -1,30 +1,28 @@
-"""WikiText-2 rows, OPT tokenizer, blocks, tail measures, on the data in ../shared/data."""
-
-import os
+"""WikiText-2 rows, OPT tokenizer, blocks, tail measures, on the data directory's ($COLLAPSE_JAX_DATA)."""
 
 import numpy as np
 import pytest
 
-from collapse_jax import driver, wikitext
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get('COLLAPSE_JAX_DATA', os.path.join(ROOT, '..', 'shared', 'data'))
-WIKITEXT_DIR = os.path.join(DATA, 'wikitext-2-raw-v1')
-OPT_DIR = os.path.join(DATA, 'opt-125m')
+from collapse_jax import data, driver, wikitext
 
 
 @pytest.fixture(scope='module')
-def validation():
-  return wikitext.read_split('validation', WIKITEXT_DIR)
+def directory():
+  return data.require('wikitext', parts=('validation', 'test'))  # fails when missing
+
+
+@pytest.fixture(scope='module')
+def validation(directory):
+  return wikitext.read_split('validation', directory)
 
 
 @pytest.fixture(scope='module')
 def tok():
-  return wikitext.tokenizer(OPT_DIR)
+  return wikitext.tokenizer(data.require('opt-tokenizer'))
 
 
-def test_reads_the_real_splits(validation):
-  test = wikitext.read_split('test', WIKITEXT_DIR)
+def test_reads_the_real_splits(validation, directory):
+  test = wikitext.read_split('test', directory)
   assert (len(validation), len(test)) == (3_760, 4_358)  # the Hugging Face row counts
   assert all(isinstance(row, str) for row in validation + test)
   assert validation[:2] == ['', ' = Homarus gammarus = \n']
@@ -110,4 +108,4 @@ def test_missing_data_is_one_line_naming_the_flag(tmp_path):
       wikitext.read_split('train', str(directory))
     message = str(raised.value)
     assert message.startswith('--data_dir:') and '\n' not in message
-    assert 'wiki.train.raw' in message and 'datasets' in message
+    assert 'wiki.train.raw' in message and 'collapse_jax.data download wikitext' in message
