@@ -222,6 +222,6 @@ def _load_run(pd, workdir: str):
     table.insert(int(table.columns.get_loc('generation')), 'seed',
                  pd.Series(pd.NA, index=table.index, dtype='Int64'))
   settings = {k: v for k, v in sorted(config.items())
-              if isinstance(v, (str, int, float, bool)) and k not in table}
+              if isinstance(v, (str, int, float, bool)) and k not in table and k != 'experiment'}
   return pd.concat([pd.DataFrame({'experiment': experiment, 'workdir': workdir}, index=table.index),
                     table, pd.DataFrame(settings, index=table.index)], axis=1)
