@@ -529,8 +529,10 @@ def _check_finite(metrics, g0, sweep, seed_B, fraction_B, below=()):
   """Raises on the first non-finite metric, naming generation, seed and parameter value;
   the metrics named in `below` may be -inf (the logarithm of a spread that reached 0)."""
   for name, v_CxB in metrics.items():
-    bad_CxB = ~np.isfinite(v_CxB) & ~((v_CxB == -np.inf) if name in below else False)
-    if np.issubdtype(v_CxB.dtype, np.floating) and np.any(bad_CxB):
+    if not np.issubdtype(v_CxB.dtype, np.floating):
+      continue
+    bad_CxB = ~np.isfinite(v_CxB) & ((v_CxB != -np.inf) if name in below else True)
+    if np.any(bad_CxB):
       c, b = np.argwhere(bad_CxB)[0][:2]
       column = regimes.get(sweep.regime).column
       raise FloatingPointError(
