@@ -165,9 +165,7 @@ class Sweep:
 
   def candidate_rows(self) -> int:
     """Rows of the previous model's samples a generation draws."""
-    if self.regime == 'curate':
-      return self.candidates * self.samples
-    return regimes.get(self.regime).candidates(self.samples, self.fractions)
+    return regimes.get(self.regime).candidates(self.samples, self.fractions, self.candidates)
 
   def runs(self) -> tuple[np.ndarray, np.ndarray]:
     """Seed and parameter value (real fraction, ...) of every run, value-major, B each."""
@@ -177,7 +175,7 @@ class Sweep:
 
 
 def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_samples=1,
-                   settings=(), score=None, family=None, choices=None):
+                   choices=None):
   """Checks the flags every experiment shares; raises ConfigError. `choices`: the regimes
   the experiment takes (default: all)."""
   if seeds < 1:
@@ -199,7 +197,6 @@ def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_sam
       raise ConfigError('real_fraction', f'{f} is outside [0, 1]')
   if not set(regimes) & set(FRACTION_REGIMES) and tuple(real_fractions) != (0.0,):
     raise ConfigError('real_fraction', 'applies only to the regimes mix and fresh')
-  validate_regime_settings(regimes, settings, score, family)
 
 
 def validate_options(config, family) -> None:
@@ -261,8 +258,8 @@ def training_set(regime, g, key, fraction, x0_NxD, last_NxD, pool_PxD, draw_real
   (for host loops such as the language model's)."""
   reg = _regimes.get(regime)
   value = fraction if reg.parameter == 'real_fraction' else reg.default
-  x_RxD, w_R, *_ = reg.policy(_regimes.Pools(x0_NxD, last_NxD, pool_PxD, draw_real), g, key,
-                              jnp.float32(value), None)
+  x_RxD, w_R, _ = _regimes.apply(reg, _regimes.Pools(x0_NxD, last_NxD, pool_PxD, draw_real), g,
+                                 key, jnp.float32(value), None)
   return x_RxD, w_R
 
 
@@ -353,18 +350,18 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
     if reg.scored:
       scores_C = regimes.scorer(family, sweep.score, sweep.noise)(
           carry['model'], const.get('model0'), last_CxD, score_key)
-    out = reg.policy(regimes.Pools(const['x0'], last_CxD, carry.get('pool'), family.draw_real),
-                     g, train_key, const['fraction'], scores_C)
-    x_RxD, w_R, policy_metrics = out if len(out) == 3 else (*out, {})
+    x_RxD, w_R, policy_metrics = regimes.apply(
+        reg, regimes.Pools(const['x0'], last_CxD, carry.get('pool'), family.draw_real), g,
+        train_key, const['fraction'], scores_C)
     params, fit_metrics = family.fit(x_RxD, w_R, fit_key)
   elif family.refitting(sweep.regime):
     params, fit_metrics = family.refit(carry['model'], fit_key, n)
   elif _running(family, sweep):
     params, fit_metrics = family.summary.fit(carry['summary'], fit_key)
   else:
-    out = reg.policy(regimes.Pools(const['x0'], carry['last'], carry.get('pool'),
-                                   family.draw_real), g, train_key, const['fraction'], None)
-    x_RxD, w_R, policy_metrics = out if len(out) == 3 else (*out, {})
+    x_RxD, w_R, policy_metrics = regimes.apply(
+        reg, regimes.Pools(const['x0'], carry['last'], carry.get('pool'), family.draw_real), g,
+        train_key, const['fraction'], None)
     params, fit_metrics = family.fit(x_RxD, w_R, fit_key)
   synth_NxD = family.sample(params, sample_key, n)
   carry = {**carry, **({'model': params} if 'model' in carry else {'last': synth_NxD})}

@@ -58,8 +58,8 @@ class Regime:
     or None; `default` its value when the regime has none; `valid(v)` says whether a
     value is allowed, `allowed` says what is, for the error message.
   keeps_pool: the driver keeps every generation's samples (`pools.pool`).
-  candidates(n, values): rows of the previous model's samples drawn each generation
-    (`pools.last`), given the sweep's values of the parameter.
+  candidates(n, values, k): rows of the previous model's samples drawn each generation
+    (`pools.last`), given the sweep's values of the parameter and --candidates k.
   scored: the policy ranks candidates; the driver scores them first.
   quiet_default: the parameter was added to a paper regime; tables show its column only
     when it is swept away from its default.
@@ -74,7 +74,7 @@ class Regime:
   valid: Callable[[float], bool] = lambda v: True
   allowed: str = ''
   keeps_pool: bool = False
-  candidates: Callable[[int, tuple], int] = lambda n, values: n
+  candidates: Callable[[int, tuple, int], int] = lambda n, values, k: n
   scored: bool = False
   shortcut: str | None = None
   quiet_default: bool = False
@@ -180,13 +180,13 @@ REGIMES = {
     'mix': Regime('mix', mix, 'real_fraction', 0.0, _fraction, 'in [0, 1]'),
     'fresh': Regime('fresh', fresh, 'real_fraction', 0.0, _fraction, 'in [0, 1]'),
     'verify': Regime('verify', verify, 'keep_fraction', 0.5, lambda v: 0.0 < v <= 1.0, 'in (0, 1]',
-                     candidates=lambda n, values: math.ceil(n / min(values) - 1e-6 * n),
+                     candidates=lambda n, values, k: math.ceil(n / min(values) - 1e-6 * n),
                      scored=True),
     'curate': Regime('curate', curate, 'reward_scale', 1.0, lambda v: v >= 0.0, 'non-negative',
-                     scored=True),
+                     candidates=lambda n, values, k: k * n, scored=True),
     'augment': Regime('augment', augment, 'synthetic_ratio', 0.5, lambda v: v >= 0.0,
                       'non-negative',
-                      candidates=lambda n, values: max(1, math.ceil(n * max(values) - 1e-6 * n))),
+                      candidates=lambda n, values, k: max(1, math.ceil(n * max(values) - 1e-6 * n))),
 }
 PARAMETERS = tuple(dict.fromkeys(r.parameter for r in REGIMES.values() if r.parameter))
 
@@ -214,6 +214,12 @@ def scorer(family, score: str, noise: float = 0.0):
   if score == 'reward':
     return lambda model, model0, x, key: family.reward(x)
   raise ValueError(score)
+
+
+def apply(regime: Regime, pools: Pools, g, key, value, scores):
+  """(rows, weights, metrics) of a regime's policy, whether or not it reports metrics."""
+  out = regime.policy(pools, g, key, value, scores)
+  return out if len(out) == 3 else (*out, {})
 
 
 def available_scores(family) -> tuple[str, ...]:
