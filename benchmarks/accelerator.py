@@ -21,7 +21,7 @@ machine in the same run.
   vae       the VAE's train step for one seed and for 8 vmapped (target: 8 in at most 1.25x
             one's time); one synthetic generation of the official protocol (vae.VAEConfig's
             defaults: 8 seeds together, every batch decoded fresh) through the driver's compiled
-            program, on MNIST or, where collapse_jax.mnist finds none, random images of its shape.
+            program, on MNIST or, where collapse_jax.data.mnist finds none, random images of its shape.
   lm        an OPT-125m-shaped model (random weights, float32) against `transformers` on the
             same device: 5-beam search, 64 prompts x 64 tokens + 64 new (target: at least 5x
             its new tokens/s), and fine-tuning steps; then one generation of the language-model
@@ -57,7 +57,11 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import gaussian_throughput, gmm_throughput, opt_throughput, timing, vae_throughput
-from collapse_jax import cli, data, driver, gaussian, gmm, lm, mnist, opt, results, vae
+from collapse_jax import data
+from collapse_jax.core import cli, driver, results
+from collapse_jax.data import mnist
+from collapse_jax.families import gaussian, gmm, lm, vae
+from collapse_jax.nets import conv_vae, opt
 
 FLAGS = flags.FLAGS
 PARTS = ('gmm', 'gmm_max', 'gaussian', 'vae', 'lm')
@@ -390,7 +394,7 @@ def gaussian_part(s: Sizes, add):
 
 
 def _mnist_or_random(cfg: vae.VAEConfig):
-  """(data for vae.family, what it is): MNIST where collapse_jax.mnist finds it, else random
+  """(data for vae.family, what it is): MNIST where collapse_jax.data.mnist finds it, else random
   uint8 images of its shape; the digit classifier's weights zeros (it costs the same)."""
   directory = cfg.mnist_dir or os.path.join(DATA, 'mnist')
   try:
@@ -399,11 +403,11 @@ def _mnist_or_random(cfg: vae.VAEConfig):
     what = 'MNIST'
   except driver.ConfigError:
     rng = np.random.default_rng(0)
-    train_x, test_x = (rng.integers(0, 256, (n, vae.PIXELS), np.uint8) / np.float32(255)
+    train_x, test_x = (rng.integers(0, 256, (n, conv_vae.PIXELS), np.uint8) / np.float32(255)
                        for n in (60_000, 10_000))
     what = 'random uint8 images of MNIST\'s shape (MNIST not found)'
   classifier = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(
-      vae.Classifier().init, jax.random.key(0), np.zeros((1, vae.PIXELS)))['params'])
+      conv_vae.Classifier().init, jax.random.key(0), np.zeros((1, conv_vae.PIXELS)))['params'])
   return {'train': jnp.asarray(train_x, jnp.float32),
           'test': jnp.asarray(test_x[:cfg.test_images], jnp.float32),
           'classifier': classifier}, what
@@ -413,7 +417,7 @@ def _vae_state(cfg: vae.TrainConfig, seeds: int | None):
   """(params, opt_state) for `seeds` stacked (None: one), made on the host: weights ~ N(0, 0.05^2)
   and Adam's zeros. A step costs the same from any weights, and compiling vae.init for each
   shape would cost more than the steps timed at smoke sizes."""
-  model, tx = vae.VAE(cfg.latent), cfg.optimizer()
+  model, tx = conv_vae.VAE(cfg.latent), cfg.optimizer()
   params, opt_state = jax.eval_shape(lambda k: (lambda p: (p, tx.init(p)))(vae.init(model, k)),
                                      jax.random.key(0))
   rng, lead = np.random.default_rng(0), () if seeds is None else (seeds,)
@@ -424,7 +428,7 @@ def _vae_state(cfg: vae.TrainConfig, seeds: int | None):
 
 def vae_part(s: Sizes, add):
   tcfg = vae.TrainConfig(batch=s.vae_batch)
-  x_KxBxD = jax.random.uniform(jax.random.key(1), (s.vae_steps, tcfg.batch, vae.PIXELS))
+  x_KxBxD = jax.random.uniform(jax.random.key(1), (s.vae_steps, tcfg.batch, conv_vae.PIXELS))
   size = f'batch {tcfg.batch}, {s.vae_steps} steps in a fori_loop, median of {s.vae_repeats}'
   step_s = {}
   for seeds in (None, s.vae_seeds):

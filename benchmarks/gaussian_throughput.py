@@ -16,7 +16,8 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import timing
-from collapse_jax import cli, gaussian
+from collapse_jax.core import cli
+from collapse_jax.families import gaussian
 
 FLAGS = flags.FLAGS
 

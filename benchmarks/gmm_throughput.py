@@ -17,7 +17,8 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import timing
-from collapse_jax import cli, gmm
+from collapse_jax.core import cli
+from collapse_jax.families import gmm
 
 FLAGS = flags.FLAGS
 

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from collapse_jax import cli, driver, opt
+from collapse_jax.core import cli, driver
+from collapse_jax.nets import opt
 
 FLAGS = flags.FLAGS
 

@@ -16,7 +16,8 @@ import jax
 from absl import app, flags
 
 from benchmarks import timing
-from collapse_jax import cli, gaussian, gmm
+from collapse_jax.core import cli
+from collapse_jax.families import gaussian, gmm
 
 flags.DEFINE_integer('gaussian_seeds', 2000, 'Seeds of the Gaussian sweeps.')
 flags.DEFINE_integer('gaussian_generations', 200, 'Generations of the Gaussian sweeps.')

@@ -19,7 +19,8 @@ import jax
 from absl import app, flags
 
 from benchmarks import timing
-from collapse_jax import driver, gmm
+from collapse_jax.core import driver
+from collapse_jax.families import gmm
 
 flags.DEFINE_list('devices_list', ['1', '2'], 'CPU device counts to time; empty to skip.')
 flags.DEFINE_integer('seeds', 64, 'Seeds per timed sweep.')

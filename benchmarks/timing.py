@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import driver
+from collapse_jax.core import driver
 
 
 def sweep_seconds(family, sweep: driver.Sweep, chunk: int):

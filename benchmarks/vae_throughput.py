@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from collapse_jax import cli, driver, vae
+from collapse_jax.core import cli, driver
+from collapse_jax.families import vae
+from collapse_jax.nets import conv_vae
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +52,7 @@ def train_steps(model, tx, steps: int, params, opt_state, x_KxBxD, key):
 def ours(cfg: vae.TrainConfig, x_KxBxD, seeds: int | None, state=None):
   """(compile seconds, a function timing one run of the steps), for one seed or `seeds` vmapped;
   from `state`, (params, opt_state) stacked over the seeds, if given, else from vae.init's."""
-  model, tx = vae.VAE(cfg.latent), cfg.optimizer()
+  model, tx = conv_vae.VAE(cfg.latent), cfg.optimizer()
   run = functools.partial(train_steps, model, tx, x_KxBxD.shape[0])
   init = lambda key: (lambda p: (p, tx.init(p)))(vae.init(model, key))
   if seeds is None:
@@ -75,7 +77,7 @@ def ours(cfg: vae.TrainConfig, x_KxBxD, seeds: int | None, state=None):
 
 def host_loop(cfg: vae.TrainConfig, x_KxBxD):
   """(compile seconds, run seconds) of the same steps, vae.train_step jitted and called per step."""
-  model, tx = vae.VAE(cfg.latent), cfg.optimizer()
+  model, tx = conv_vae.VAE(cfg.latent), cfg.optimizer()
   params = vae.init(model, jax.random.key(0))
   state = (params, tx.init(params))
   key = jax.random.key(0)
@@ -109,10 +111,10 @@ def pytorch(cfg: vae.TrainConfig, x_KxBxD, warmup: int):
   x_KxBxD = torch.from_numpy(np.array(x_KxBxD))
 
   def step(x_BxD):
-    h_BxF = enc(x_BxD.view(-1, 1, vae.SIDE, vae.SIDE))
+    h_BxF = enc(x_BxD.view(-1, 1, conv_vae.SIDE, conv_vae.SIDE))
     mean_BxL, logvar_BxL = fc_mean(h_BxF), fc_logvar(h_BxF)
     z_BxL = mean_BxL + torch.exp(0.5 * logvar_BxL) * torch.randn_like(mean_BxL)
-    recon_BxD = dec(fc_dec(z_BxL).view(-1, 128, 7, 7)).view(-1, vae.PIXELS)
+    recon_BxD = dec(fc_dec(z_BxL).view(-1, 128, 7, 7)).view(-1, conv_vae.PIXELS)
     kl = -0.5 * torch.sum(1 + logvar_BxL - mean_BxL.pow(2) - logvar_BxL.exp())
     loss = F.binary_cross_entropy(recon_BxD, x_BxD, reduction='sum') + kl
     opt.zero_grad()
@@ -139,7 +141,7 @@ def main(argv):
   except driver.ConfigError as e:
     cli.fail(e)
   cfg = vae.TrainConfig(batch=FLAGS.batch)
-  x_KxBxD = jax.random.uniform(jax.random.key(1), (FLAGS.steps, cfg.batch, vae.PIXELS))
+  x_KxBxD = jax.random.uniform(jax.random.key(1), (FLAGS.steps, cfg.batch, conv_vae.PIXELS))
   images = FLAGS.steps * cfg.batch
 
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}; '

@@ -10,7 +10,8 @@ from M of its own samples until it is absorbed in a single outcome.
 
 from absl import app, flags
 
-from collapse_jax import cli, discrete
+from collapse_jax.core import cli
+from collapse_jax.families import discrete
 
 _D = discrete.DiscreteConfig()
 FLAGS = flags.FLAGS

@@ -8,7 +8,8 @@
 
 from absl import app, flags
 
-from collapse_jax import cli, gaussian
+from collapse_jax.core import cli
+from collapse_jax.families import gaussian
 
 _D = gaussian.GaussianConfig()
 FLAGS = flags.FLAGS

@@ -8,7 +8,8 @@
 
 from absl import app, flags
 
-from collapse_jax import cli, gmm
+from collapse_jax.core import cli
+from collapse_jax.families import gmm
 
 
 def _points(points) -> str:

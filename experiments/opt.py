@@ -12,7 +12,9 @@ $COLLAPSE_JAX_DATA, else ~/.cache/collapse_jax); python -m collapse_jax.data dow
 
 from absl import app, flags
 
-from collapse_jax import cli, data, lm
+from collapse_jax import data
+from collapse_jax.core import cli
+from collapse_jax.families import lm
 
 _D = lm.LMConfig()
 FLAGS = flags.FLAGS

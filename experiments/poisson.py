@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from collapse_jax import cli, driver, regimes, results
+from collapse_jax.core import cli, driver, regimes, results
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,9 @@ MNIST comes from the data directory (python -m collapse_jax.data download mnist 
 
 from absl import app, flags
 
-from collapse_jax import cli, data, vae
+from collapse_jax import data
+from collapse_jax.core import cli
+from collapse_jax.families import vae
 
 _D = vae.VAEConfig()
 FLAGS = flags.FLAGS

@@ -11,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from collapse_jax import driver, gmm, linalg, lm, opt
+from collapse_jax.core import driver, linalg
+from collapse_jax.families import gmm, lm
+from collapse_jax.nets import opt
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from collapse_jax import checkpoints, driver, lm, opt, vae
+from collapse_jax.core import checkpoints, driver
+from collapse_jax.families import lm, vae
+from collapse_jax.nets import conv_vae, opt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -191,7 +193,7 @@ def test_a_damaged_classifier_cache_is_trained_again(tmp_path, capsys, monkeypat
   checkpoints.seal(path)
   overwrite(path)
   rng = np.random.default_rng(0)
-  images, labels = rng.uniform(size=(256, vae.PIXELS)).astype(np.float32), rng.integers(0, 10, 256)
+  images, labels = rng.uniform(size=(256, conv_vae.PIXELS)).astype(np.float32), rng.integers(0, 10, 256)
   trained = vae.cached_classifier(path, images, labels)
   assert _lines(capsys.readouterr().err, f'{path} is damaged', 'training the classifier again')
   assert checkpoints.damage(path) is None  # written again, and sealed

@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from collapse_jax import data, driver, mnist
+from collapse_jax import data
+from collapse_jax.core import driver
+from collapse_jax.data import mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax import discrete, driver
+from collapse_jax.core import driver
+from collapse_jax.families import discrete
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 PROBS = (0.5, 0.25, 0.15, 0.1)

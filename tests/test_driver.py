@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax import driver
+from collapse_jax.core import driver
 
 
 def _gaussian_family(calls=None):

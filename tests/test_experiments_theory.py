@@ -40,7 +40,7 @@ def test_small_presets_run_end_to_end(tmp_path):
 def test_the_configuration_that_deadlocked_ends(tmp_path):
   """10-D, 200 seeds, two CPU devices each in a batched LAPACK decomposition: jaxlib's
   kernels split such batches over a thread pool they then block, and this waited forever
-  at zero CPU (collapse_jax.linalg)."""
+  at zero CPU (collapse_jax.core.linalg)."""
   proc = _run('gaussian', '--dims=10', '--seeds=200', '--generations=3', '--samples=32',
               '--regime=replace', '--cpu_devices=2', f'--workdir={tmp_path}', timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]

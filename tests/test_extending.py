@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from collapse_jax import driver, regimes, results
+from collapse_jax.core import driver, regimes, results
 from experiments import poisson
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import linalg
 
-from collapse_jax import driver, gaussian
+from collapse_jax.core import driver
+from collapse_jax.families import gaussian
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture
 
-from collapse_jax import driver, gmm, results
+from collapse_jax.core import driver, results
+from collapse_jax.families import gmm
 
 CFG = gmm.EMConfig()
 fit_jit = jax.jit(lambda x, w, key: gmm.fit(x, w, key, CFG))

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from collapse_jax import discrete, driver, mnist, wikitext
+from collapse_jax.core import driver
+from collapse_jax.data import mnist, wikitext
+from collapse_jax.families import discrete
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_proc = pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='needs Linux /proc')

@@ -12,7 +12,9 @@ import pytest
 import torch
 import transformers
 
-from collapse_jax import driver, lm, opt, results
+from collapse_jax.core import driver, results
+from collapse_jax.families import lm
+from collapse_jax.nets import opt
 
 CFG = lm.LMConfig(**{**lm.PRESETS['tiny'], 'generations': 2,
                      'regimes': ('replace',), 'train_blocks': 24, 'eval_blocks': 8, 'batch': 8,

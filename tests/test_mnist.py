@@ -5,7 +5,9 @@ import gzip
 import numpy as np
 import pytest
 
-from collapse_jax import data, driver, mnist
+from collapse_jax import data
+from collapse_jax.core import driver
+from collapse_jax.data import mnist
 
 
 def test_reads_the_real_files():

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax import data, opt
+from collapse_jax import data
+from collapse_jax.nets import opt
 
 SMALL = opt.OPTConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32, dropout=0.0)

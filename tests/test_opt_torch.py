@@ -9,7 +9,7 @@ import pytest
 import torch
 import transformers
 
-from collapse_jax import opt
+from collapse_jax.nets import opt
 
 VARIANTS = {
     'pre_ln': dict(do_layer_norm_before=True),

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax import discrete, driver, gaussian, gmm, regimes
+from collapse_jax.core import driver, regimes
+from collapse_jax.families import discrete, gaussian, gmm
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 

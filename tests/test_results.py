@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax import discrete, gaussian, gmm, results
+from collapse_jax.core import results
+from collapse_jax.families import discrete, gaussian, gmm
 
 QUIET = dict(progress=False, log=lambda _: None)
 

@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax import data, driver, mnist, results, vae
+from collapse_jax import data
+from collapse_jax.core import driver, results
+from collapse_jax.data import mnist
+from collapse_jax.families import vae
+from collapse_jax.nets import conv_vae
 
 
 def test_kl_matches_a_monte_carlo_estimate():
@@ -18,8 +22,8 @@ def test_kl_matches_a_monte_carlo_estimate():
   z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(jax.random.key(0), (400_000, 3))
   log_q = -0.5 * jnp.sum((z - mean) ** 2 / jnp.exp(logvar) + logvar + jnp.log(2 * jnp.pi), -1)
   log_p = -0.5 * jnp.sum(z**2 + jnp.log(2 * jnp.pi), -1)
-  np.testing.assert_allclose(jnp.mean(log_q - log_p), vae.kl_to_prior(mean, logvar)[0], rtol=1e-2)
-  assert vae.kl_to_prior(jnp.zeros((1, 4)), jnp.zeros((1, 4)))[0] == 0.0
+  np.testing.assert_allclose(jnp.mean(log_q - log_p), conv_vae.kl_to_prior(mean, logvar)[0], rtol=1e-2)
+  assert conv_vae.kl_to_prior(jnp.zeros((1, 4)), jnp.zeros((1, 4)))[0] == 0.0
 
 
 def test_bce_from_logits_equals_the_probability_form():
@@ -28,7 +32,7 @@ def test_bce_from_logits_equals_the_probability_form():
   p = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
   x64 = np.asarray(x, np.float64)
   expected = -np.sum(x64 * np.log(p) + (1 - x64) * np.log1p(-p), axis=-1)
-  np.testing.assert_allclose(vae.bce_sum(logits, x), expected, rtol=1e-5)
+  np.testing.assert_allclose(conv_vae.bce_sum(logits, x), expected, rtol=1e-5)
 
 
 def test_the_matmul_convolutions_are_the_strided_and_transposed_ones():
@@ -37,10 +41,10 @@ def test_the_matmul_convolutions_are_the_strided_and_transposed_ones():
   kernel = jax.random.normal(jax.random.key(4), (4, 4, 3, 5))
   conv = lambda x: jax.lax.conv_general_dilated(x, kernel, (2, 2), ((1, 1), (1, 1)),  # noqa: E731
                                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  np.testing.assert_allclose(vae.down_conv(x, kernel), conv(x), atol=1e-5)
+  np.testing.assert_allclose(conv_vae.down_conv(x, kernel), conv(x), atol=1e-5)
   y = jax.random.normal(jax.random.key(5), (2, 7, 7, 5))
   _, adjoint = jax.vjp(conv, x)
-  np.testing.assert_allclose(vae.up_conv(y, kernel.transpose(0, 1, 3, 2)), adjoint(y)[0], atol=1e-5)
+  np.testing.assert_allclose(conv_vae.up_conv(y, kernel.transpose(0, 1, 3, 2)), adjoint(y)[0], atol=1e-5)
 
 
 def _tiny(**change):
@@ -100,7 +104,7 @@ def test_defaults_are_the_released_notebooks_protocol():
   cfg = vae.VAEConfig()
   assert (cfg.lr, cfg.weight_decay, cfg.batch, cfg.epochs, cfg.latent, cfg.samples) == (
       1e-3, 1e-5, 256, 30, 20, 60_000)
-  data = {'train': jnp.zeros((1, vae.PIXELS))}
+  data = {'train': jnp.zeros((1, conv_vae.PIXELS))}
   assert cfg.fresh_batches and vae.family(cfg, data).make(data).refit is not None
   assert vae.family(_tiny(fresh_batches=False), data).make(data).refit is None
   assert -(-cfg.samples // cfg.batch) == 235 and cfg.samples - 234 * cfg.batch == 96
@@ -108,11 +112,11 @@ def test_defaults_are_the_released_notebooks_protocol():
 
 def test_fresh_batches_are_new_decoder_outputs():
   cfg = vae.TrainConfig(batch=8)
-  params = vae.init(vae.VAE(cfg.latent), jax.random.key(0))
+  params = vae.init(conv_vae.VAE(cfg.latent), jax.random.key(0))
   a = vae.decoded_batch(cfg, params, jax.random.key(1))
   b = vae.decoded_batch(cfg, params, jax.random.key(2))
   np.testing.assert_allclose(a, vae.generate(cfg.latent, params, jax.random.key(1), 8), atol=1e-6)
-  assert a.shape == (8, vae.PIXELS) and float(jnp.max(jnp.abs(a - b))) > 0.01
+  assert a.shape == (8, conv_vae.PIXELS) and float(jnp.max(jnp.abs(a - b))) > 0.01
   assert bool(jnp.all((a > 0) & (a < 1)))  # probabilities, used as the targets themselves
 
 

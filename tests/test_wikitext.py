@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from collapse_jax import data, driver, wikitext
+from collapse_jax import data
+from collapse_jax.core import driver
+from collapse_jax.data import wikitext
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from collapse_jax import driver, regimes, results  # noqa: E402
+from collapse_jax.core import driver, regimes, results  # noqa: E402
 
 
 def run_label(regime, samples, fraction, with_regime=True, with_samples=False):

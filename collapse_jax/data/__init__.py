@@ -26,9 +26,10 @@ import urllib.request
 import zlib
 from collections.abc import Callable
 
-from absl import app, flags
+from absl import flags
 
-from collapse_jax import driver, mnist, wikitext
+from collapse_jax.core import driver
+from collapse_jax.data import mnist, wikitext
 
 ENV = 'COLLAPSE_JAX_DATA'
 
@@ -384,27 +385,3 @@ def download(name: str, data_dir: str = '', log=print) -> None:
   dataset.fetch(dataset, folder, todo)
   state, detail = check(dataset, folder)
   log(f'{name}: {state} in {folder}' + (f' ({detail})' if detail else ''))
-
-
-def main(argv) -> None:
-  command, *names = argv[1:] or ['status']
-  if command == 'status' and not names:
-    print(status(flags.FLAGS.data_dir))
-    return
-  names = names or ['all']
-  if command != 'download' or not set(names) <= {*DATASETS, 'all'}:
-    raise app.UsageError(f'usage: python -m collapse_jax.data status | download '
-                         f'[{"|".join(DATASETS)}|all] [--data_dir=DIR]')
-  failed = False
-  for name in (DATASETS if 'all' in names else names):
-    try:
-      download(name, flags.FLAGS.data_dir)
-    except DownloadError as e:
-      print(f'error: download {name}: {e}', file=sys.stderr)
-      failed = True
-  sys.exit(1 if failed else 0)
-
-
-if __name__ == '__main__':
-  define_flag()
-  app.run(main)

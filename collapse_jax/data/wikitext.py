@@ -8,7 +8,7 @@ import os
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from collapse_jax import driver
+from collapse_jax.core import driver
 
 SPLITS = ('train', 'validation', 'test')
 RAW_FILES = {'train': 'wiki.train.raw', 'validation': 'wiki.valid.raw', 'test': 'wiki.test.raw'}

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from collapse_jax import driver, regimes
+from collapse_jax.core import driver, regimes
 
 GROUP_COLUMNS = ('regime', 'samples', 'real_fraction')  # what tells sweeps apart
 ID_COLUMNS = GROUP_COLUMNS + ('seed', 'generation')

@@ -24,8 +24,8 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from collapse_jax import checkpoints, regimes
-from collapse_jax import regimes as _regimes  # where arguments are named regimes
+from collapse_jax.core import checkpoints, regimes
+from collapse_jax.core import regimes as _regimes  # where arguments are named regimes
 
 REGIMES = tuple(regimes.REGIMES)  # the built-in ones; regimes.REGIMES takes more
 PAPER_REGIMES = ('replace', 'accumulate', 'accumulate-subsample', 'mix', 'fresh')

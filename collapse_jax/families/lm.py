@@ -28,9 +28,15 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from collapse_jax import checkpoints, data, driver, opt, plots, results, wikitext
+from collapse_jax.core import checkpoints, driver, plots, results
 
 # The paper's Example 1 prompt.
+
+from collapse_jax import data
+
+from collapse_jax.data import wikitext
+
+from collapse_jax.nets import opt
 PROMPT = ('some started before 1360 \u2014 was typically accomplished by a master mason and a small '
           'team of itinerant masons, supplemented by local parish labourers, according to Poyntz '
           'Wright. But other authors reject this model, suggesting instead that leading architects '

@@ -62,13 +62,13 @@ def _read_digests(path: str) -> dict[str, str]:
 
 
 def _is_primary() -> bool:
-  from collapse_jax import driver  # noqa: PLC0415 (driver imports this module)
+  from collapse_jax.core import driver  # noqa: PLC0415 (driver imports this module)
   return driver.is_primary()
 
 
 def seal(path: str) -> None:
   """Writes the digest of a saved directory or file, atomically; from the primary process only."""
-  from collapse_jax import results  # noqa: PLC0415 (results imports driver, which imports this)
+  from collapse_jax.core import results  # noqa: PLC0415 (results imports driver, which imports this)
   if _is_primary():
     text = ''.join(f'{h}  {f}\n' for f, h in _digests(path).items())
     results.write_text(_digest_path(path), text)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from collapse_jax import driver, linalg, plots, regimes, results
+from collapse_jax.core import driver, linalg, plots, regimes, results
 
 ESTIMATORS = ('mle', 'unbiased')
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from collapse_jax import vae
+from collapse_jax.families import vae
+from collapse_jax.nets import conv_vae
 
 B, L = 8, 20
 
@@ -48,7 +49,7 @@ def _np(t):
 def flax_params(net: TorchVAE, dtype=jnp.float32):
   """The Flax params pytree holding the PyTorch module's weights.
 
-  Conv: OIHW -> HWIO. Transposed conv (vae.UpConv): PyTorch's (in, out, kh, kw) ->
+  Conv: OIHW -> HWIO. Transposed conv (conv_vae.UpConv): PyTorch's (in, out, kh, kw) ->
   (kh, kw, in, out), no spatial flip. Dense: (out, in) -> (in, out), and the 128*7*7
   side permuted from PyTorch's (C, H, W) flatten order to Flax's (H, W, C).
   """
@@ -80,10 +81,10 @@ def _torch_net(seed, dtype):
 
 def _images(seed, n=B):
   """Images with every pixel in [0, 1], as the VAE trains on."""
-  return np.random.default_rng(seed).uniform(size=(n, vae.PIXELS)).astype(np.float32)
+  return np.random.default_rng(seed).uniform(size=(n, conv_vae.PIXELS)).astype(np.float32)
 
 
-MODEL = vae.VAE(L)
+MODEL = conv_vae.VAE(L)
 CFG = vae.TrainConfig()
 encode_jit = jax.jit(lambda p, x: MODEL.apply({'params': p}, x, method=vae.VAE.encode))
 decode_jit = jax.jit(

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax import driver, plots, regimes, results
+from collapse_jax.core import driver, plots, regimes, results
 
 
 # ---------------------------------------------------------------- fit and sample

@@ -6,7 +6,7 @@ import sys
 import jax
 from absl import flags, logging
 
-from collapse_jax import checkpoints, driver, regimes
+from collapse_jax.core import checkpoints, driver, regimes
 
 
 COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from collapse_jax import driver
+from collapse_jax.core import driver
 
 FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
          'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
