@@ -4,6 +4,9 @@ from scratch on images decoded from the previous generation's prior samples.
   python -m experiments.vae                     # 8 seeds x 20 generations
   python -m experiments.vae --preset=small      # minutes on a CPU
   python -m experiments.vae --data_dir=DIR      # MNIST in DIR/mnist (default: $COLLAPSE_JAX_DATA)
+  python -m experiments.vae --preset=small --regime=replace,verify,curate --keep_fraction=0.5 \
+      --score=gen0                              # verify: the best half by generation 0's ELBO
+  python -m experiments.vae --regime=curate --score=reward --preferred_digit=0 --reward_scale=1,4
 
 MNIST comes from the data directory (python -m collapse_jax.data download mnist fills it).
 """
@@ -30,6 +33,8 @@ flags.DEFINE_float('lr', _D.lr, 'Adam learning rate.')
 flags.DEFINE_float('weight_decay', _D.weight_decay, 'L2 weight decay added to the gradient.')
 flags.DEFINE_integer('eval_images', _D.eval_images, 'Generated images measured per generation.')
 flags.DEFINE_integer('test_images', _D.test_images, 'Real test images for the negative ELBO.')
+flags.DEFINE_integer('preferred_digit', _D.preferred_digit, "The reward's digit: --score=reward "
+                     'is log P(digit | image) under the digit classifier.')
 flags.DEFINE_bool('fresh_batches', _D.fresh_batches, 'Under replace, decode every batch of a '
                   "synthetic generation fresh from the previous generation (the released "
                   'notebook); --nofresh_batches: train on a fixed set of --samples images '
@@ -37,7 +42,8 @@ flags.DEFINE_bool('fresh_batches', _D.fresh_batches, 'Under replace, decode ever
 
 _FIELDS = {f: f for f in cli.COMMON + ('samples', 'latent', 'epochs', 'batch', 'lr',
                                         'weight_decay', 'eval_images', 'test_images', 'fresh_batches',
-                                        'data_dir', 'mnist_dir', 'classifier_cache')}
+                                        'data_dir', 'mnist_dir', 'classifier_cache',
+                                        'preferred_digit')}
 
 
 def main(argv):
@@ -46,7 +52,8 @@ def main(argv):
   def run():
     cfg = cli.preset_config(vae.VAEConfig, vae.PRESETS, FLAGS.preset,
                             FLAGS, _FIELDS)
-    vae.run(vae.VAEConfig(**{**vars(cfg), **cli.regime_fields(FLAGS)}), FLAGS.workdir)
+    fields = {**vars(cfg), **cli.regime_fields(FLAGS, vae.VAEConfig)}
+    vae.run(vae.VAEConfig(**fields), FLAGS.workdir)
   cli.main(run)
 
 

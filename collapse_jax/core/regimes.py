@@ -23,7 +23,7 @@ reward) and weights over generations. A new regime is a few lines:
 
 import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -235,10 +235,12 @@ class Options:
 
   keep_fractions, reward_scales, synthetic_ratios, age_decays: the values swept of
   verify's, curate's, augment's and accumulate's parameter; score: what verify and
-  curate rank by (None: 'truth' where a regime ranks, no scores otherwise; given with
-  any regime, every run reports the scores of its data); candidates: K of curate;
-  verifier_noise: the standard deviation of the 'noisy' score's noise.
+  curate rank by (None: DEFAULT_SCORE where a regime ranks, no scores otherwise; given
+  with any regime, every run reports the scores of its data); candidates: K of curate;
+  verifier_noise: the standard deviation of the 'noisy' score's noise. A family without
+  a true density sets DEFAULT_SCORE to one it has.
   """
+  DEFAULT_SCORE: ClassVar[str] = 'truth'
   keep_fractions: tuple[float, ...] = (REGIMES['verify'].default,)
   reward_scales: tuple[float, ...] = (REGIMES['curate'].default,)
   synthetic_ratios: tuple[float, ...] = (REGIMES['augment'].default,)
@@ -254,10 +256,10 @@ class Options:
             ('age_decay', tuple(self.age_decays)))
 
   def active_score(self, names) -> str | None:
-    """The score the runs use: as given, else 'truth' where a regime ranks, else none."""
+    """The score the runs use: as given, else DEFAULT_SCORE where a regime ranks, else none."""
     if self.score is not None:
       return self.score
-    return 'truth' if any(REGIMES[r].scored for r in names if r in REGIMES) else None
+    return self.DEFAULT_SCORE if any(REGIMES[r].scored for r in names if r in REGIMES) else None
 
   def sweep_fields(self, names) -> dict:
     """driver.Sweep's regime fields for a run of the regimes `names`."""

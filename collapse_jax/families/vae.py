@@ -15,7 +15,7 @@ import optax
 from flax import traverse_util
 
 from collapse_jax import data
-from collapse_jax.core import checkpoints, driver, plots, results
+from collapse_jax.core import checkpoints, driver, plots, regimes, results
 from collapse_jax.data import mnist
 from collapse_jax.nets.conv_vae import PIXELS, VAE, Classifier, neg_elbo_B
 
@@ -80,18 +80,29 @@ def _train(cfg: TrainConfig, rows: int, batches, key):
   return params, {'train_loss': total / rows}
 
 
+def epoch_order(key, w_N, rows: int):
+  """`rows` row indices drawn without replacement, in proportion to the weights w_N (0:
+  never): the largest keys u^(1/w), u uniform, compared as log(u) / w (Efraimidis and
+  Spirakis); equal weights rank by u itself."""
+  u_N = jax.random.uniform(key, w_N.shape)
+  live_N = w_N > 0
+  equal = jnp.all(jnp.where(live_N, w_N == jnp.max(w_N), True))
+  key_N = jnp.where(equal, u_N, jnp.log(u_N) / jnp.where(live_N, w_N, 1.0))
+  return jax.lax.top_k(jnp.where(live_N, key_N, -jnp.inf), rows)[1]
+
+
 def fit(cfg: TrainConfig, x_NxD, w_N, key, epoch_rows: int | None = None):
   """Trains a VAE from scratch on the rows of x with weight > 0.
 
   An epoch visits `rows` of them in a random order, without replacement: all of
-  them, or for a pool, `epoch_rows` (the size of one generation's data).
+  them, or for a pool or a larger set (augment's), `epoch_rows` (the size of one
+  generation's data), drawn in proportion to their weights.
   """
   rows = epoch_rows or x_NxD.shape[0]
   steps = -(-rows // cfg.batch)
 
   def batches(epoch_key):
-    score_N = jnp.where(w_N > 0, jax.random.uniform(epoch_key, w_N.shape), -1.0)
-    order = jnp.zeros(steps * cfg.batch, jnp.int32).at[:rows].set(jax.lax.top_k(score_N, rows)[1])
+    order = jnp.zeros(steps * cfg.batch, jnp.int32).at[:rows].set(epoch_order(epoch_key, w_N, rows))
     return lambda s, _: x_NxD[jax.lax.dynamic_slice_in_dim(order, s * cfg.batch, cfg.batch)]
   return _train(cfg, rows, batches, key)
 
@@ -157,6 +168,21 @@ def classify(params, x_NxD):
   return jnp.argmax(Classifier().apply({'params': params}, x_NxD), axis=-1)
 
 
+# ---------------------------------------------------------------- scores
+
+def elbo(latent: int, params, x_NxD, chunk: int = 1000):
+  """The ELBO of each image (one z per image, the same noise for every model): a lower
+  bound of its log-likelihood, the VAE's own density for verify and curate."""
+  model, keys = VAE(latent), jax.random.split(jax.random.key(0), x_NxD.shape[0])
+  return -jax.lax.map(lambda a: neg_elbo_B(model, params, a[0][None], a[1])[0], (x_NxD, keys),
+                      batch_size=min(chunk, x_NxD.shape[0]))
+
+
+def digit_log_prob(classifier, digit: int, x_NxD):
+  """log P(digit | image) under the digit classifier: the reward of a preferred digit."""
+  return jax.nn.log_softmax(Classifier().apply({'params': classifier}, x_NxD))[:, digit]
+
+
 # ---------------------------------------------------------------- metrics
 
 HIST_BINS, HIST_RANGE = 40, 4.0  # latent-mean histogram over [-4, 4]
@@ -176,12 +202,7 @@ def evaluate(latent: int, params, synth_NxD, ref, data, eval_images: int):
   mu_NxL = encode_means(latent, ref['params0'], x_NxD)
   edges = jnp.linspace(-HIST_RANGE, HIST_RANGE, HIST_BINS + 1)
   hist = jnp.histogram(mu_NxL.reshape(-1), edges)[0] / mu_NxL.size
-  model = VAE(latent)
-  test_NxD = data['test']
-  noise_key = jax.random.key(0)
-  nelbo_N = jax.lax.map(lambda a: neg_elbo_B(model, params, a[0][None], a[1])[0],
-                        (test_NxD, jax.random.split(noise_key, test_NxD.shape[0])),
-                        batch_size=min(1000, test_NxD.shape[0]))
+  nelbo_N = -elbo(latent, params, data['test'])
   freq_C = jnp.bincount(classify(data['classifier'], x_NxD), length=10) / x_NxD.shape[0]
   out = {'latent_std': jnp.std(mu_NxL), 'latent_mean': jnp.mean(mu_NxL),
          'test_nelbo': jnp.mean(nelbo_N),
@@ -196,10 +217,16 @@ def evaluate(latent: int, params, synth_NxD, ref, data, eval_images: int):
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(regimes.Options):
   """The VAE experiment; defaults are the paper's protocol as its released notebook runs
   it: each batch of a synthetic generation decoded fresh by the previous generation
-  (`fresh_batches`; else a fixed set of `samples` images decoded once)."""
+  (`fresh_batches`; else a fixed set of `samples` images decoded once).
+
+  verify and curate rank images by their ELBO under the generation-0 model (gen0, the
+  default: MNIST has no known density) or the model that drew them (self), or by the
+  reward log P(preferred_digit | image) under the digit classifier.
+  """
+  DEFAULT_SCORE = 'gen0'
   seeds: int = 8
   generations: int = 20
   samples: int = 60_000
@@ -218,6 +245,7 @@ class VAEConfig:
   data_dir: str = ''  # the data directory (data.resolve's when empty), for its mnist/
   mnist_dir: str = ''  # the IDX files' own directory; empty: the data directory's mnist/
   classifier_cache: str = '~/.cache/collapse_jax/mnist_mlp_v1.npz'
+  preferred_digit: int = 0  # the reward's class
 
   @property
   def train(self) -> TrainConfig:
@@ -225,12 +253,11 @@ class VAEConfig:
 
   def sweep(self, regime: str):
     return driver.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                        self.first_seed)
+                        self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'VAEConfig':
     driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                          self.real_fractions, min_samples=self.batch,
-                          choices=driver.PAPER_REGIMES)
+                          self.real_fractions, min_samples=self.batch)
     checks = [('latent', self.latent >= 1, 'must be at least 1'),
               ('epochs', self.epochs >= 1, 'must be at least 1'),
               ('batch', self.batch >= 1, 'must be at least 1'),
@@ -240,8 +267,10 @@ class VAEConfig:
                f'must be between 1 and --samples ({self.samples})'),
               ('test_images', 1 <= self.test_images <= 10_000, 'must be between 1 and 10000'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+              ('first_seed', self.first_seed >= 0, 'must be non-negative'),
+              ('preferred_digit', 0 <= self.preferred_digit <= 9, 'must be a digit, 0 to 9')]
     driver.check_fields(self, checks)
+    driver.validate_options(self, family(self, None).make(None))
     return self
 
 
@@ -280,10 +309,11 @@ def cached_classifier(path: str, images_NxD, labels_N):
 
 def family(cfg: VAEConfig, data) -> driver.WithData:
   """The VAE as a driver family reading MNIST as shared data."""
-  def make(data):
-    train = data['train']
+  def make(data):  # data None: the functions unread, to see which scores there are
+    def draw_real(key, n):
+      return data['train'][jax.random.permutation(key, data['train'].shape[0])[:n]]
     return driver.Family(
-        draw_real=lambda key, n: train[jax.random.permutation(key, train.shape[0])[:n]],
+        draw_real=draw_real,
         fit=lambda x_NxD, w_N, key: fit(cfg.train, x_NxD, w_N, key, cfg.samples),
         refit=(lambda params, key, n: fit_fresh(cfg.train, params, key, n))
         if cfg.fresh_batches else None,
@@ -291,6 +321,8 @@ def family(cfg: VAEConfig, data) -> driver.WithData:
         reference=lambda params0, key: {'params0': params0},
         evaluate=lambda params, synth, ref: evaluate(cfg.latent, params, synth, ref, data,
                                                      cfg.eval_images),
+        log_density=lambda params, x_NxD: elbo(cfg.latent, params, x_NxD),
+        reward=lambda x_NxD: digit_log_prob(data['classifier'], cfg.preferred_digit, x_NxD),
         one_at_a_time_on_cpu=True)  # vmapped convolutions cost more than a loop there
   return driver.WithData(make, data)
 
