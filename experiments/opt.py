@@ -5,6 +5,8 @@ on text it generated itself (64-token prompts, 64 new tokens, 5-beam search).
   python -m experiments.opt --model=facebook/opt-125m --preset=paper   # the paper's text: no original data
   python -m experiments.opt --model=facebook/opt-125m --preset=keep10  # the text: 10% original data kept
   python -m experiments.opt --preset=tiny                              # a small random OPT, CPU, offline
+  python -m experiments.opt --preset=tiny --decoding=sample --regime=replace,verify,curate \
+      --keep_fraction=0.5 --score=gen0   # blocks ranked by the generation-0 model's likelihood
 
 WikiText-2 and, for --preset=tiny, OPT's tokenizer come from the data directory (--data_dir, else
 $COLLAPSE_JAX_DATA, else ~/.cache/collapse_jax); python -m collapse_jax.data download fills it.
@@ -42,9 +44,12 @@ flags.DEFINE_integer('parallel_seeds', _D.parallel_seeds, 'Seeds trained and dec
                      'it when they do not fit in memory. A run may resume with another value.')
 flags.DEFINE_integer('generations', _D.generations, 'Generations after the first.')
 flags.DEFINE_list('regime', list(_D.regimes), 'Comma-separated regimes: replace, accumulate, '
-                  'accumulate-subsample, mix, fresh.')
+                  'accumulate-subsample, mix, fresh, verify, curate, augment (verify and curate '
+                  'rank generated blocks by their log-likelihood under --score=gen0 or self; '
+                  'they and augment above 1 need --decoding=sample).')
 flags.DEFINE_list('real_fraction', [str(f) for f in _D.real_fractions],
                   'Comma-separated fractions of original blocks, for mix and fresh.')
+cli.define_regime_flags(_D)
 flags.DEFINE_integer('epochs', _D.epochs, 'Fine-tuning epochs per generation (the best is kept).')
 flags.DEFINE_integer('batch', _D.batch, 'Blocks per training step, over all devices.')
 flags.DEFINE_float('learning_rate', _D.learning_rate, 'AdamW peak learning rate.')
@@ -100,6 +105,8 @@ def main(argv):
       fields['real_fractions'] = cli.parse_floats('real_fraction', FLAGS.real_fraction)
     elif not set(fields['regimes']) & {'mix', 'fresh'}:
       fields['real_fractions'] = (0.0,)  # the preset's fraction, for regimes that take none
+    options = cli.regime_fields(FLAGS, lm.LMConfig)
+    fields.update({k: v for k, v in options.items() if k not in ('regimes', 'real_fractions')})
     lm.run(lm.LMConfig(**fields), FLAGS.workdir)
   cli.main(run)
 

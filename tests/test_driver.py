@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax.core import driver
+from collapse_jax.core import driver, regimes
 
 
 def _gaussian_family(calls=None):
@@ -44,8 +44,10 @@ POOL = jnp.concatenate([X0, LAST, jnp.full((20, 1), 99.0)])  # blocks: x0, gen-0
 
 
 def _train(regime, fraction=0.0, g=1):
-  return driver.training_set(regime, g, jax.random.key(0), fraction, X0, LAST, POOL,
-                             lambda key, n: 1000.0 + jnp.arange(n)[:, None])
+  pools = regimes.Pools(X0, LAST, POOL, lambda key, n: 1000.0 + jnp.arange(n)[:, None])
+  reg = regimes.get(regime)
+  value = fraction if reg.parameter == 'real_fraction' else reg.default
+  return regimes.apply(reg, pools, g, jax.random.key(0), jnp.float32(value), None)[:2]
 
 
 def test_replace_trains_on_the_last_samples_only():

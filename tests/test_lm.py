@@ -4,6 +4,7 @@ $COLLAPSE_JAX_DATA), tiny sizes."""
 import dataclasses
 import inspect
 import os
+import shutil
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -45,9 +46,9 @@ def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch
   measured = []  # each generation's model and the blocks its own_train_ppl was measured on
   measure = lm.measure
 
-  def spy(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT):
+  def spy(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT, pass_rate_S=None):
     measured.append((config, lm.jax.tree.map(np.asarray, lm._seed(params_S, 0)), train_SxNxL[0]))
-    return measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT)
+    return measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT, pass_rate_S)
   monkeypatch.setattr(lm, 'measure', spy)
   table = lm.run(CFG, str(tmp_path), progress=False, log=quiet)
   metrics = pd.read_csv(tmp_path / 'metrics.csv')
@@ -169,16 +170,58 @@ def test_training_sets_follow_the_regimes(data):
   x0 = data['train']
   generated = [np.full_like(x0, 100 + k) for k in range(3)]
   key = lm.jax.random.key(0)
-  assert lm.training_set(CFG, 'replace', 0.0, 0, key, data, []) is x0
-  np.testing.assert_array_equal(lm.training_set(CFG, 'replace', 0.0, 2, key, data, generated),
+  assert lm.training_set(CFG, 'replace', 0.0, 0, key, data, [])[0] is x0
+  np.testing.assert_array_equal(lm.training_set(CFG, 'replace', 0.0, 2, key, data, generated)[0],
                                 generated[1])
-  mixed = lm.training_set(CFG, 'mix', 0.25, 1, key, data, generated)
+  mixed = lm.training_set(CFG, 'mix', 0.25, 1, key, data, generated)[0]
   real = np.array([any((row == r).all() for r in x0) for row in mixed])
   assert real.sum() == 6 and (mixed[~real] == 100).all()  # round(0.25 * 24) original blocks
-  pooled = lm.training_set(CFG, 'accumulate', 0.0, 2, key, data, generated)
+  pooled = lm.training_set(CFG, 'accumulate', 1.0, 2, key, data, generated)[0]  # age_decay 1
   assert len(pooled) == 3 * len(x0) and (pooled[-24:] == 101).all()
-  sub = lm.training_set(CFG, 'accumulate-subsample', 0.0, 2, key, data, generated)
+  sub = lm.training_set(CFG, 'accumulate-subsample', 0.0, 2, key, data, generated)[0]
   assert len(sub) == len(x0) and not (sub == 102).all(axis=1).any()  # generation 2's is not yet made
+
+
+def test_verify_curate_and_augment_choose_among_generated_blocks(data):
+  x0 = data['train']
+  generated = [np.stack([np.full(x0.shape[1], 100 + i) for i in range(2 * len(x0))])]
+  scores = [np.arange(2.0 * len(x0))[::-1]]  # the first candidates score highest
+  key = lm.jax.random.key(0)
+  kept, rate = lm.training_set(CFG, 'verify', 0.5, 1, key, data, generated, scores)
+  assert rate == 0.5 and sorted(kept[:, 0]) == list(range(100, 100 + len(x0)))
+  chosen, rate = lm.training_set(CFG, 'curate', 1e3, 1, key, data, generated, scores)
+  assert rate == 1.0 and len(chosen) == len(x0)
+  assert ((chosen[:, 0] - 100) % 2 == 0).all()  # of each pair (2i, 2i + 1), the likelier
+  augmented, _ = lm.training_set(CFG, 'augment', 0.25, 1, key, data, generated, scores)
+  assert len(augmented) == len(x0) + 6 and (augmented[:len(x0)] == x0).all()
+  assert lm.candidate_blocks(CFG, 'verify', 0.5, 24) == 48
+  assert lm.candidate_blocks(CFG, 'curate', 1.0, 24) == 24 * CFG.candidates
+  assert lm.candidate_blocks(CFG, 'augment', 0.5, 24) == 24
+
+
+def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, data):
+  """Generation 1 trains on the likelier half, under generation 0's model, of twice as many
+  sampled blocks as prompts (generation 0 shared with replace, which made half as many), and
+  a resumed run is the same."""
+  cfg = dataclasses.replace(CFG, generations=1, regimes=('replace', 'verify'), decoding='sample',
+                            keep_fractions=(0.5,))
+  lm.run(cfg, str(tmp_path), progress=False, log=quiet)
+  table = pd.read_csv(tmp_path / 'metrics.csv')
+  verify = table[table['regime'] == 'verify'].set_index('generation')
+  scores = np.load(tmp_path / 'verify_0.5' / 'seed_0' / 'gen_00' / 'scores.npy')
+  assert len(scores) == 48  # twice the 24 prompts
+  np.testing.assert_allclose(verify.loc[1, 'train_score'], np.sort(scores)[24:].mean(), rtol=1e-5)
+  np.testing.assert_allclose(verify.loc[0, 'sample_score'], scores[:24].mean(), rtol=1e-5)
+  assert verify.loc[1, 'train_score'] > scores.mean()
+  assert verify.loc[1, 'pass_rate'] == 0.5 and (table['score'] == 'gen0').all()
+  first = (tmp_path / 'metrics.csv').read_text()
+  shutil.rmtree(tmp_path / 'verify_0.5' / 'seed_0' / 'gen_01')
+  lm.run(cfg, str(tmp_path), progress=False, log=quiet)
+  assert (tmp_path / 'metrics.csv').read_text() == first
+  with pytest.raises(driver.ConfigError, match='--decoding'):
+    dataclasses.replace(cfg, decoding='beam').validate()
+  with pytest.raises(driver.ConfigError, match="--score: 'truth' is not a score"):
+    dataclasses.replace(cfg, score='truth').validate()
 
 
 def test_the_default_official_preset_is_the_authors_main_py():

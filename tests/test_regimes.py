@@ -184,9 +184,9 @@ def test_a_score_the_family_lacks_is_refused():
   assert e.value.flag == 'score'
 
 
-def test_the_paper_regimes_only_where_a_family_takes_no_others():
+def test_an_unknown_regime_is_refused():
   with pytest.raises(driver.ConfigError, match='unknown regime') as e:
-    driver.validate_sweep(2, 2, 10, ('verify',), (0.0,), choices=driver.PAPER_REGIMES)
+    driver.validate_sweep(2, 2, 10, ('verified',), (0.0,))
   assert e.value.flag == 'regime'
 
 

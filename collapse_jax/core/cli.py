@@ -82,8 +82,8 @@ def define_regime_flags(defaults: regimes.Options) -> None:
   flags.DEFINE_enum('score', defaults.score, list(regimes.SCORES),
                     'What verify and curate rank candidates by: the true density, the '
                     "model's own, generation 0's, the truth plus N(0, verifier_noise^2), or "
-                    "the family's reward (default: truth). Given with any regime, every run "
-                    'reports the mean score of its training data and samples.')
+                    f"the family's reward (default: {defaults.DEFAULT_SCORE}). Given with any "
+                    'regime, every run reports the mean score of its training data and samples.')
   flags.DEFINE_integer('candidates', defaults.candidates, 'curate: candidates K per kept row.')
   flags.DEFINE_float('verifier_noise', defaults.verifier_noise, '--score=noisy: the standard '
                      "deviation of the noise added to the true log density.")

@@ -28,9 +28,7 @@ from collapse_jax.core import checkpoints, regimes
 from collapse_jax.core import regimes as _regimes  # where arguments are named regimes
 
 REGIMES = tuple(regimes.REGIMES)  # the built-in ones; regimes.REGIMES takes more
-PAPER_REGIMES = ('replace', 'accumulate', 'accumulate-subsample', 'mix', 'fresh')
 FRACTION_REGIMES = ('mix', 'fresh')  # the regimes that --real_fraction applies to
-POOL_REGIMES = ('accumulate', 'accumulate-subsample')  # the paper's ones that keep all data
 
 
 class ConfigError(ValueError):
@@ -174,10 +172,8 @@ class Sweep:
     return seed_B.astype(np.int32), fraction_B
 
 
-def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_samples=1,
-                   choices=None):
-  """Checks the flags every experiment shares; raises ConfigError. `choices`: the regimes
-  the experiment takes (default: all)."""
+def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_samples=1):
+  """Checks the flags every experiment shares; raises ConfigError."""
   if seeds < 1:
     raise ConfigError('seeds', f'must be at least 1, got {seeds}')
   if generations < 1:
@@ -186,10 +182,9 @@ def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_sam
     raise ConfigError('samples', f'must be at least {min_samples}, got {samples}')
   if not regimes:
     raise ConfigError('regime', 'needs at least one regime')
-  choices = tuple(_regimes.REGIMES) if choices is None else choices
   for r in regimes:
-    if r not in choices:
-      raise ConfigError('regime', f'unknown regime {r!r}; choose from {", ".join(choices)}')
+    if r not in _regimes.REGIMES:
+      raise ConfigError('regime', f'unknown regime {r!r}; choose from {", ".join(_regimes.REGIMES)}')
   if not real_fractions:
     raise ConfigError('real_fraction', 'needs at least one fraction')
   for f in real_fractions:
@@ -247,21 +242,10 @@ def check_fields(config, checks) -> None:
       raise ConfigError(field, f'{message}, got {getattr(config, field)}')
 
 
-# ---------------------------------------------------------------- regimes
-# Pure functions of the data pools. `last_NxD` holds the previous generation's
-# samples; `pool_PxD` holds, in blocks of N rows, the original data and every
-# generation's samples (only the pool regimes keep it).
-
-def training_set(regime, g, key, fraction, x0_NxD, last_NxD, pool_PxD, draw_real):
-  """The training data of generation g >= 1 and its weights under a regime that ranks
-  nothing, its parameter the real fraction for mix and fresh and its default otherwise
-  (for host loops such as the language model's)."""
-  reg = _regimes.get(regime)
-  value = fraction if reg.parameter == 'real_fraction' else reg.default
-  x_RxD, w_R, _ = _regimes.apply(reg, _regimes.Pools(x0_NxD, last_NxD, pool_PxD, draw_real), g,
-                                 key, jnp.float32(value), None)
-  return x_RxD, w_R
-
+# ---------------------------------------------------------------- the pool
+# The regimes' policies (regimes.py) draw on the previous generation's samples and,
+# for the regimes that keep it, a pool holding in blocks of N rows the original data
+# and every generation's samples.
 
 def pool_rows(family: Family, sweep: 'Sweep', n: int) -> int:
   """Rows of the pool: the original data and every generation's samples."""

@@ -234,24 +234,24 @@ def perplexity_histograms(entries, path, title=None):
   """The paper's histograms: perplexity of each generation's generated blocks under the
   generation-0 model, log x, one panel per setting, seeds pooled.
 
-  `entries` is a list of (regime, fraction, seed, generation, ppl_N).
+  `entries` is a list of (setting, seed, generation, ppl_N); setting names a panel.
   """
-  keys = list(dict.fromkeys((r, f) for r, f, *_ in entries))
+  keys = list(dict.fromkeys(k for k, *_ in entries))
   fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
   every = np.concatenate([p for *_, p in entries])
   bins = np.geomspace(max(every.min(), 1.0), every.max() * 1.01, 60)
-  for ax, (regime, fraction) in zip(axes[0], keys):
-    gens = sorted({g for r, f, _, g, _ in entries if (r, f) == (regime, fraction)})
+  for ax, key in zip(axes[0], keys):
+    gens = sorted({g for k, _, g, _ in entries if k == key})
     colors = plt.cm.viridis(np.linspace(0, 1, len(gens)))
     for color, g in zip(colors, gens):
-      ppl = np.concatenate([p for r, f, _, gg, p in entries if (r, f, gg) == (regime, fraction, g)])
+      ppl = np.concatenate([p for k, _, gg, p in entries if (k, gg) == (key, g)])
       ax.hist(ppl, bins=bins, density=True, histtype='step', color=color, label=f'data of generation {g}')
     ax.set_xscale('log')
     ax.xaxis.set_major_formatter(ticker.LogFormatter())  # plain numbers: 4, 10, 30
     ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel('perplexity under the generation-0 model')
     ax.set_ylabel('density')
-    ax.set_title(run_label(regime, 0, fraction), fontsize=10)
+    ax.set_title(key, fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
   _finish(fig, path, title)

@@ -58,6 +58,8 @@ def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
             **setting_columns(sweep, np.tile(fraction_B, g1), shown),
             'seed': np.tile(seed_B, g1),
             'generation': np.repeat(np.arange(g1), len(seed_B))}
+    if sweep.score is not None:  # what ranked the candidates and what the scores are
+      cols['score'] = np.full(g1 * len(seed_B), sweep.score)
     names = [k for k in first if k in metrics] + sorted(set(metrics) - set(first))
     cols.update({k: metrics[k].reshape(-1) for k in names})
     parts.append(cols)
@@ -109,15 +111,17 @@ def write_text(path: str, text: str) -> None:
 
 
 def write_csv(table: dict[str, np.ndarray], path: str) -> None:
-  """Writes the table as CSV (numbers to 7 significant digits), from the primary process only."""
-  names = list(table)
-  numeric = np.stack([table[k].astype(np.float64) for k in names[1:]], 1)
-  buf = io.StringIO()
-  np.savetxt(buf, numeric, fmt='%.7g', delimiter=',')
+  """Writes the table as CSV, numbers to 7 significant digits and text columns (regime,
+  score) as they are, from the primary process only."""
+  def text(column):
+    column = np.asarray(column)
+    return column.astype(str) if column.dtype.kind in 'USO' else np.char.mod(
+        '%.7g', column.astype(np.float64))
+  columns = [text(table[k]) for k in table]
 
   def write(f):
-    f.write(','.join(names) + '\n')
-    f.writelines(f'{r},{line}\n' for r, line in zip(table[names[0]], buf.getvalue().splitlines()))
+    f.write(','.join(table) + '\n')
+    f.writelines(','.join(row) + '\n' for row in zip(*columns))
   write_file(path, write)
 
 

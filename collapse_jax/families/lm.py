@@ -28,15 +28,12 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from collapse_jax.core import checkpoints, driver, plots, results
+from collapse_jax import data
+from collapse_jax.core import checkpoints, driver, plots, regimes, results
+from collapse_jax.data import wikitext
+from collapse_jax.nets import opt
 
 # The paper's Example 1 prompt.
-
-from collapse_jax import data
-
-from collapse_jax.data import wikitext
-
-from collapse_jax.nets import opt
 PROMPT = ('some started before 1360 \u2014 was typically accomplished by a master mason and a small '
           'team of itinerant masons, supplemented by local parish labourers, according to Poyntz '
           'Wright. But other authors reject this model, suggesting instead that leading architects '
@@ -44,9 +41,17 @@ PROMPT = ('some started before 1360 \u2014 was typically accomplished by a maste
 
 
 @dataclasses.dataclass(frozen=True)
-class LMConfig:
+class LMConfig(regimes.Options):
   """The language-model experiment; defaults are the authors' released code (main.py): the
-  paper's no-original-data setting with main.py's optimiser, schedule and repetition penalty."""
+  paper's no-original-data setting with main.py's optimiser, schedule and repetition penalty.
+
+  verify and curate rank generated blocks by their mean token log-likelihood under the
+  generation-0 model (gen0, the default) or the model being measured (self): the per-block
+  perplexities the experiment reports. A regime that needs more blocks than there are prompts
+  (verify, curate, augment with a ratio above 1) continues each prompt again, which takes
+  --decoding=sample (beam search would repeat itself).
+  """
+  DEFAULT_SCORE = 'gen0'
   model: str = 'facebook/opt-125m'  # a hub name, a local HF directory, or 'tiny' (random, small)
   tokenizer: str = ''  # default: where the model is; for 'tiny', the data directory's opt-125m/
   data_dir: str = ''  # the data directory, or WikiText-2's own; empty: data.resolve's
@@ -83,8 +88,7 @@ class LMConfig:
 
   def validate(self) -> 'LMConfig':
     driver.validate_sweep(self.seeds, self.generations, 1, self.regimes,
-                          self.real_fractions, min_samples=1,  # the data's size: on loading
-                          choices=driver.PAPER_REGIMES)
+                          self.real_fractions, min_samples=1)  # the data's size: on loading
     devices = jax.device_count()
     checks = [
         ('epochs', self.epochs >= 1, 'must be at least 1'),
@@ -115,10 +119,32 @@ class LMConfig:
         ('dtype', self.dtype in ('float32', 'bfloat16'), 'must be float32 or bfloat16'),
         ('first_seed', self.first_seed >= 0, 'must be non-negative'),
         ('parallel_seeds', self.parallel_seeds >= 0, 'must be non-negative'),
-        ('new_tokens', self.new_tokens == self.block or set(self.regimes) == {'replace'},
-         f'must equal --block ({self.block}) when generated blocks are mixed with original ones')]
+        ('new_tokens', self.new_tokens == self.block
+         or set(self.regimes) <= {'replace', 'verify', 'curate'},
+         f'must equal --block ({self.block}) when generated blocks are mixed with original ones'),
+        ('age_decays', tuple(self.age_decays) == (1.0,),
+         'must be 1: the language model fine-tunes on its blocks unweighted'),
+        ('decoding', self.decoding == 'sample' or not any(
+            regimes.get(r).candidates(1000, self.values(r), self.candidates) > 1000
+            for r in self.regimes if r in regimes.REGIMES),
+         'must be sample for a regime that continues a prompt more than once (verify, curate, '
+         'augment with a ratio above 1)')]
     driver.check_fields(self, checks)
+    driver.validate_options(self, SCORING)
     return self
+
+  def values(self, regime: str) -> tuple[float, ...]:
+    """The values of a regime's parameter: one setting each."""
+    return driver.Sweep(regime, 1, 1, 1, self.real_fractions, **self.sweep_fields(())).fractions
+
+  def sweep(self, regime: str, value: float, blocks: int) -> driver.Sweep:
+    """The runs of one setting (a regime and one value of its parameter) over `blocks` prompts."""
+    parameter = regimes.get(regime).parameter
+    fields = self.sweep_fields(self.regimes)
+    fields['settings'] = tuple((p, (value,) if p == parameter else v) for p, v in fields['settings'])
+    reals = (value,) if parameter == 'real_fraction' else (0.0,)
+    return driver.Sweep(regime, self.seeds, self.generations, blocks, reals, self.first_seed,
+                        **fields)
 
   @property
   def train(self) -> opt.TrainConfig:
@@ -254,6 +280,12 @@ def block_nll(config, params_S, ids, batch: int):
   return np.concatenate(out, axis=1)
 
 
+# What verify and curate can rank blocks by (regimes.available_scores reads it): the
+# models' own per-block log-likelihoods (self, gen0); no true density, no reward.
+SCORING = driver.Family(draw_real=None, fit=None, sample=None, reference=None, evaluate=None,
+                        log_density=block_nll)
+
+
 # ----------------------------------------------------------------------------- one generation
 
 
@@ -357,8 +389,10 @@ def regenerate(cfg: LMConfig, config, params_S, prompts_NxL, key_S, directories,
                                leave=False):
     paths = [os.path.join(directory, f'{start:08d}.npy') for directory in directories]
     if all([checkpoints.intact(path, 'generating it again') for path in paths]):
-      out.append(np.stack([np.load(path) for path in paths]))
-      continue
+      saved = [np.load(path) for path in paths]  # a setting with more candidates may save more
+      if all(len(x) >= n for x in saved):
+        out.append(np.stack([x[:n] for x in saved]))
+        continue
     out.append(driver.to_host(continue_prompts(cfg, config, params_S, _split(prompt),
                                                _fold_in(key_S, start)))[:, :n].astype(np.int32))
     for path, new in zip(paths, out[-1]):
@@ -372,11 +406,16 @@ def _save_npy(path: str, array):
   checkpoints.seal(path)
 
 
-def _measured(gdirs) -> bool:
-  """Whether every seed's generation has its metrics, and perplexities that match their digest."""
+def _measured(gdirs, candidates: int) -> bool:
+  """Whether every seed's generation has its metrics, and perplexities (and scores of
+  `candidates` blocks, where there is a score) that match their digest."""
+  def scored(d):
+    path = os.path.join(d, 'scores.npy')
+    return not candidates or (checkpoints.intact(path, 'measuring it again')
+                              and len(np.load(path)) >= candidates)
   return all([os.path.exists(os.path.join(d, 'metrics.json'))
               and checkpoints.intact(os.path.join(d, 'generated_ppl.npy'), 'measuring it again')
-              for d in gdirs])
+              and scored(d) for d in gdirs])
 
 
 def _write_json(path: str, value):
@@ -390,29 +429,56 @@ def continuation(cfg: LMConfig, config, params, tok) -> str:
   return tok.decode(driver.to_host(new)[0])
 
 
-def training_set(cfg: LMConfig, regime: str, fraction: float, g: int, key, data, generated):
-  """Generation g's training blocks: the original ones, or the driver's regime applied to
-  the blocks generated so far (`generated[k]` was written by generation k)."""
+def training_set(cfg: LMConfig, regime: str, value: float, g: int, key, data, generated,
+                 scores=None):
+  """Generation g's training blocks and the share of candidates kept: the original blocks,
+  or the regime's policy applied to the blocks generated so far (`generated[k]` was written
+  by generation k, `scores[k]` ranks them, for verify and curate)."""
   x0 = data['train']
   if g == 0:
-    return x0
-  pool = np.concatenate([x0] + generated[:g]) if regime in driver.POOL_REGIMES else None
+    return x0, 1.0
+  reg = regimes.get(regime)
+  pool = np.concatenate([x0] + [x[:len(x0)] for x in generated[:g]]) if reg.keeps_pool else None
   # With a finite corpus, fresh real blocks are drawn from the original ones with replacement.
   draw_real = lambda k, n: x0[np.asarray(jax.random.randint(k, (n,), 0, len(x0)))]  # noqa: E731
-  rows, weight = driver.training_set(regime, g, key, fraction, jnp.asarray(x0),
-                                     jnp.asarray(generated[g - 1]),
-                                     None if pool is None else jnp.asarray(pool), draw_real)
-  return np.asarray(rows)[np.asarray(weight) > 0]
+  pools = regimes.Pools(jnp.asarray(x0), jnp.asarray(generated[g - 1]),
+                        None if pool is None else jnp.asarray(pool), draw_real)
+  rows, weight, metrics = regimes.apply(reg, pools, g, key, jnp.float32(value),
+                                        None if scores is None else jnp.asarray(scores[g - 1]))
+  return np.asarray(rows)[np.asarray(weight) > 0], float(metrics.get('pass_rate', 1.0))
 
 
-def measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT):
-  """Each seed's generation metrics (a list of dicts) and generated-block perplexities
-  (ppl_SxN): test perplexity, perplexity on the blocks the model was fine-tuned on
-  (train_SxNxL; main.py's --evalgen_only), and the generated blocks under the seed's
-  generation-0 model."""
+def candidate_blocks(cfg: LMConfig, regime: str, value: float, blocks: int) -> int:
+  """Blocks a generation generates: one per prompt, or as many as the regime draws."""
+  return max(blocks, regimes.get(regime).candidates(blocks, (value,), cfg.candidates))
+
+
+def measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxCxT, pass_rate_S=None):
+  """Each seed's generation metrics (a list of dicts), generated-block perplexities
+  (ppl_SxN, the first block of each prompt) and, where the run has a score, every
+  generated block's (scores_SxC): test perplexity, perplexity on the blocks the model was
+  fine-tuned on (train_SxNxL; main.py's --evalgen_only), and the generated blocks under
+  the seed's generation-0 model. The scores are mean token log-likelihoods under the
+  generation-0 model (gen0) or this one (self); train_score and sample_score average them
+  over the training blocks and the generated ones, beside pass_rate, the share of
+  candidates kept."""
+  n = len(data['train'])
+  score = cfg.active_score(cfg.regimes)
+  new_SxNxT = new_SxCxT[:, :n]
   test_nll_SxN = block_nll(config, params_S, data['test'], cfg.eval_batch)
   own_nll_SxN = block_nll(config, params_S, train_SxNxL, cfg.eval_batch)
-  gen_ppl_SxN = np.exp(block_nll(config, params0_S, new_SxNxT, cfg.eval_batch))
+  gen_nll_SxC = block_nll(config, params0_S, new_SxCxT if score == 'gen0' else new_SxNxT,
+                          cfg.eval_batch)
+  gen_ppl_SxN = np.exp(gen_nll_SxC[:, :n])
+  scores_SxC, extra = None, [{} for _ in gen_nll_SxC]
+  if score is not None:
+    scores_SxC = -(gen_nll_SxC if score == 'gen0' else block_nll(config, params_S, new_SxCxT,
+                                                                  cfg.eval_batch))
+    train_SxN = own_nll_SxN if score == 'self' else block_nll(config, params0_S, train_SxNxL,
+                                                               cfg.eval_batch)
+    extra = [{'train_score': float(-t.mean()), 'sample_score': float(c[:n].mean()),
+              'pass_rate': float(p)}
+             for t, c, p in zip(train_SxN, scores_SxC, pass_rate_S)]
 
   def one(test_nll_N, own_nll_N, gen_ppl_N, new_NxT):
     test_ppl_N = np.exp(test_nll_N)
@@ -424,16 +490,18 @@ def measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT):
             'distinct_tokens': wikitext.distinct_tokens(new_NxT),
             'rare_share': wikitext.rare_share(new_NxT, data['rare']),
             'repeated_4grams': wikitext.repeated_ngrams(new_NxT, 4)}
-  return [one(*x) for x in zip(test_nll_SxN, own_nll_SxN, gen_ppl_SxN, new_SxNxT)], gen_ppl_SxN
+  return ([{**one(*x), **e} for *x, e in zip(test_nll_SxN, own_nll_SxN, gen_ppl_SxN, new_SxNxT,
+                                              extra)], gen_ppl_SxN, scores_SxC)
 
 
 # ----------------------------------------------------------------------------- the experiment
 
 
-def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, directory: str,
+def run_seeds(cfg: LMConfig, regime: str, value: float, seeds, data, directory: str,
               progress: bool = True, log=print):
-  """All generations of `seeds`, trained and decoded together, seed s's in directory/seed_<s>;
-  returns each seed's metrics (a list per seed of a dict per generation)."""
+  """All generations of `seeds` under a regime and its parameter's value, trained and
+  decoded together, seed s's in directory/seed_<s>; returns each seed's metrics (a list per
+  seed of a dict per generation)."""
   config, pretrained = start_model(cfg, seeds)
   pretrained = _replicated(pretrained)
   one_seed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=x.sharding),
@@ -443,6 +511,11 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
   train_dir = os.path.join(directory, f'train_seeds_{seeds[0]}-{seeds[-1]}')  # a generation's epochs
   ckptr = ocp.StandardCheckpointer()
   rows, generated = [[] for _ in seeds], [[] for _ in seeds]  # generated[s][k]: by generation k
+  scores = [[] for _ in seeds]  # scores[s][k]: of generated[s][k], where the run has a score
+  blocks = len(data['train'])
+  candidates = candidate_blocks(cfg, regime, value, blocks)
+  scored = cfg.active_score(cfg.regimes) is not None
+  prompts = data['train'][np.arange(candidates) % blocks]  # prompt c continued by block c
   params0, params = None, pretrained
   for g in range(cfg.generations + 1):
     gdirs = [os.path.join(directory, f'seed_{seed}', f'gen_{g:02d}') for seed in seeds]
@@ -450,15 +523,17 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
                                             for k in seed_keys))
     model_dirs = [os.path.abspath(os.path.join(d, 'model')) for d in gdirs]
     metrics_paths = [os.path.join(d, 'metrics.json') for d in gdirs]
-    measured = _measured(gdirs)
+    measured = _measured(gdirs, candidates if scored else 0)
     needs_params = not measured or g == 0 or cfg.from_previous
     models_ok = [needs_params and checkpoints.intact(m, 'training it again') for m in model_dirs]
     # Generation g's training blocks, for fine-tuning and for measuring the model on them.
-    own_blocks = lambda: np.stack([training_set(cfg, regime, fraction, g, k, data, gen)  # noqa: E731
-                                   for k, gen in zip(data_keys, generated)])
-    ids_SxNxL = None
+    def own_blocks():
+      sets = [training_set(cfg, regime, value, g, k, data, gen, sc if scored else None)
+              for k, gen, sc in zip(data_keys, generated, scores)]
+      return np.stack([ids for ids, _ in sets]), [rate for _, rate in sets]
+    ids_SxNxL, pass_rate_S = None, None
     if needs_params and not all(models_ok):
-      ids_SxNxL = own_blocks()
+      ids_SxNxL, pass_rate_S = own_blocks()
       start = params if cfg.from_previous else pretrained
       params, losses_SxE = fine_tune(cfg, config, start, ids_SxNxL, data['valid'], train_keys,
                                      os.path.join(train_dir, f'gen_{g:02d}'), f'{label} gen {g} train',
@@ -477,14 +552,16 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
     shutil.rmtree(os.path.join(train_dir, f'gen_{g:02d}'), ignore_errors=True)  # done with
     if g == 0:
       params0 = params
-    new_SxNxT = regenerate(cfg, config, params, data['train'], jnp.stack(gen_keys),
+    new_SxCxT = regenerate(cfg, config, params, prompts, jnp.stack(gen_keys),
                            [os.path.join(d, 'generated') for d in gdirs], f'{label} gen {g} generate',
                            progress)
-    for gen, new in zip(generated, new_SxNxT):
+    for gen, new in zip(generated, new_SxCxT):
       gen.append(new)
     if not measured:
-      ids_SxNxL = own_blocks() if ids_SxNxL is None else ids_SxNxL  # a resumed run rebuilds them
-      metrics, gen_ppl_SxN = measure(cfg, config, params, params0, data, ids_SxNxL, new_SxNxT)
+      if ids_SxNxL is None:  # a resumed run rebuilds them
+        ids_SxNxL, pass_rate_S = own_blocks()
+      metrics, gen_ppl_SxN, scores_SxC = measure(cfg, config, params, params0, data, ids_SxNxL,
+                                                 new_SxCxT, pass_rate_S)
       for s, gdir in enumerate(gdirs):
         with open(os.path.join(gdir, 'train.json')) as f:
           losses = np.asarray(json.load(f)['valid_nll'])
@@ -492,13 +569,18 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
                           best_epoch=int(np.nanargmin(losses)) + 1,
                           continuation=continuation(cfg, config, _seed(params, s), data['tokenizer']))
         _save_npy(os.path.join(gdir, 'generated_ppl.npy'), gen_ppl_SxN[s].astype(np.float32))
+        if scored:
+          _save_npy(os.path.join(gdir, 'scores.npy'), scores_SxC[s].astype(np.float32))
         _write_json(metrics_paths[s], metrics[s])
     driver.barrier(f'{directory} {label} generation {g}')  # process 0 has written what the others read
+    if scored:
+      for sc, gdir in zip(scores, gdirs):
+        sc.append(np.load(checkpoints.checked(os.path.join(gdir, 'scores.npy')))[:candidates])
     for seed, path, seed_rows in zip(seeds, metrics_paths, rows):
       with open(path) as f:
         metrics = json.load(f)
       seed_rows.append({'generation': g, **metrics})
-      log(f'{regime} f={fraction} seed {seed} gen {g}: test ppl {metrics["test_ppl"]:.1f}, '
+      log(f'{regime} {value:g} seed {seed} gen {g}: test ppl {metrics["test_ppl"]:.1f}, '
           f'generated ppl (gen-0 model) median {metrics["generated_ppl_median"]:.1f}')
   if driver.is_primary():
     shutil.rmtree(train_dir, ignore_errors=True)  # empty: every generation has trained
@@ -507,15 +589,16 @@ def run_seeds(cfg: LMConfig, regime: str, fraction: float, seeds, data, director
 
 METRICS = ('test_ppl', 'test_ppl_block_mean', 'test_ppl_block_sd', 'valid_ppl', 'best_epoch',
            'own_train_ppl', 'generated_ppl_median', 'distinct_tokens', 'rare_share', 'repeated_4grams')
+SCORE_METRICS = ('train_score', 'sample_score', 'pass_rate')  # where the run has a score
 
 
 def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the experiment in `workdir`; returns its metrics table.
 
-  Leaves there: config.json; <regime>_<fraction>/seed_<s>/gen_<g>/ with the best
+  Leaves there: config.json; <regime>[_<value>]/seed_<s>/gen_<g>/ with the best
   weights (Orbax), the generated blocks, their perplexities under the generation-0
-  model and the metrics; metrics.csv (a row per regime x fraction x seed x
-  generation), generated_perplexity.csv (a row per generated block),
+  model (and their scores, for a run with one) and the metrics; metrics.csv (a row per
+  regime x value of its parameter x seed x generation), generated_perplexity.csv (a row per generated block),
   continuations.csv, perplexity.png, histograms.png, tails.png and summary.txt.
   """
   cfg.validate()
@@ -529,9 +612,13 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
 
   # -- every setting x seed: a host loop over generations
   sweeps, hist, texts, first_name = [], [], [], None
+  metric_names = METRICS + (SCORE_METRICS if cfg.active_score(cfg.regimes) else ())
   for regime in cfg.regimes:
-    for fraction in (cfg.real_fractions if regime in driver.FRACTION_REGIMES else (0.0,)):
-      name = f'{regime}_{fraction:g}' if regime in driver.FRACTION_REGIMES else regime
+    reg = regimes.get(regime)
+    for value in cfg.values(regime):
+      quiet = reg.parameter is None or (reg.quiet_default and value == reg.default)
+      name = regime if quiet else f'{regime}_{value:g}'
+      real = value if reg.parameter == 'real_fraction' else 0.0
       first_name = first_name or name
       seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
       if name != first_name:
@@ -541,7 +628,7 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
       together, per_seed = seeds_at_once(cfg), []
       for i in range(0, cfg.seeds, together):
         try:
-          per_seed += run_seeds(cfg, regime, fraction, seeds[i:i + together], data,
+          per_seed += run_seeds(cfg, regime, value, seeds[i:i + together], data,
                                 os.path.join(workdir, name), progress, log)
         except jax.errors.JaxRuntimeError as e:
           if 'RESOURCE_EXHAUSTED' not in str(e) or together == 1:
@@ -553,22 +640,22 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
         for row in rows:
           ppl = np.load(checkpoints.checked(os.path.join(
               workdir, name, f'seed_{seed}', f'gen_{row["generation"]:02d}', 'generated_ppl.npy')))
-          hist.append((regime, fraction, seed, row['generation'], ppl))
-          texts.append((regime, fraction, seed, row['generation'], row['continuation']))
-      sweep = driver.Sweep(regime, cfg.seeds, cfg.generations, len(data['train']), (fraction,),
-                           cfg.first_seed)
+          hist.append((regime, real, name, seed, row['generation'], ppl))
+          texts.append((regime, real, name, seed, row['generation'], row['continuation']))
+      sweep = cfg.sweep(regime, value, len(data['train']))
       metrics = {m: np.array([[rows[g][m] for rows in per_seed] for g in range(cfg.generations + 1)],
-                             np.float64) for m in METRICS}
+                             np.float64) for m in metric_names}
       sweeps.append((sweep, metrics))
 
   # -- tables, figures, summary
-  table = results.long_table(sweeps, first=METRICS)
+  table = results.long_table(sweeps, first=metric_names)
   results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
+  # setting: the regime and its parameter's value, as the run's folder is named
   _write_rows(os.path.join(workdir, 'continuations.csv'),
-              ('regime', 'real_fraction', 'seed', 'generation', 'text'), texts)
+              ('regime', 'real_fraction', 'setting', 'seed', 'generation', 'text'), texts)
   _write_rows(os.path.join(workdir, 'generated_perplexity.csv'),
-              ('regime', 'real_fraction', 'seed', 'generation', 'block', 'perplexity'),
-              [(r, f, s, g, i, f'{p:.6g}') for r, f, s, g, ppl in hist for i, p in enumerate(ppl)])
+              ('regime', 'real_fraction', 'setting', 'seed', 'generation', 'block', 'perplexity'),
+              [(*head, i, f'{p:.6g}') for *head, ppl in hist for i, p in enumerate(ppl)])
   curves = results.over_seeds(sweeps)
   plots.curves(curves, [('test_ppl', 'test perplexity', True),
                         ('generated_ppl_median', 'median perplexity of generated blocks\n'
@@ -580,7 +667,8 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
                          False),
                         ('repeated_4grams', 'repeated 4-grams within a block', False)],
                os.path.join(workdir, 'tails.png'), title='Tails of the generated text')
-  plots.perplexity_histograms(hist, os.path.join(workdir, 'histograms.png'))
+  plots.perplexity_histograms([(name, *rest) for _, _, name, *rest in hist],
+                              os.path.join(workdir, 'histograms.png'))
   text = results.summary(curves, ('test_ppl', 'generated_ppl_median', 'distinct_tokens',
                                   'rare_share', 'repeated_4grams'), generations=(1, 5))
   results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
