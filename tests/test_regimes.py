@@ -157,6 +157,27 @@ def test_curating_the_chain_at_scale_zero_is_absorbed_as_replace_is(tmp_path):
   assert np.mean(tilted == 2) > np.mean(flat == 2) + 0.2
 
 
+def test_a_curated_chain_follows_the_bradley_terry_law_at_large_m(tmp_path):
+  """With M = 20,000 each generation's frequencies are the last's curated law: with K = 2
+  candidates at scale 1, outcome 2 (reward 1) goes 0.2 -> 0.274 -> 0.366 -> 0.473 -> 0.588,
+  not the tilt p e^{t r} / Z of K -> infinity (0.93 at generation 4), which larger K approach."""
+  probs, rewards, m = (0.5, 0.3, 0.2), (0.0, 0.0, 1.0), 20_000
+  cfg = discrete.DiscreteConfig(seeds=200, generations=4, samples=(m,), probs=probs,
+                                regimes=('curate',), reward_scales=(1.0,), rewards=rewards,
+                                score='reward', candidates=2, tail=0.2,
+                                checkpoint_every=4).validate()
+  tail_GxS = driver.run(discrete.family(cfg), cfg.sweep('curate', m), str(tmp_path), 4,
+                        progress=False)['tail_mass']  # the frequency of outcome 2
+  q, tilt = np.asarray(probs), np.asarray(probs)
+  for g in range(1, 5):
+    q, tilt = discrete.curated_law(q, rewards, 1.0, 2), discrete.curated_law(tilt, rewards, 1.0, None)
+    half = Z999 * tail_GxS[g].std(ddof=1) / np.sqrt(cfg.seeds) + 1.0 / m  # + the O(1/M) bias
+    assert abs(tail_GxS[g].mean() - q[2]) < half, (g, tail_GxS[g].mean(), q[2])
+  assert tail_GxS[4].mean() < tilt[2] - 0.2
+  k_q = [discrete.curated_law(np.asarray(probs), rewards, 1.0, k)[2] for k in (2, 4, 16, 64, None)]
+  assert np.all(np.diff(k_q) > 0) and abs(k_q[-2] - k_q[-1]) < 0.01
+
+
 # ---------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize('fields, flag', [

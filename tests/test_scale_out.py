@@ -35,11 +35,13 @@ def _same_csv(a, b, exact=True):
 
 
 def test_eight_devices_equal_one(tmp_path):
-  """Seed counts that do (8) and do not (5, 3) divide the 8 devices: padding never shows."""
+  """Seed counts that do (8) and do not (5, 3) divide the 8 devices: padding never shows,
+  under the regimes that draw, score and choose candidates as under the paper's."""
   sweeps = {
       'gmm': ['--preset=small', '--seeds=5', '--generations=6', '--checkpoint_every=3'],
       'gaussian': ['--preset=small', '--seeds=8', '--generations=10', '--samples=10',
-                   '--per_seed_csv'],
+                   '--per_seed_csv', '--regime=replace,verify,curate,augment',
+                   '--keep_fraction=0.5,0.9', '--candidates=3'],  # candidates drawn, scored, chosen
       'vae': ['--preset=small', '--seeds=3', '--generations=1', '--samples=256', '--epochs=1',
               '--batch=64', '--eval_images=128', '--test_images=128',
               f'--classifier_cache={tmp_path / "classifier.npz"}'],

@@ -11,6 +11,7 @@ one column, so the driver's regimes apply unchanged.
 
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -88,6 +89,35 @@ def loss_time_theory(p, samples: int):
   generations (Suresh et al. 2025)."""
   p = np.asarray(p, np.float64)
   return -2 * samples * p * np.log(p) / (1 - p)
+
+
+def curated_law(q_K, rewards_K, scale: float, k: int | None) -> np.ndarray:
+  """The law of one curated row: the pick among k draws from q, each chosen with probability
+  proportional to exp(scale * reward) (a Bradley-Terry choice; Ferbach et al. 2024,
+  "Self-consuming generative models with curated data provably optimize human
+  preferences"). Row i: k q_i E[w_i / (w_i + sum of the other k - 1 draws' w)], w = e^{scale r},
+  summed exactly over the other draws' counts; k None is the limit k -> infinity, the tilt
+  q e^{scale r} / Z. With M large a curated chain follows q_{t+1} = curated_law(q_t): the
+  tilt gives q_t proportional to p e^{t scale r}."""
+  q_K, w_K = np.asarray(q_K, np.float64), np.exp(scale * np.asarray(rewards_K, np.float64))
+  if k is None:
+    return q_K * w_K / np.sum(q_K * w_K)
+  share_K = np.zeros_like(q_K)
+  for counts in _compositions(k - 1, len(q_K)):
+    c_K = np.asarray(counts)
+    ways = math.factorial(k - 1) / np.prod([math.factorial(c) for c in counts])
+    share_K += ways * np.prod(q_K ** c_K) * w_K / (w_K + np.sum(c_K * w_K))
+  return k * q_K * share_K
+
+
+def _compositions(n: int, parts: int):
+  """Every tuple of `parts` non-negative integers summing to n."""
+  if parts == 1:
+    yield (n,)
+    return
+  for first in range(n + 1):
+    for rest in _compositions(n - first, parts - 1):
+      yield (first, *rest)
 
 
 # ---------------------------------------------------------------- the experiment
