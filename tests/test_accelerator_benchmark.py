@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import accelerator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_smoke_run_reports_every_part(tmp_path):
   env = {**os.environ, 'PYTHONPATH': ROOT}
   env.pop('XLA_FLAGS', None)  # one CPU device, as the GPU machine has one device

@@ -1,6 +1,7 @@
 """docs/extending.md's family: a Poisson rate, under every regime, against its closed form."""
 
 import numpy as np
+import pytest
 
 from collapse_jax.core import driver, regimes, results
 from experiments import poisson
@@ -8,6 +9,7 @@ from experiments import poisson
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 
 
+@pytest.mark.slow
 def test_the_guides_family_runs_under_every_regime(tmp_path):
   cfg = poisson.PoissonConfig(seeds=4, generations=3, samples=16, checkpoint_every=3,
                               regimes=tuple(regimes.REGIMES), real_fractions=(0.25,))

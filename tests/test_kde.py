@@ -1,0 +1,289 @@
+"""The KDE refitted on its own samples: its spread against the closed forms, its pieces
+against scikit-learn, scipy and numerical integrals, every regime, resume, vmap."""
+
+import filecmp
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn.neighbors import KernelDensity
+
+from collapse_jax.core import driver, regimes, results
+from collapse_jax.families import kde
+
+Z999 = 3.2905  # two-sided 99.9% normal quantile
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = dict(progress=False, log=lambda *_: None)
+fit = jax.jit(kde.fit, static_argnums=(2, 3, 4))
+log_density = jax.jit(kde.log_density)
+
+
+def _in_ci(values_S, expected):
+  """Whether the mean of values_S lies in the 99.9% interval around `expected`."""
+  values_S = np.asarray(values_S, np.float64)
+  return abs(values_S.mean() - expected) <= Z999 * values_S.std(ddof=1) / math.sqrt(len(values_S))
+
+
+def _chain_spreads(rule, samples=16, bandwidth=0.5, seeds=3000, generations=20):
+  """Spreads of `seeds` replace runs (generations x seeds), the family's chain vmapped, and
+  the closed form's variants."""
+  cfg = kde.KDEConfig(samples=samples, bandwidth_rule=rule, bandwidth=bandwidth)
+  chains = jax.jit(jax.vmap(lambda s: kde.replace_chain(kde.family(cfg), s, samples,
+                                                        generations)[1]))
+  spread_GxS = np.asarray(chains(jnp.arange(seeds))).T
+  var0 = kde.target_variance(cfg.truth, cfg.target_noise)
+  law = lambda **kw: kde.spread_theory(  # noqa: E731
+      var0, 2, samples, rule, bandwidth, generations, **kw)
+  return spread_GxS, law
+
+
+def test_fixed_bandwidth_spread_follows_its_finite_sample_law():
+  """E S_g = r^n V_0 + d h^2 N (1 - r^n), n = g + 1, r = (N-1)/N: inside 99.9% over 3,000
+  seeds; the same interval rejects V_0 + n d h^2 (no finite-sample factor) and n = g."""
+  spread_GxS, law = _chain_spreads('fixed')
+  exact, naive, early = law(), law(finite=False), law(shift=0)
+  for g in (0, 1, 5, 20):
+    assert _in_ci(spread_GxS[g], exact[g]), (g, spread_GxS[g].mean(), exact[g])
+  for g in (0, 20):
+    assert not _in_ci(spread_GxS[g], naive[g]), g
+  for g in (1, 5):
+    assert not _in_ci(spread_GxS[g], early[g]), g
+  # per dimension V_0/d + n h^2 while n << N; the fixed point N d h^2 as n grows
+  far = kde.spread_theory(1.0, 2, 16, 'fixed', 0.5, 2000)
+  np.testing.assert_allclose(far[-1], 16 * 2 * 0.25, rtol=1e-6)
+  near = kde.spread_theory(1.0, 2, 10**6, 'fixed', 0.5, 10)
+  np.testing.assert_allclose(near, 1.0 + 2 * 0.25 * np.arange(1, 12), rtol=1e-4)
+
+
+def test_rule_bandwidth_spread_grows_geometrically():
+  """Scott's rule: E S_g = (r + f^2)^n V_0, f = N^(-1/6); rejects (1 + f^2)^n and n = g."""
+  spread_GxS, law = _chain_spreads('scott', generations=3)
+  exact, naive, early = law(), law(finite=False), law(shift=0)
+  for g in range(4):
+    assert _in_ci(spread_GxS[g], exact[g]), (g, spread_GxS[g].mean(), exact[g])
+  for g in (0, 3):
+    assert not _in_ci(spread_GxS[g], naive[g]), g
+    assert not _in_ci(spread_GxS[g], early[g]), g
+
+
+# ---------------------------------------------------------------- the pieces
+
+def _data(seed, n, d=2):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, d)).astype(np.float32)
+
+
+def test_rule_bandwidths_match_their_closed_forms_scipy_and_scikit_learn():
+  """h = f(n_eff) sqrt(tr C / d): the factor is scikit-learn's bandwidth and scipy's
+  factor; C numpy's weighted covariance; Scott and Silverman agree in 2-D only."""
+  for d in (2, 3):
+    x = _data(0, 200, d)
+    w = np.random.default_rng(1).uniform(0.2, 1.0, 200).astype(np.float32)
+    c = np.cov(x.T.astype(np.float64), aweights=w)
+    n_eff = w.sum() ** 2 / (w**2).sum()
+    for rule, formula in (('scott', n_eff ** (-1 / (d + 4))),
+                          ('silverman', (n_eff * (d + 2) / 4) ** (-1 / (d + 4)))):
+      h = float(kde.rule_bandwidth(jnp.asarray(x), jnp.asarray(w), rule))
+      np.testing.assert_allclose(h, formula * math.sqrt(np.trace(c) / d), rtol=1e-5)
+      scipy_kde = stats.gaussian_kde(x.T, bw_method=rule, weights=w)
+      np.testing.assert_allclose(h / math.sqrt(np.trace(c) / d), scipy_kde.factor, rtol=1e-5)
+      unweighted = KernelDensity(bandwidth=rule).fit(x).bandwidth_
+      np.testing.assert_allclose(kde.rule_factor(200.0, d, rule), unweighted, rtol=1e-6)
+    scott, silverman = (kde.rule_factor(200.0, d, rule) for rule in ('scott', 'silverman'))
+    assert (scott == pytest.approx(silverman)) == (d == 2)
+
+
+def test_log_density_is_scikit_learns_and_padding_never_counts():
+  x, y = _data(2, 120), _data(3, 50)
+  w = np.random.default_rng(4).uniform(0.1, 1.0, 120).astype(np.float32)
+  junk = np.full((30, 2), 1e4, np.float32)  # padding rows: weight 0, any content
+  x_pad, w_pad = np.concatenate([x[:60], junk, x[60:]]), np.r_[w[:60], np.zeros(30), w[60:]]
+  for rule in kde.RULES:
+    plain, _ = fit(jnp.asarray(x), jnp.asarray(w), rule, 0.3, 150)
+    padded, metrics = fit(jnp.asarray(x_pad), jnp.asarray(w_pad, jnp.float32), rule, 0.3, 160)
+    h = float(plain['bandwidth'])
+    assert float(padded['bandwidth']) == pytest.approx(h, rel=1e-6)
+    assert float(metrics['effective_n']) == pytest.approx(w.sum() ** 2 / (w**2).sum(), rel=1e-5)
+    expected = KernelDensity(bandwidth=h).fit(x, sample_weight=w).score_samples(y)
+    for params in (plain, padded):
+      np.testing.assert_allclose(log_density(params, jnp.asarray(y)), expected, rtol=1e-5,
+                                 atol=1e-4)
+    cov = np.cov(x.T.astype(np.float64), aweights=w, bias=True)
+    np.testing.assert_allclose(kde.spread(padded), np.trace(cov) + 2 * h**2, rtol=1e-5)
+
+
+def test_samples_pick_live_points_by_weight():
+  """Draws land only on rows of positive weight, each as often as its weight says."""
+  points = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+  w = np.array([0.0, 0.1, 0.0, 0.4, 0.2, 0.0, 0.3, 0.0], np.float32)
+  params = {'points': jnp.asarray(points), 'weights': jnp.asarray(w),
+            'bandwidth': jnp.float32(1e-4)}
+  x = np.asarray(jax.jit(kde.sample, static_argnums=2)(params, jax.random.key(0), 100_000))
+  picked = np.round(x[:, 0]).astype(int)
+  assert set(picked) == {1, 3, 4, 6}
+  share = np.bincount(picked, minlength=8) / len(picked)
+  np.testing.assert_array_less(np.abs(share - w), Z999 * np.sqrt(w * (1 - w) / len(picked)) + 1e-9)
+  assert np.std(x[:, 0] - picked) == pytest.approx(1e-4, rel=0.02)  # the kernel's noise
+
+
+@pytest.mark.parametrize('name', list(kde.TARGETS))
+def test_target_mean_and_variance_are_the_closed_forms(name):
+  target, noise = kde.TARGETS[name], kde.TARGETS[name].noise
+  draw = jax.jit(lambda key: kde.draw_target(target, key, 200_000, noise))
+  x = np.asarray(draw(jax.random.key(7)), np.float64)
+  for i in range(2):
+    assert _in_ci(x[:, i], target.mean[i]), (i, x[:, i].mean(), target.mean[i])
+  assert _in_ci(np.sum((x - target.mean) ** 2, 1), kde.target_variance(target, noise))
+
+
+def test_exact_target_densities_match_numerical_integrals():
+  """Blobs: scipy's normal mixture; circles: the angular integral by the trapezoid rule
+  (exact to rounding for a periodic integrand)."""
+  y = np.random.default_rng(5).uniform(-1.6, 1.6, (200, 2))
+  s = 0.25
+  blobs = np.log(np.mean([stats.multivariate_normal(c, s**2 * np.eye(2)).pdf(y)
+                          for c in kde.BLOB_CENTRES], axis=0))
+  np.testing.assert_allclose(kde.blobs_log_density(jnp.asarray(y, jnp.float32), s), blobs,
+                             rtol=1e-5)
+  s = 0.05
+  theta = np.linspace(0, 2 * np.pi, 4096, endpoint=False)
+  quad = 0.0
+  for a in kde.CIRCLE_RADII:
+    c = a * np.stack([np.cos(theta), np.sin(theta)], 1)
+    sq = np.sum((y[:, None] - c[None]) ** 2, -1)
+    quad = quad + 0.5 * np.mean(np.exp(-sq / (2 * s**2)), 1) / (2 * np.pi * s**2)
+  near = quad > 1e-30  # where float64 holds the integral
+  got = kde.circles_log_density(jnp.asarray(y, jnp.float32), s)
+  np.testing.assert_allclose(np.asarray(got)[near], np.log(quad[near]), rtol=2e-4, atol=2e-3)
+
+
+def test_mmd_is_unbiased_and_near_zero_for_the_truth():
+  """Two samples of the truth: mean 0 over seeds; the same shifted by 0.3: clearly above."""
+  target = kde.TARGETS['moons']
+
+  @jax.jit
+  def mmd_S(shift):
+    draw = jax.vmap(lambda k: kde.draw_target(target, k, 64, 0.1))
+    y_SxNxD = draw(jax.random.split(jax.random.key(0), 400)) + shift
+    t_SxNxD = draw(jax.random.split(jax.random.key(1), 400))
+    return jax.vmap(lambda y, t: kde.mmd2(y, t, 0.5, kde.self_kernel(t, 0.5)))(y_SxNxD, t_SxNxD)
+  assert _in_ci(mmd_S(0.0), 0.0)
+  shifted_S = mmd_S(0.3)
+  assert float(jnp.mean(shifted_S)) > 0 and not _in_ci(shifted_S, 0.0)
+
+
+# ---------------------------------------------------------------- flags
+
+@pytest.mark.parametrize('change, flag', [
+    (dict(target='spiral'), 'target'), (dict(bandwidth_rule='isj'), 'bandwidth_rule'),
+    (dict(bandwidth=0.0), 'bandwidth'), (dict(noise=-0.1), 'noise'), (dict(heldout=1), 'heldout'),
+    (dict(samples=1), 'samples'), (dict(mmd_scale=0.0), 'mmd_scale'),
+    (dict(reward_target=(1.0,)), 'reward_target'), (dict(regimes=('replace', 'keep')), 'regime'),
+    (dict(real_fractions=(0.5,)), 'real_fraction'),
+    (dict(keep_fractions=(0.0,), regimes=('verify',), target='blobs'), 'keep_fraction')])
+def test_bad_configs_name_their_flag(change, flag):
+  with pytest.raises(driver.ConfigError, match=f'^--{flag}:'):
+    kde.KDEConfig(**change).validate()
+
+
+@pytest.mark.parametrize('target, score', [('moons', None), ('swiss_roll', 'truth'),
+                                           ('moons', 'noisy')])
+def test_targets_without_an_exact_density_refuse_the_truth_score(target, score):
+  with pytest.raises(driver.ConfigError, match='^--score:.*no closed form') as e:
+    kde.KDEConfig(target=target, regimes=('verify',), score=score).validate()
+  assert '\n' not in str(e.value)
+  kde.KDEConfig(target=target, regimes=('verify',), score='self').validate()  # these remain
+
+
+def test_the_command_line_prints_one_line_and_writes_nothing(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run([sys.executable, '-m', 'experiments.kde', '--bandwidth=-1',
+                         f'--workdir={tmp_path / "run"}'], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == ['error: --bandwidth: must be positive, got -1.0']
+  assert not (tmp_path / 'run').exists()
+
+
+# ---------------------------------------------------------------- the driver
+
+ALL = kde.KDEConfig(seeds=3, generations=4, samples=12, heldout=10, target='blobs',
+                    bandwidth_rule='silverman', regimes=tuple(regimes.REGIMES),
+                    real_fractions=(0.0, 0.5), age_decays=(0.5,), checkpoint_every=2)
+
+
+@pytest.fixture(scope='module')
+def every_regime(tmp_path_factory):
+  """Blobs (an exact truth for verify and curate) under all eight regimes: its workdir."""
+  workdir = tmp_path_factory.mktemp('kde') / 'whole'
+  kde.run(ALL, str(workdir), **QUIET)
+  return workdir
+
+
+def _reloaded(workdir, regime):
+  """A finished sweep's metrics, read back from its checkpoint (nothing compiles)."""
+  sweep = ALL.sweep(regime)
+  return driver.run(kde.family(ALL, kde.fit_rows(ALL, sweep)), sweep,
+                    str(workdir / 'checkpoints' / regime), ALL.checkpoint_every, progress=False)
+
+
+@pytest.mark.slow  # eight regimes, sixteen compiled programs
+def test_every_regime_runs(every_regime):
+  table = results.load(str(every_regime))
+  assert set(table.regime) == set(regimes.REGIMES) and set(table.experiment) == {'kde'}
+  runs = sum(2 if r in ('mix', 'fresh') else 1 for r in regimes.REGIMES)
+  assert len(table) == runs * 3 * 5
+  assert table[['heldout_nll', 'spread', 'mmd2', 'truth_ll', 'train_score']].notna().all().all()
+  # the pool grows by N a generation; decay 0.5 weights the block of age a by 0.5^a
+  accumulate = table[table.regime == 'accumulate']
+  w_G = [0.5 ** np.arange(g + 1) for g in range(5)]
+  np.testing.assert_allclose(accumulate.groupby('generation').effective_n.mean(),
+                             [12 * w.sum() ** 2 / (w**2).sum() for w in w_G], rtol=1e-5)
+  augment = table[(table.regime == 'augment') & (table.generation > 0)]
+  assert np.all(augment.effective_n == 12 + 6)  # N original rows and 0.5 N samples
+  for name in ('collapse.png', 'spread.png', 'scatter.png', 'tradeoff.png', 'summary.txt',
+               'curves.csv'):
+    assert (every_regime / name).stat().st_size > 0
+
+
+@pytest.mark.slow  # eight regimes, sixteen compiled programs
+def test_a_cut_run_resumes_bit_identically(every_regime, tmp_path):
+  """accumulate (a growing pool, weighted by age) cut after its first checkpoint and resumed:
+  the same table, byte for byte."""
+  shutil.copytree(every_regime, tmp_path / 'cut')
+  checkpoints = tmp_path / 'cut' / 'checkpoints' / 'accumulate'
+  assert sorted(os.listdir(checkpoints)) == ['2', '4']
+  shutil.rmtree(checkpoints / '4')
+  kde.run(ALL, str(tmp_path / 'cut'), **QUIET)
+  assert filecmp.cmp(every_regime / 'metrics.csv', tmp_path / 'cut' / 'metrics.csv', shallow=False)
+
+
+@pytest.mark.slow  # eight regimes, sixteen compiled programs
+def test_vmapped_seeds_equal_a_per_seed_loop(every_regime, tmp_path):
+  """A device's runs vectorised (vmap) against the same runs one at a time (the CPU's default
+  for this family: a loop over seeds and real fractions)."""
+  sweep = ALL.sweep('mix')
+  looped = _reloaded(every_regime, 'mix')
+  batched = driver.run(kde.family(ALL, kde.fit_rows(ALL, sweep)), sweep, str(tmp_path / 'vmap'),
+                       ALL.checkpoint_every, progress=False, width=6)
+  assert {'heldout_nll', 'spread', 'bandwidth', 'mmd2', 'truth_ll', 'effective_n'} <= set(batched)
+  for k in batched:
+    assert batched[k].shape == (5, 6)
+    np.testing.assert_allclose(batched[k], looped[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.slow  # eight regimes, sixteen compiled programs
+def test_the_replace_chain_is_the_drivers_run(every_regime):
+  """kde.replace_chain (the laws' and the scatter figure's runs) draws what the driver draws."""
+  spread_GxS = _reloaded(every_regime, 'replace')['spread']
+  chain = jax.jit(lambda seed: kde.replace_chain(kde.family(ALL), seed, ALL.samples,
+                                                  ALL.generations)[1])
+  for seed in range(3):
+    np.testing.assert_allclose(chain(seed), spread_GxS[:, seed], rtol=1e-5)
