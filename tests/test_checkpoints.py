@@ -217,7 +217,7 @@ def test_the_language_model_remakes_what_was_damaged(tmp_path, capsys, monkeypat
   params = lm._stack([jax.jit(opt.init, static_argnums=0)(config, jax.random.key(0))])
   monkeypatch.setattr(lm, 'start_model', lambda cfg, seeds: (config, params))
   monkeypatch.setattr(lm, 'measure', lambda *a: ([{'test_ppl': 1.0, 'generated_ppl_median': 1.0}],
-                                                 np.arange(8.0)[None]))
+                                                 np.arange(8.0)[None], None))  # no scores
   monkeypatch.setattr(lm, 'continuation', lambda *a: '')
   run = lambda: lm.run_seeds(cfg, 'replace', 0.0, [0], data, str(tmp_path), False,  # noqa: E731
                              log=lambda *_: None)
