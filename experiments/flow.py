@@ -51,6 +51,7 @@ _FIELDS = {f: f for f in cli.COMMON + (
     'target', 'noise', 'samples', 'hidden', 'layers', 'time_features', 'steps', 'batch', 'lr',
     'ode_steps', 'solver', 'warm_start', 'eval_samples', 'knn', 'mmd_bandwidth',
     'cover_fraction')}
+_FLAG = {'regimes': 'regime', 'real_fractions': 'real_fraction', **regimes.OPTION_FLAGS}
 
 
 def main(argv):
@@ -68,8 +69,6 @@ def main(argv):
     flow.run(flow.FlowConfig(**fields), FLAGS.workdir)
   cli.main(run)
 
-
-_FLAG = {'regimes': 'regime', 'real_fractions': 'real_fraction', **regimes.OPTION_FLAGS}
 
 if __name__ == '__main__':
   app.run(main)

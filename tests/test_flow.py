@@ -58,7 +58,8 @@ def test_training_reaches_the_closed_form_loss_and_beats_any_x_blind_field(gauss
   start = float(_loss(flow.init(TRAIN, jax.random.key(1)), jax.random.key(2)))
   end = float(_loss(params, jax.random.key(2)))
   assert start > blind - 0.1 and end < blind - 0.5, (start, end)  # an untrained net is x-blind
-  inside = lambda v: best - 0.01 < v < best + 0.05  # noqa: E731 (0.01: the estimate's noise x 13)
+  inside = lambda v: best - 0.02 < v < best + 0.05  # noqa: E731 (0.02: 4 standard errors of
+  # the estimate, measured 0.005 on 2^17 rows; 0.05: what 3,000 steps may leave above the best)
   assert inside(end), (end, best)
   assert not inside(blind) and not inside(flow.gaussian_min_loss(STD**2))  # s^2 for s: rejected
   assert abs(float(metrics['train_loss']) - end) < 0.1  # the batches' own loss agrees
