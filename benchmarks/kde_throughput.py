@@ -13,13 +13,13 @@ generation vectorised. Compile time is measured apart and excluded.
 """
 
 import os
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 
-from collapse_jax.core import cli, driver
+from benchmarks import timing
+from collapse_jax.core import cli
 from collapse_jax.families import kde
 
 FLAGS = flags.FLAGS
@@ -39,30 +39,10 @@ def define_flags():
   flags.DEFINE_integer('cpu_devices', 0, 'Split a CPU into this many devices (0: one per core).')
 
 
-def _clock(fn):
-  """(wall seconds, this process's CPU seconds) of fn()."""
-  wall, cpu = time.perf_counter(), time.process_time()
-  fn()
-  return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def ours(cfg: kde.KDEConfig, chunk: int):
   """(compile seconds, warm wall seconds, warm CPU seconds) of the whole recursive loop,
-  metrics included, through the driver's compiled programs: run twice, compile = cold - warm
-  (timing.sweep_seconds, with the CPU time beside the wall time)."""
-  fam, sweep = kde.family(cfg), cfg.sweep('replace')
-  (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
-  first, advance = driver.programs(fam, sweep, chunk, driver.default_width(fam, per_device))
-
-  def loop():
-    const_B, carry_B, _ = first(seed_B, fraction_B)
-    for g0 in range(1, sweep.generations + 1, chunk):
-      carry_B, metrics = advance(const_B, carry_B, np.int32(g0))
-    return jax.block_until_ready(metrics)
-
-  cold_s, _ = _clock(loop)
-  warm_s, warm_cpu_s = _clock(loop)
-  return cold_s - warm_s, warm_s, warm_cpu_s
+  metrics included, through the driver's compiled programs (timing.sweep_times)."""
+  return timing.sweep_times(kde.family(cfg), cfg.sweep('replace'), chunk)
 
 
 def _moons(rng, n, noise):
@@ -98,7 +78,7 @@ def numpy_loop(cfg: kde.KDEConfig, seeds: int, dtype):
       assert np.isfinite(nll + spread + mmd2)
       points = synth
 
-  return _clock(lambda: [one_seed(seed) for seed in range(seeds)])
+  return timing.clocked(lambda: [one_seed(seed) for seed in range(seeds)])
 
 
 def main(argv):

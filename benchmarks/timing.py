@@ -9,9 +9,17 @@ import numpy as np
 from collapse_jax.core import driver
 
 
-def sweep_seconds(family, sweep: driver.Sweep, chunk: int):
-  """(compile seconds, warm seconds) of generation 0 and every chunk after it,
-  run twice through the driver's compiled programs; compile is cold - warm."""
+def clocked(fn):
+  """(wall seconds, this process's CPU seconds) of fn()."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def sweep_times(family, sweep: driver.Sweep, chunk: int):
+  """(compile seconds, warm wall seconds, warm CPU seconds of this process) of generation 0
+  and every chunk after it, run twice through the driver's compiled programs; compile is
+  cold - warm. CPU seconds tell more than wall seconds on a shared machine."""
   (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
   first, advance = driver.programs(family, sweep, chunk,
                                    driver.default_width(driver.concrete(family), per_device))
@@ -22,13 +30,14 @@ def sweep_seconds(family, sweep: driver.Sweep, chunk: int):
       carry_B, metrics = advance(const_B, carry_B, np.int32(g0))
     return jax.block_until_ready(metrics)
 
-  t0 = time.perf_counter()
-  loop()
-  cold = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  loop()
-  warm = time.perf_counter() - t0
-  return cold - warm, warm
+  cold, _ = clocked(loop)
+  warm, warm_cpu = clocked(loop)
+  return cold - warm, warm, warm_cpu
+
+
+def sweep_seconds(family, sweep: driver.Sweep, chunk: int):
+  """(compile seconds, warm seconds): sweep_times' wall clock."""
+  return sweep_times(family, sweep, chunk)[:2]
 
 
 def compile_seconds(family, sweep: driver.Sweep, chunk: int, width: int | None = None):
