@@ -43,7 +43,16 @@ def test_curate_picks_each_row_among_its_candidates_by_exp_scaled_score():
                           jax.random.key(1), jnp.float32(scale), scores)
     p = np.exp(scale) / (1 + np.exp(scale))  # Bradley-Terry: P(1 beats 0)
     assert abs(float(x.mean()) - p) < Z999 * np.sqrt(p * (1 - p) / n), scale
-  del k
+  # K = 4, the last candidate unscorable (-inf: never picked), the others 0, 1, 2
+  last = jnp.tile(jnp.arange(k + 2.0)[:, None], (n, 1))
+  scores = jnp.where(last[:, 0] < k + 1, last[:, 0], -jnp.inf)
+  x, _ = regimes.curate(regimes.Pools(jnp.zeros((n, 1)), last, None, None), 1,
+                        jax.random.key(2), jnp.float32(0.5), scores)
+  p_K = np.exp(0.5 * np.arange(k + 1)) / np.exp(0.5 * np.arange(k + 1)).sum()
+  counts_K = np.bincount(np.asarray(x[:, 0], int), minlength=k + 2)
+  assert counts_K[k + 1] == 0
+  for c, p in zip(counts_K, p_K):
+    assert abs(c / n - p) < Z999 * np.sqrt(p * (1 - p) / n), (counts_K, p_K)
 
 
 def test_augment_trains_on_all_original_data_and_a_share_of_synthetic():
