@@ -162,12 +162,14 @@ def summary(curves, columns, generations=None) -> str:
     for g in sorted({g for g in (generations or ()) if g <= last} | {last}):
       cells = [f'{sub[c + "_q50"][g, 0]:10.4g} [{sub[c + "_q05"][g, 0]:.3g}, '
                f'{sub[c + "_q95"][g, 0]:.3g}]' for c in columns]
-      lines.append((f'{regime:20s} {samples:6d} {fraction:4g} {g:6d} ', cells))
-  header = f'{"regime":20s} {"M":>6s} {"frac":>4s} {"gen":>6s} '
+      lines.append((f'{regime:20s} {samples:6d} {fraction:5g} {g:6d} ', cells))
+  header = f'{"regime":20s} {"M":>6s} {"value":>5s} {"gen":>6s} '
   widths = [max(len(c), *(len(cells[i]) for _, cells in lines)) for i, c in enumerate(columns)]
   out = [header + '  '.join(c.rjust(w) for c, w in zip(columns, widths))]
   out += [head + '  '.join(x.rjust(w) for x, w in zip(cells, widths)) for head, cells in lines]
-  return '\n'.join(out) + '\n(median [5%, 95%] over seeds; M: samples per generation)'
+  values = ', '.join(f'{r}: {value_column(curves, r)}' for r in dict.fromkeys(curves['regime']))
+  return '\n'.join(out) + (f'\n(median [5%, 95%] over seeds; M: samples per generation; value: '
+                           f'the regime\'s parameter, {values})')
 
 
 # ----------------------------------------------------------------------------- runs read back
