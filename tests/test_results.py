@@ -67,3 +67,25 @@ def test_what_is_not_a_finished_run_is_one_line(tmp_path):
   (tmp_path / 'config.json').write_text('{"components": 2}')
   with pytest.raises(ValueError, match='no metrics.csv or curves.csv'):
     results.load(tmp_path)
+
+
+def test_percentiles_keep_infinities_where_numpy_gives_nan():
+  """A metric that reaches -inf (a point mass's log-determinant, a held-out log-likelihood)
+  keeps its quantiles: linear interpolation toward -inf is -inf, not NaN; rows without an
+  infinity are np.percentile's to the bit."""
+  inf = np.inf
+  v_GxS = np.array([[1.0, 2.0, 3.0, 4.0, 5.0],
+                    [-inf, -inf, -inf, 0.0, 1.0],
+                    [-inf, -inf, -inf, -inf, -inf],
+                    [0.0, 1.0, 2.0, inf, inf],
+                    [-inf, 0.0, 0.0, 0.0, inf],
+                    [-inf, -inf, -inf, inf, inf],
+                    [np.nan, 0.0, 1.0, 2.0, 3.0]])
+  with np.errstate(invalid='ignore'):
+    lo, mid, hi = results.percentiles(v_GxS, (5, 50, 95))
+  assert np.array_equal(lo[:1], np.percentile(v_GxS[:1], 5, axis=1))
+  assert np.array_equal(mid[:1], [3.0])
+  np.testing.assert_allclose(lo[1:6], [-inf, -inf, 0.2, -inf, -inf])
+  np.testing.assert_array_equal(mid[1:6], [-inf, -inf, 2.0, 0.0, -inf])
+  np.testing.assert_allclose(hi[1:6], [0.8, -inf, inf, inf, inf])
+  assert np.isnan(lo[6]) and np.isnan(mid[6]) and np.isnan(hi[6])

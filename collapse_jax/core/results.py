@@ -66,6 +66,23 @@ def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
   return _concatenate(parts)
 
 
+def percentiles(v_GxS, qs):
+  """np.percentile over axis 1 (linear interpolation), with infinities kept where
+  np.percentile gives NaN (inf - inf, or inf x 0): a data point next to an infinity is
+  itself, between -inf and anything below +inf the interpolation is -inf, and +inf between
+  +inf and anything above -inf; NaN between -inf and +inf, or with a NaN in the row."""
+  q_QxG = np.percentile(v_GxS, qs, axis=1)
+  if np.isfinite(v_GxS).all():
+    return q_QxG
+  lo_QxG = np.percentile(v_GxS, qs, axis=1, method='lower')
+  hi_QxG = np.percentile(v_GxS, qs, axis=1, method='higher')
+  fixed = np.where(lo_QxG == hi_QxG, lo_QxG,
+                   np.where((lo_QxG == -np.inf) & (hi_QxG != np.inf), -np.inf,
+                            np.where((hi_QxG == np.inf) & (lo_QxG != -np.inf), np.inf, np.nan)))
+  clean_G = ~np.isnan(v_GxS).any(axis=1)
+  return np.where(np.isnan(q_QxG) & clean_G, fixed, q_QxG)
+
+
 def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
   """Statistics over seeds: one row per generation x regime x samples x real fraction.
 
@@ -85,7 +102,7 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
               'generation': np.arange(g1), 'seeds': np.full(g1, cols_B.sum())}
       for name in sorted(metrics):
         v_GxS = metrics[name][:, cols_B].astype(np.float64)
-        lo, mid, hi = np.percentile(v_GxS, [5, 50, 95], axis=1)
+        lo, mid, hi = percentiles(v_GxS, (5, 50, 95))
         part.update({f'{name}_mean': v_GxS.mean(1), f'{name}_sd': v_GxS.std(1, ddof=1)
                      if v_GxS.shape[1] > 1 else np.zeros(g1),
                      f'{name}_q05': lo, f'{name}_q50': mid, f'{name}_q95': hi})
