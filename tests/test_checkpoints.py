@@ -105,9 +105,10 @@ def _gaussian_family():
 _compile_sweep, _compiled = driver.compile_sweep, {}
 
 
-def _compile_once(family, sweep, chunk, width=None):
+def _compile_once(family, sweep, chunk, width=None, with_first=True):
   """driver.compile_sweep, once: every run here is the same sweep, and what is tested is
-  what happens around its programs."""
+  what happens around its programs (both compiled, whichever a run asks for)."""
+  del with_first
   if (sweep, chunk) not in _compiled:
     _compiled[sweep, chunk] = _compile_sweep(family, sweep, chunk, width)
   return _compiled[sweep, chunk]

@@ -91,14 +91,18 @@ def _run(tmp, sweep, every=3, calls=None):
 
 @pytest.mark.parametrize('regime, fractions', [('accumulate-subsample', (0.0,)),
                                                ('fresh', (0.0, 0.5))])
-def test_resume_is_bit_identical(tmp_path, regime, fractions):
+def test_resume_is_bit_identical(tmp_path, regime, fractions, monkeypatch):
   sweep = _sweep(regime, fractions=fractions)
   whole = _run(tmp_path / 'whole', sweep)
   _run(tmp_path / 'cut', sweep)
   # A kill after the generation-6 checkpoint: drop the final one and rerun.
   assert sorted(os.listdir(tmp_path / 'cut')) == ['6', '7']
   shutil.rmtree(tmp_path / 'cut' / '7')
+  compiled, compile_sweep = [], driver.compile_sweep
+  monkeypatch.setattr(driver, 'compile_sweep',
+                      lambda *a: compiled.append(compile_sweep(*a)) or compiled[-1])
   resumed = _run(tmp_path / 'cut', sweep)
+  assert len(compiled) == 1 and compiled[0][2] is None  # generation 0's program: not compiled
   assert set(whole) == {'mu', 'sd', 'shift', 'rows'}
   for k in whole:
     assert whole[k].shape == (8, 3 * len(fractions))

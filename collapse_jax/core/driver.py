@@ -538,16 +538,19 @@ def default_width(family: Family, runs_per_device: int) -> int:
   return runs_per_device
 
 
-def compile_sweep(family: Family | WithData, sweep: Sweep, chunk: int, width: int | None = None):
+def compile_sweep(family: Family | WithData, sweep: Sweep, chunk: int, width: int | None = None,
+                  with_first: bool = True):
   """A sweep's runs placed on the devices and its two programs compiled ahead of time:
   ((seed_B, fraction_B), runs per device, first, advance, the abstract (const_B, carry_B,
-  metrics0) of generation 0 with the runs' sharding, the bytes a device needs)."""
+  metrics0) of generation 0 with the runs' sharding, the bytes a device needs).
+  with_first=False compiles the chunk's program alone (a resumed run never runs generation
+  0's); first is None then, and the bytes are the chunk's."""
   (seed_B, fraction_B), per_device = placed_runs(sweep)
   first, advance = programs(family, sweep, chunk,
                             min(width or default_width(concrete(family), per_device), per_device))
   shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=seed_B.sharding),
                         jax.eval_shape(first, seed_B, fraction_B))
-  first, need_first = first.compiled(seed_B, fraction_B)
+  first, need_first = first.compiled(seed_B, fraction_B) if with_first else (None, 0)
   advance, need_advance = advance.compiled(shapes[0], shapes[1], jnp.int32(1))
   return (seed_B, fraction_B), per_device, first, advance, shapes, max(need_first, need_advance)
 
@@ -574,9 +577,10 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
     return {k: np.asarray(v)[:, :b] for k, v in saved.history.items()}
 
   chunk = min(checkpoint_every, sweep.generations)
-  # Compiled before anything runs, so a batch too large for a device is refused up front.
+  # Compiled before anything runs, so a batch too large for a device is refused up front;
+  # a resumed run compiles only the chunk's program.
   (seed_B, fraction_B), per_device, first, advance, shapes, need = compile_sweep(
-      family, sweep, chunk, width)
+      family, sweep, chunk, width, step is None)
   const_B, carry_B, metrics0 = shapes
   shared = sum(x.nbytes for x in jax.tree.leaves(_unbind(family)[1]))
   line = check_memory(need, per_device, shared, b)
