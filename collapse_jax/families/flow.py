@@ -448,19 +448,21 @@ class FlowConfig(regimes.Options):
   samples: int = 2000
   target: str = 'ring'
   noise: float = 0.1
-  hidden: int = 256
-  layers: int = 4
-  time_features: int = 16
-  steps: int = 5000
-  batch: int = 512
-  lr: float = 1e-3
-  ode_steps: int = 32
-  solver: str = 'midpoint'
+  # TrainConfig's fields, flat for the flags
+  hidden: int = TrainConfig.hidden
+  layers: int = TrainConfig.layers
+  time_features: int = TrainConfig.time_features
+  steps: int = TrainConfig.steps
+  batch: int = TrainConfig.batch
+  lr: float = TrainConfig.lr
+  ode_steps: int = TrainConfig.ode_steps
+  solver: str = TrainConfig.solver
   warm_start: bool = False
-  eval_samples: int = 2000
-  knn: int = 3
-  mmd_bandwidth: float = 0.2
-  cover_fraction: float = 0.25
+  # EvalConfig's, under their flags' names
+  eval_samples: int = EvalConfig.rows
+  knn: int = EvalConfig.knn
+  mmd_bandwidth: float = EvalConfig.bandwidth
+  cover_fraction: float = EvalConfig.cover_fraction
   reward_target: tuple[float, ...] = ()  # the reward -|x - c|^2; empty: c = region 0's centre
   regimes: tuple[str, ...] = ('replace',)
   real_fractions: tuple[float, ...] = (0.0,)
@@ -469,8 +471,7 @@ class FlowConfig(regimes.Options):
 
   @property
   def train(self) -> TrainConfig:
-    return TrainConfig(self.hidden, self.layers, self.time_features, self.steps, self.batch,
-                       self.lr, self.ode_steps, self.solver)
+    return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
   @property
   def eval(self) -> EvalConfig:
