@@ -84,6 +84,11 @@ class Regime:
     """The table column that tells this regime's runs apart."""
     return self.parameter or 'real_fraction'
 
+  def quiet(self, value) -> bool:
+    """Whether runs at this parameter value need no label (a column, a folder suffix): the
+    regime takes no parameter, or a paper regime's added one is at its default."""
+    return self.parameter is None or (self.quiet_default and value == self.default)
+
 
 # ---------------------------------------------------------------- the parts
 

@@ -18,8 +18,8 @@ def parameter_columns(sweeps) -> list[str]:
   out = []
   for sweep in sweeps:
     reg = regimes.get(sweep.regime)
-    if reg.parameter not in (None, 'real_fraction', *out) and (
-        not reg.quiet_default or tuple(sweep.fractions) != (reg.default,)):
+    if reg.parameter not in (None, 'real_fraction', *out) and not all(
+        reg.quiet(v) for v in sweep.fractions):
       out.append(reg.parameter)
   return [p for p in regimes.PARAMETERS if p in out]
 

@@ -616,8 +616,7 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
   for regime in cfg.regimes:
     reg = regimes.get(regime)
     for value in cfg.values(regime):
-      quiet = reg.parameter is None or (reg.quiet_default and value == reg.default)
-      name = regime if quiet else f'{regime}_{value:g}'
+      name = regime if reg.quiet(value) else f'{regime}_{value:g}'
       real = value if reg.parameter == 'real_fraction' else 0.0
       first_name = first_name or name
       seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
