@@ -40,6 +40,9 @@ PROMPT = ('some started before 1360 \u2014 was typically accomplished by a maste
           'designed the parish church towers based on early examples of Perpendicular')
 
 
+DECODED = {'beam': 'beam-search', 'greedy': 'greedy', 'sample': 'sampled'}  # for titles
+
+
 @dataclasses.dataclass(frozen=True)
 class LMConfig(regimes.Options):
   """The language-model experiment; defaults are the authors' released code (main.py): the
@@ -660,7 +663,8 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
                         ('generated_ppl_median', 'median perplexity of generated blocks\n'
                          'under the generation-0 model', True)],
                os.path.join(workdir, 'perplexity.png'),
-               title=f'{cfg.model} fine-tuned on its own beam-search text, {cfg.seeds} seed(s)')
+               title=f'{cfg.model} fine-tuned on its own {DECODED[cfg.decoding]} text, '
+                     f'{cfg.seeds} seed(s)')
   plots.curves(curves, [('distinct_tokens', 'distinct tokens generated', False),
                         ('rare_share', "share of the corpus's rarest 10% of tokens\nstill generated",
                          False),
