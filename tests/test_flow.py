@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax.core import driver, regimes, results
+from collapse_jax.core import driver, regimes, results, sampling
 from collapse_jax.families import flow
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -80,7 +80,7 @@ def test_log_density_is_the_gaussians_and_needs_its_divergence(gaussian_fit):
 
 def test_rows_are_drawn_in_proportion_to_their_weights():
   w_R = jnp.array([0.0, 1.0, 3.0, 0.0, 4.0])
-  i_B = flow.draw_rows(jax.random.uniform(jax.random.key(7), (200_000,)), jnp.cumsum(w_R))
+  i_B = sampling.invert_cdf(jnp.cumsum(w_R), jax.random.uniform(jax.random.key(7), (200_000,)))
   count_R = np.bincount(np.asarray(i_B), minlength=5)
   p_R = np.asarray(w_R) / 8.0
   half_R = Z999 * np.sqrt(200_000 * p_R * (1 - p_R))

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 from sklearn.neighbors import KernelDensity
 
-from collapse_jax.core import driver, regimes, results
+from collapse_jax.core import driver, regimes, results, sampling
 from collapse_jax.families import kde
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -175,7 +175,8 @@ def test_mmd_is_unbiased_and_near_zero_for_the_truth():
     draw = jax.vmap(lambda k: kde.draw_target(target, k, 64, 0.1))
     y_SxNxD = draw(jax.random.split(jax.random.key(0), 400)) + shift
     t_SxNxD = draw(jax.random.split(jax.random.key(1), 400))
-    return jax.vmap(lambda y, t: kde.mmd2(y, t, 0.5, kde.self_kernel(t, 0.5)))(y_SxNxD, t_SxNxD)
+    t_self = lambda t: sampling.kernel_mean_off_diagonal(sampling.squared_distances(t, t), 0.5)  # noqa: E731
+    return jax.vmap(lambda y, t: sampling.mmd2(y, t, 0.5, t_self(t)))(y_SxNxD, t_SxNxD)
   assert _in_ci(mmd_S(0.0), 0.0)
   shifted_S = mmd_S(0.3)
   assert float(jnp.mean(shifted_S)) > 0 and not _in_ci(shifted_S, 0.0)

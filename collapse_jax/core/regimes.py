@@ -22,11 +22,14 @@ reward) and weights over generations. A new regime is a few lines:
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from collapse_jax.core import sampling
 
 SCORES = ('truth', 'self', 'gen0', 'noisy', 'reward')
 CANDIDATES = 4  # default K of curate
@@ -129,10 +132,8 @@ def chosen_by_reward(x_CxD, scores_C, n, key, scale):
   p_NxK = jax.nn.softmax(jnp.where(jnp.isfinite(logits_NxK), logits_NxK, -1e30), axis=1)
   # one uniform a row against the row's CDF: a K-th of the random numbers of a Gumbel
   # argmax (jax.random.categorical), which on a CPU cost more than the candidates' scores
-  cdf_NxK = jnp.cumsum(p_NxK, axis=1)
-  u_Nx1 = jax.random.uniform(key, (n, 1)) * cdf_NxK[:, -1:]
-  last_N = k - 1 - jnp.argmax(p_NxK[:, ::-1] > 0, axis=1)  # rounding at the top: a live pick
-  pick_N = jnp.minimum(jnp.sum(cdf_NxK <= u_Nx1, axis=1), last_N)
+  pick_N = jax.vmap(functools.partial(sampling.invert_cdf, method='compare_all'))(
+      jnp.cumsum(p_NxK, axis=1), jax.random.uniform(key, (n,)))
   return x_CxD[:n * k].reshape(n, k, -1)[jnp.arange(n), pick_N]
 
 

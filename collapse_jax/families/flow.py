@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from collapse_jax.core import driver, plots, regimes, results
+from collapse_jax.core import driver, plots, regimes, results, sampling
 from collapse_jax.nets.mlp import VelocityMLP
 
 DIMS = 2
@@ -78,7 +78,7 @@ class Target:
 
 def _nearest(x_NxD, points_QxD):
   """(index, squared distance) of each row's nearest point."""
-  d2_NxQ = jnp.sum((x_NxD[:, None] - points_QxD[None]) ** 2, -1)
+  d2_NxQ = sampling.squared_distances(x_NxD, points_QxD)
   return jnp.argmin(d2_NxQ, -1), jnp.min(d2_NxQ, -1)
 
 
@@ -94,7 +94,7 @@ def ring(noise: float, radius: float = 2.0) -> Target:
     return c_NxD + noise * gaussian_pairs(u_Nx3[:, 1:])
 
   def log_density(x_NxD):
-    d2_NxK = jnp.sum((x_NxD[:, None] - c_KxD[None]) ** 2, -1)
+    d2_NxK = sampling.squared_distances(x_NxD, c_KxD)
     return (jax.nn.logsumexp(-0.5 * d2_NxK / noise**2, -1) - math.log(REGIONS)
             - DIMS * (0.5 * LOG_2PI + math.log(noise)))
 
@@ -136,7 +136,7 @@ def moons(noise: float) -> Target:
     return sign_N[:, None] * upper_NxD + noise * gaussian_pairs(u_Nx4[:, 2:])
 
   def log_density(x_NxD):
-    d2_NxQ = jnp.sum((x_NxD[:, None] - points_QxD[None]) ** 2, -1)
+    d2_NxQ = sampling.squared_distances(x_NxD, points_QxD)
     return (jax.nn.logsumexp(-0.5 * d2_NxQ / noise**2, -1) - math.log(2 * q)
             - DIMS * (0.5 * LOG_2PI + math.log(noise)))
 
@@ -178,8 +178,7 @@ def checkerboard() -> Target:
   return Target('checkerboard', draw, log_density, region, corner_KxD + 0.5)
 
 
-TARGETS = {'ring': lambda noise: ring(noise), 'moons': lambda noise: moons(noise),
-           'checkerboard': lambda noise: checkerboard()}
+TARGETS = {'ring': ring, 'moons': moons, 'checkerboard': lambda noise: checkerboard()}
 
 
 # ---------------------------------------------------------------- the flow
@@ -253,13 +252,6 @@ def gaussian_min_loss(std: float, dims: int = DIMS) -> float:
   return dims * std * math.pi / 2
 
 
-def draw_rows(u_B, cdf_R):
-  """Row indices drawn with probability proportional to the weights whose running sum is
-  cdf_R, one per uniform u (by inverting the CDF): rows of weight 0 are never drawn."""
-  i_B = jnp.searchsorted(cdf_R, u_B * cdf_R[-1], side='right')
-  return jnp.minimum(i_B, cdf_R.shape[0] - 1)
-
-
 def fit(cfg: TrainConfig, x_RxD, w_R, key, params=None):
   """A velocity field trained for cfg.steps Adam steps on the weighted rows: each batch is
   cfg.batch rows drawn with probability w / sum(w), so the expected loss is the weighted
@@ -275,7 +267,7 @@ def fit(cfg: TrainConfig, x_RxD, w_R, key, params=None):
   def step(s, state):
     params, opt_state, total = state
     u_Bx4 = uniforms(jax.random.fold_in(loop_key, s), cfg.batch, 4)
-    x1_BxD = x_RxD[draw_rows(u_Bx4[:, 0], cdf_R)]
+    x1_BxD = x_RxD[sampling.invert_cdf(cdf_R, u_Bx4[:, 0])]
     loss, grads = jax.value_and_grad(lambda p: cfm_loss(model, p, x1_BxD, u_Bx4[:, 1:]))(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     total = total + jnp.where(s >= cfg.steps - tail, loss, 0.0)
@@ -353,25 +345,10 @@ def refit_warm(cfg: TrainConfig, params, key, n):
 
 # ---------------------------------------------------------------- metrics
 
-def squared_distances(a_NxD, b_MxD):
-  """|a_n - b_m|^2, from differences (no cancellation)."""
-  return jnp.sum((a_NxD[:, None] - b_MxD[None]) ** 2, -1)
-
-
 def kth_neighbour2(d2_NxN, k: int):
   """Squared distance from each row to its k-th nearest other row (the row itself, at 0,
   is the nearest of all)."""
   return -jax.lax.top_k(-d2_NxN, k + 1)[0][:, k]
-
-
-def mmd2(kxx_mean, x_ExD, y_ExD, bandwidth: float):
-  """The unbiased estimate of MMD^2 between the laws of x and y (Gretton et al. 2012, eq. 3)
-  with the Gaussian kernel exp(-|a - b|^2 / (2 bandwidth^2)); kxx_mean: x's own term, the
-  kernel's mean over pairs of distinct rows of x. 0 in expectation when the laws agree."""
-  e = y_ExD.shape[0]
-  kernel = lambda d2: jnp.exp(-0.5 * d2 / bandwidth**2)  # noqa: E731
-  kyy = (jnp.sum(kernel(squared_distances(y_ExD, y_ExD))) - e) / (e * (e - 1))
-  return kxx_mean + kyy - 2 * jnp.mean(kernel(squared_distances(x_ExD, y_ExD)))
 
 
 def sliced_w2(x_ExD, y_ExD, directions: int = 32):
@@ -387,8 +364,8 @@ def precision_recall(real_ExD, real_radius2_E, fake_ExD, k: int):
   """Improved precision and recall (Kynkaanniemi et al. 2019): the share of fake rows
   inside some real row's k-NN ball (quality), and of real rows inside some fake row's
   (diversity)."""
-  d2_ExE = squared_distances(fake_ExD, real_ExD)
-  fake_radius2_E = kth_neighbour2(squared_distances(fake_ExD, fake_ExD), k)
+  d2_ExE = sampling.squared_distances(fake_ExD, real_ExD)
+  fake_radius2_E = kth_neighbour2(sampling.squared_distances(fake_ExD, fake_ExD), k)
   precision = jnp.mean(jnp.any(d2_ExE <= real_radius2_E[None], 1))
   recall = jnp.mean(jnp.any(d2_ExE <= fake_radius2_E[:, None], 0))
   return precision, recall
@@ -410,10 +387,9 @@ class EvalConfig:
 def reference(tgt: Target, ecfg: EvalConfig, key):
   """The run's truth sample with its k-NN radii and its own MMD term."""
   truth_ExD = tgt.draw(key, ecfg.rows)
-  d2_ExE = squared_distances(truth_ExD, truth_ExD)
-  e = ecfg.rows
-  kxx = (jnp.sum(jnp.exp(-0.5 * d2_ExE / ecfg.bandwidth**2)) - e) / (e * (e - 1))
-  return {'truth': truth_ExD, 'radius2': kth_neighbour2(d2_ExE, ecfg.knn), 'kxx': kxx}
+  d2_ExE = sampling.squared_distances(truth_ExD, truth_ExD)
+  return {'truth': truth_ExD, 'radius2': kth_neighbour2(d2_ExE, ecfg.knn),
+          'kxx': sampling.kernel_mean_off_diagonal(d2_ExE, ecfg.bandwidth)}
 
 
 def evaluate(tgt: Target, ecfg: EvalConfig, synth_NxD, ref):
@@ -423,7 +399,7 @@ def evaluate(tgt: Target, ecfg: EvalConfig, synth_NxD, ref):
   precision, recall = precision_recall(ref['truth'], ref['radius2'], x_ExD, ecfg.knn)
   region_E = tgt.region(x_ExD)
   mass_K = jnp.mean(region_E[:, None] == jnp.arange(REGIONS), 0)
-  out = {'mmd2': mmd2(ref['kxx'], ref['truth'], x_ExD, ecfg.bandwidth),
+  out = {'mmd2': sampling.mmd2(x_ExD, ref['truth'], ecfg.bandwidth, ref['kxx']),
          'sliced_w2': sliced_w2(ref['truth'], x_ExD), 'precision': precision, 'recall': recall,
          'modes_covered': jnp.sum(mass_K >= ecfg.cover_fraction / REGIONS).astype(jnp.int32),
          'off_mode': jnp.mean(region_E == REGIONS),

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from collapse_jax.core import driver, plots, regimes, results
+from collapse_jax.core import driver, plots, regimes, results, sampling
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -107,7 +107,7 @@ def _swiss_roll(key, n):
 
 def blobs_log_density(x_NxD, noise):
   """log (1/K) sum_k N(x; c_k, noise^2 I)."""
-  sq_NxK = _sq_dist(x_NxD, jnp.asarray(BLOB_CENTRES))
+  sq_NxK = sampling.squared_distances(x_NxD, jnp.asarray(BLOB_CENTRES))
   return (_logsumexp(-sq_NxK / (2 * noise**2)) - math.log(len(BLOB_CENTRES))
           - jnp.log(2 * jnp.pi * noise**2))
 
@@ -166,11 +166,6 @@ def target_variance(target: Target, noise: float) -> float:
 # ---------------------------------------------------------------- the KDE
 # params: {'points': p_RxD, 'weights': w_R (summing to 1; 0 for padding), 'bandwidth': h}.
 # R is fixed per sweep: the most rows the sweep's fit sees (fit_rows).
-
-def _sq_dist(a_NxD, b_MxD):
-  """Squared distances NxM, one dimension at a time (faster than a difference tensor on a CPU)."""
-  return sum((a_NxD[:, None, i] - b_MxD[None, :, i]) ** 2 for i in range(a_NxD.shape[1]))
-
 
 def _logsumexp(a_NxM):
   """log sum_m exp(a_nm), rows with -inf entries allowed (padding), each with a finite one."""
@@ -232,19 +227,10 @@ def fit(x_RxD, w_R, rule: str, bandwidth: float, rows: int):
           {'effective_n': effective_n(w_R)})
 
 
-def draw_index(key, w_R, n):
-  """n indices drawn with probability w_R (summing to 1) by inverting the CDF, never a
-  row of weight 0 (the last live row takes the rounding at the top)."""
-  cdf_R = jnp.cumsum(w_R)
-  u_N = jax.random.uniform(key, (n,)) * cdf_R[-1]
-  last = w_R.shape[0] - 1 - jnp.argmax((w_R > 0)[::-1])
-  return jnp.minimum(jnp.searchsorted(cdf_R, u_N, side='right'), last)
-
-
 def sample(params, key, n):
   """n samples: a stored point picked by weight, plus N(0, h^2 I)."""
   pick_key, noise_key = jax.random.split(key)
-  i_N = draw_index(pick_key, params['weights'], n)
+  i_N = sampling.invert_cdf(jnp.cumsum(params['weights']), jax.random.uniform(pick_key, (n,)))
   return (params['points'][i_N]
           + params['bandwidth'] * jax.random.normal(noise_key, (n, params['points'].shape[1])))
 
@@ -252,7 +238,8 @@ def sample(params, key, n):
 def log_density(params, x_NxD):
   """log sum_r w_r N(x; p_r, h^2 I) of each row (a logsumexp over the stored points)."""
   h = params['bandwidth']
-  a_NxR = jnp.log(params['weights']) - _sq_dist(x_NxD, params['points']) / (2 * h**2)
+  d2_NxR = sampling.squared_distances(x_NxD, params['points'])
+  a_NxR = jnp.log(params['weights']) - d2_NxR / (2 * h**2)
   return _logsumexp(a_NxR) - 0.5 * x_NxD.shape[1] * jnp.log(2 * jnp.pi * h**2)
 
 
@@ -260,20 +247,6 @@ def spread(params):
   """Trace of the KDE's covariance: the stored points' weighted biased variance plus d h^2."""
   _, var_D = weighted_moments(params['points'], params['weights'])
   return jnp.sum(var_D) + params['points'].shape[1] * params['bandwidth'] ** 2
-
-
-def mmd2(y_NxD, t_MxD, scale: float, t_self):
-  """Unbiased squared MMD (MMD^2_u, Gretton et al. 2012) between samples y and t with the
-  kernel exp(-|a - b|^2 / 2 scale^2); t_self: t's term, mean of k(t_m, t_m'), m != m'."""
-  n = y_NxD.shape[0]
-  k = lambda a, b: jnp.exp(-_sq_dist(a, b) / (2 * scale**2))  # noqa: E731
-  y_self = (jnp.sum(k(y_NxD, y_NxD)) - n) / (n * (n - 1))
-  return y_self + t_self - 2 * jnp.mean(k(y_NxD, t_MxD))
-
-
-def self_kernel(t_MxD, scale: float):
-  m = t_MxD.shape[0]
-  return (jnp.sum(jnp.exp(-_sq_dist(t_MxD, t_MxD) / (2 * scale**2))) - m) / (m * (m - 1))
 
 
 # ---------------------------------------------------------------- closed forms
@@ -389,12 +362,13 @@ def family(cfg: KDEConfig, rows: int | None = None) -> driver.Family:
 
   def reference(params0, key):
     heldout_HxD = draw_target(truth, key, cfg.heldout, noise)
-    return {'heldout': heldout_HxD, 'heldout_self': self_kernel(heldout_HxD, cfg.mmd_scale)}
+    return {'heldout': heldout_HxD, 'heldout_self': sampling.kernel_mean_off_diagonal(
+        sampling.squared_distances(heldout_HxD, heldout_HxD), cfg.mmd_scale)}
 
   def evaluate(params, synth_NxD, ref):
     out = {'heldout_nll': -jnp.mean(log_density(params, ref['heldout'])),
            'spread': spread(params), 'bandwidth': params['bandwidth'],
-           'mmd2': mmd2(synth_NxD, ref['heldout'], cfg.mmd_scale, ref['heldout_self'])}
+           'mmd2': sampling.mmd2(synth_NxD, ref['heldout'], cfg.mmd_scale, ref['heldout_self'])}
     if true_log_density is not None:
       out['truth_ll'] = jnp.mean(true_log_density(synth_NxD))
     return out
