@@ -116,9 +116,7 @@ def main(run) -> None:
 
 def preset_config(config_cls, presets: dict[str, dict], preset: str, flag_values, names):
   """The config from a named preset, overridden by the flags given on the command line."""
-  if preset not in presets:
-    raise driver.ConfigError('preset', f'unknown preset {preset!r}; choose from '
-                             f'{", ".join(presets)}')
+  driver.check_choice('preset', preset, presets)
   fields = dict(presets[preset])
   for field, flag in names.items():
     if flag_values[flag].present or field not in fields:

@@ -183,8 +183,7 @@ def validate_sweep(seeds, generations, samples, regimes, real_fractions, min_sam
   if not regimes:
     raise ConfigError('regime', 'needs at least one regime')
   for r in regimes:
-    if r not in _regimes.REGIMES:
-      raise ConfigError('regime', f'unknown regime {r!r}; choose from {", ".join(_regimes.REGIMES)}')
+    check_choice('regime', r, _regimes.REGIMES)
   if not real_fractions:
     raise ConfigError('real_fraction', 'needs at least one fraction')
   for f in real_fractions:
@@ -233,6 +232,12 @@ def validate_regime_settings(names, settings, score, family):
     if score not in have:
       raise ConfigError('score', f'{score!r} is not a score this family has; choose from '
                         f'{", ".join(have)}')
+
+
+def check_choice(flag: str, value, choices, what: str | None = None) -> None:
+  """Raises ConfigError naming `flag` when value is none of `choices`."""
+  if value not in choices:
+    raise ConfigError(flag, f'unknown {what or flag} {value!r}; choose from {", ".join(choices)}')
 
 
 def check_fields(config, checks) -> None:

@@ -465,12 +465,8 @@ class FlowConfig(regimes.Options):
                         self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'FlowConfig':
-    if self.target not in TARGETS:
-      raise driver.ConfigError('target', f'unknown target {self.target!r}; choose from '
-                               f'{", ".join(TARGETS)}')
-    if self.solver not in SOLVERS:
-      raise driver.ConfigError('solver', f'unknown solver {self.solver!r}; choose from '
-                               f'{", ".join(SOLVERS)}')
+    driver.check_choice('target', self.target, TARGETS)
+    driver.check_choice('solver', self.solver, SOLVERS)
     driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
                           self.real_fractions, min_samples=self.knn + 1)
     checks = [('noise', self.noise > 0, 'must be positive'),

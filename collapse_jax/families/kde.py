@@ -303,12 +303,8 @@ class KDEConfig(regimes.Options):
   def validate(self) -> 'KDEConfig':
     driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
                           self.real_fractions, min_samples=2)  # a spread and an MMD need two
-    if self.target not in TARGETS:
-      raise driver.ConfigError('target', f'unknown target {self.target!r}; choose from '
-                               f'{", ".join(TARGETS)}')
-    if self.bandwidth_rule not in RULES:
-      raise driver.ConfigError('bandwidth_rule', f'unknown rule {self.bandwidth_rule!r}; choose '
-                               f'from {", ".join(RULES)}')
+    driver.check_choice('target', self.target, TARGETS)
+    driver.check_choice('bandwidth_rule', self.bandwidth_rule, RULES, 'rule')
     checks = [('bandwidth', self.bandwidth > 0, 'must be positive'),
               ('noise', self.noise is None or self.noise > 0, 'must be positive'),
               ('heldout', self.heldout >= 2, 'must be at least 2'),

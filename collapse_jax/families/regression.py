@@ -341,9 +341,7 @@ class RegressionConfig(regimes.Options):
     for r in self.ridges:
       if not r >= 0:
         raise driver.ConfigError('ridge', f'{r} is negative; a penalty is at least 0 (0: OLS)')
-    if self.inputs not in INPUTS:
-      raise driver.ConfigError('inputs', f'unknown inputs {self.inputs!r}; choose from '
-                               f'{", ".join(INPUTS)}')
+    driver.check_choice('inputs', self.inputs, INPUTS)
     checks = [('dims', self.dims >= 1, 'must be at least 1'),
               ('samples', min(self.ridges) > 0 or self.samples > self.dims,
                f'must exceed --dims={self.dims} for ordinary least squares (--ridge=0)'),
