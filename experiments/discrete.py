@@ -8,34 +8,37 @@ from M of its own samples until it is absorbed in a single outcome.
 --generations is a limit: a sweep stops once every seed is absorbed in one outcome.
 """
 
-from absl import app, flags
+from absl import flags
 
 from collapse_jax.core import cli
 from collapse_jax.families import discrete
 
 _D = discrete.DiscreteConfig()
-FLAGS = flags.FLAGS
-cli.define_common_flags(_D, 'runs/discrete', discrete.PRESETS)
+FLAGS = flags.FlagValues()
+cli.define_common_flags(FLAGS, _D, 'runs/discrete', discrete.PRESETS)
 flags.DEFINE_list('samples', [str(m) for m in _D.samples],
-                  'Comma-separated sample sizes M: each generation counts M samples.')
+                  'Comma-separated sample sizes M: each generation counts M samples.',
+                  flag_values=FLAGS)
 flags.DEFINE_list('probs', list(_D.probs), 'Comma-separated probabilities of the true '
                   'distribution (weights are fine: divided by their sum, with a note when it '
-                  'is not 1); empty: a Zipf law over --outcomes.')
-flags.DEFINE_integer('outcomes', _D.outcomes, 'Outcomes K of the Zipf law.')
-flags.DEFINE_float('zipf_exponent', _D.zipf_exponent, 'p_i proportional to i^-exponent.')
+                  'is not 1); empty: a Zipf law over --outcomes.', flag_values=FLAGS)
+flags.DEFINE_integer('outcomes', _D.outcomes, 'Outcomes K of the Zipf law.', flag_values=FLAGS)
+flags.DEFINE_float('zipf_exponent', _D.zipf_exponent, 'p_i proportional to i^-exponent.',
+                   flag_values=FLAGS)
 flags.DEFINE_float('tail', _D.tail, 'The tail: the least likely outcomes holding at most this '
-                   'much of the original probability.')
+                   'much of the original probability.', flag_values=FLAGS)
 flags.DEFINE_list('rewards', [], '--score=reward: the reward of each outcome (empty: '
-                  'i / (K - 1) for outcome i, the rarer the higher under a Zipf law).')
+                  'i / (K - 1) for outcome i, the rarer the higher under a Zipf law).',
+                  flag_values=FLAGS)
 flags.DEFINE_bool('per_seed_csv', _D.per_seed_csv, 'Also write metrics.csv, one row per seed '
-                  'and generation (large: about 80 MB per million rows).')
+                  'and generation (large: about 80 MB per million rows).', flag_values=FLAGS)
 
 _FIELDS = {f: f for f in cli.COMMON + ('samples', 'outcomes', 'zipf_exponent', 'tail',
                                         'per_seed_csv')}
 
 
-def main(argv):
-  del argv
+def main(argv=None):
+  """Runs the experiment with command line `argv` (default: sys.argv)."""
 
   def run():
     cfg = cli.preset_config(discrete.DiscreteConfig, discrete.PRESETS,
@@ -47,8 +50,8 @@ def main(argv):
                                             'probs': cli.parse_floats('probs', FLAGS.probs),
                                             'rewards': cli.parse_floats('rewards', FLAGS.rewards)}),
                  FLAGS.workdir)
-  cli.main(run)
+  cli.main(FLAGS, run, argv)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

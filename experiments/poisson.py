@@ -14,7 +14,7 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
 from collapse_jax.core import cli, driver, regimes, results
 
@@ -80,18 +80,20 @@ def run(cfg: PoissonConfig, workdir: str, progress: bool = True, log=print):
 
 
 _D = PoissonConfig()
-FLAGS = flags.FLAGS
-cli.define_common_flags(_D, 'runs/poisson', {'paper': {}})
-flags.DEFINE_integer('samples', _D.samples, 'Samples each generation is fitted on.')
-flags.DEFINE_float('rate', _D.rate, 'The true rate.')
+FLAGS = flags.FlagValues()
+cli.define_common_flags(FLAGS, _D, 'runs/poisson', {'paper': {}})
+flags.DEFINE_integer('samples', _D.samples, 'Samples each generation is fitted on.',
+                     flag_values=FLAGS)
+flags.DEFINE_float('rate', _D.rate, 'The true rate.', flag_values=FLAGS)
 
 
-def main(argv):
-  del argv
-  fields = {f: FLAGS[f].value for f in cli.COMMON + ('samples', 'rate')}
-  cli.main(lambda: run(PoissonConfig(**fields, **cli.regime_fields(FLAGS, PoissonConfig)),
-                       FLAGS.workdir))
+def main(argv=None):
+  """Runs the experiment with command line `argv` (default: sys.argv)."""
+  def config():
+    fields = {f: FLAGS[f].value for f in cli.COMMON + ('samples', 'rate')}
+    return PoissonConfig(**fields, **cli.regime_fields(FLAGS, PoissonConfig))
+  cli.main(FLAGS, lambda: run(config(), FLAGS.workdir), argv)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -14,7 +14,7 @@ from benchmarks import accelerator
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_smoke_run_reports_every_part(tmp_path):
   env = {**os.environ, 'PYTHONPATH': ROOT}
   env.pop('XLA_FLAGS', None)  # one CPU device, as the GPU machine has one device

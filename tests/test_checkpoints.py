@@ -4,8 +4,6 @@ and the run ends as an undamaged one would."""
 
 import os
 import shutil
-import subprocess
-import sys
 import types
 
 import jax
@@ -17,8 +15,7 @@ import pytest
 from collapse_jax.core import checkpoints, driver
 from collapse_jax.families import lm, vae
 from collapse_jax.nets import conv_vae, opt
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_experiment
 
 
 # ---------------------------------------------------------------- ways to damage a saved thing
@@ -167,18 +164,15 @@ def test_the_command_line_names_a_damaged_step_on_one_line(tmp_path):
   (which, without digests, were read back in silence as 55 different rows of metrics.csv).
   The same command goes back a step and writes the same metrics.csv, byte for byte, with
   one line saying so and no traceback."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['JAX_COMPILATION_CACHE_DIR'] = str(tmp_path / 'jax_cache')  # the second run compiles nothing
   workdir = tmp_path / 'run'
-  command = [sys.executable, '-m', 'experiments.gmm', '--seeds=2', '--generations=6',
-             '--checkpoint_every=2', '--samples=50', '--heldout=50', '--cpu_devices=1',
-             f'--workdir={workdir}']
-  first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  command = ['--seeds=2', '--generations=6', '--checkpoint_every=2', '--samples=50',
+             '--heldout=50', f'--workdir={workdir}']
+  first = run_experiment('gmm', *command)
   assert first.returncode == 0, first.stderr[-3000:]
   before = (workdir / 'metrics.csv').read_text()
   step = workdir / 'checkpoints' / 'replace' / '6'
   overwrite(str(step))
-  again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  again = run_experiment('gmm', *command)
   assert again.returncode == 0 and 'Traceback' not in again.stderr, again.stderr[-3000:]
   assert len(_lines(again.stderr, 'damaged')) == 1, again.stderr
   assert _lines(again.stderr, f'checkpoint step 6 at {step} is damaged', 'resuming from step 4')

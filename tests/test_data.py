@@ -16,8 +16,7 @@ import pytest
 from collapse_jax import data
 from collapse_jax.core import driver
 from collapse_jax.data import mnist
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_experiment
 
 
 def test_the_directory_is_the_flag_else_the_variable_else_the_user_cache(tmp_path, monkeypatch):
@@ -51,14 +50,12 @@ def test_a_data_dir_holding_a_datasets_files_is_its_folder():
 @pytest.mark.parametrize('experiment, args, missing', [
     ('vae', [], 'MNIST'),
     ('opt', ['--preset=tiny'], 'WikiText-2 (validation, test)')])
-def test_missing_data_stops_an_experiment_in_one_line(tmp_path, experiment, args, missing):
-  env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
-         'COLLAPSE_JAX_DATA': str(tmp_path / 'empty'), 'HOME': str(tmp_path / 'home'),
-         'XDG_CACHE_HOME': str(tmp_path / 'cache')}
+def test_missing_data_stops_an_experiment_in_one_line(tmp_path, monkeypatch, experiment, args,
+                                                      missing):
+  for name, value in (('COLLAPSE_JAX_DATA', 'empty'), ('HOME', 'home'), ('XDG_CACHE_HOME', 'cache')):
+    monkeypatch.setenv(name, str(tmp_path / value))
   (tmp_path / 'empty').mkdir()
-  proc = subprocess.run([sys.executable, '-m', f'experiments.{experiment}', *args,
-                         f'--workdir={tmp_path / "run"}'], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  proc = run_experiment(experiment, *args, f'--workdir={tmp_path / "run"}')
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: --data_dir: '), proc.stderr

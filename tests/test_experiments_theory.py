@@ -1,4 +1,5 @@
-"""The theory experiments' command lines: one-line errors before anything runs, and a full small run."""
+"""The theory experiments' command lines: one-line errors before anything runs, and a full
+small run, in this process; a configuration that once deadlocked, on two CPU devices."""
 
 import os
 import subprocess
@@ -7,13 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(module, *args, timeout=600):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  return subprocess.run([sys.executable, '-m', f'experiments.{module}', *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+from conftest import ROOT, run_experiment
 
 
 @pytest.mark.parametrize('module, flag, value', [
@@ -22,8 +17,8 @@ def _run(module, *args, timeout=600):
     ('discrete', 'tail', '0')])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, module, flag, value):
   workdir = tmp_path / 'run'
-  proc = _run(module, f'--{flag}={value}', f'--workdir={workdir}')
-  assert proc.returncode != 0
+  proc = run_experiment(module, f'--{flag}={value}', f'--workdir={workdir}')
+  assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(f'error: --{flag}:'), proc.stderr
   assert not workdir.exists()
@@ -31,18 +26,22 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, module, flag, value)
 
 def test_small_presets_run_end_to_end(tmp_path):
   for module, table in (('gaussian', 'curves.csv'), ('discrete', 'outcomes.csv')):
-    proc = _run(module, '--preset=small', '--seeds=20', f'--workdir={tmp_path / module}')
+    proc = run_experiment(module, '--preset=small', '--seeds=20', f'--workdir={tmp_path / module}')
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'median [5%, 95%] over seeds' in proc.stdout
     assert len(pd.read_csv(tmp_path / module / table)) > 0
 
 
+@pytest.mark.integration
 def test_the_configuration_that_deadlocked_ends(tmp_path):
   """10-D, 200 seeds, two CPU devices each in a batched LAPACK decomposition: jaxlib's
   kernels split such batches over a thread pool they then block, and this waited forever
   at zero CPU (collapse_jax.core.linalg)."""
-  proc = _run('gaussian', '--dims=10', '--seeds=200', '--generations=3', '--samples=32',
-              '--regime=replace', '--cpu_devices=2', f'--workdir={tmp_path}', timeout=300)
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  proc = subprocess.run([sys.executable, '-m', 'experiments.gaussian', '--dims=10', '--seeds=200',
+                         '--generations=3', '--samples=32', '--regime=replace', '--cpu_devices=2',
+                         f'--workdir={tmp_path}'], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   curves = pd.read_csv(tmp_path / 'curves.csv')
   assert len(curves) == 4 and (curves.rank_q50 == 10).all()

@@ -9,7 +9,7 @@ from experiments import poisson
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # every regime at once
 def test_the_guides_family_runs_under_every_regime(tmp_path):
   cfg = poisson.PoissonConfig(seeds=4, generations=3, samples=16, checkpoint_every=3,
                               regimes=tuple(regimes.REGIMES), real_fractions=(0.25,))

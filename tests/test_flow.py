@@ -3,14 +3,12 @@ metrics against theirs, every regime's rows, vmapped runs against a loop, and th
 line's generation loop, which resumes exactly.
 
 Compiling dominates on a CPU (a generation's program takes some 10 s), so one compiled fit
-serves most tests, and the command line runs in a subprocess while the rest run here."""
+serves most tests, and the command line runs in this process."""
 
 import functools
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +18,7 @@ import pytest
 
 from collapse_jax.core import driver, regimes, results, sampling
 from collapse_jax.families import flow
+from conftest import run_experiment
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 
@@ -226,32 +225,20 @@ def test_every_regime_gives_the_flow_rows_and_vmapped_runs_equal_a_loop(ring_fit
 # The smallest flow: what is tested here is the loop, not the fit.
 MINI = dict(seeds=2, generations=2, samples=64, eval_samples=64, hidden=8, layers=1,
             time_features=2, steps=20, batch=32, ode_steps=2, solver='euler', checkpoint_every=1)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module', autouse=True)
+@pytest.fixture(scope='module')
 def command_lines(tmp_path_factory):
-  """python -m experiments.flow run in the background, on the CPU's other core, while the
-  tests run in this process: MINI to the end, and a bad flag. Returns a function of
-  'run' or 'bad' that waits for that command: (return code, stderr, its workdir)."""
+  """python -m experiments.flow, in this process: MINI to the end, and a bad flag. Returns a
+  function of 'run' or 'bad' giving that command's (return code, stderr, its workdir)."""
   root = tmp_path_factory.mktemp('command_lines')
   flags = {'run': [f'--{k}={v}' for k, v in MINI.items()], 'bad': ['--eval_samples=9999']}
-  procs = {}
+  done = {}
   for name, args in flags.items():
     os.makedirs(root / name)
-    with open(root / f'{name}.err', 'w') as err:
-      procs[name] = subprocess.Popen(
-          [sys.executable, '-m', 'experiments.flow', '--cpu_devices=1', *args,
-           f'--workdir={root / name}'], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-
-  def finished(name):
-    returncode = procs[name].wait(timeout=600)
-    return returncode, (root / f'{name}.err').read_text(), str(root / name)
-  yield finished
-  for proc in procs.values():
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
+    proc = run_experiment('flow', *args, f'--workdir={root / name}')
+    done[name] = proc.returncode, proc.stderr, str(root / name)
+  return done.__getitem__
 
 
 def test_the_command_line_runs_the_loop_which_resumes_exactly(tmp_path, command_lines):

@@ -5,16 +5,14 @@ write in) and a file standing where a directory should be are the honest unwrita
 """
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from collapse_jax.core import driver
 from collapse_jax.data import mnist, wikitext
 from collapse_jax.families import discrete
+from conftest import run_experiment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_proc = pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='needs Linux /proc')
 
 
@@ -117,10 +115,7 @@ def test_unreadable_wikitext_file_names_the_flag(tmp_path):
 
 @needs_proc
 def test_command_line_with_an_unusable_workdir_is_one_line_exit_2():
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, '-m', 'experiments.gmm', '--workdir=/proc/nope',
-                         '--preset=small'], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+  proc = run_experiment('gmm', '--workdir=/proc/nope', '--preset=small')
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error: --workdir: '), proc.stderr

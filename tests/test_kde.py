@@ -5,8 +5,6 @@ import filecmp
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,9 +15,9 @@ from sklearn.neighbors import KernelDensity
 
 from collapse_jax.core import driver, regimes, results, sampling
 from collapse_jax.families import kde
+from conftest import run_experiment
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = dict(progress=False, log=lambda *_: None)
 fit = jax.jit(kde.fit, static_argnums=(2, 3, 4))
 log_density = jax.jit(kde.log_density)
@@ -206,10 +204,7 @@ def test_targets_without_an_exact_density_refuse_the_truth_score(target, score):
 
 
 def test_the_command_line_prints_one_line_and_writes_nothing(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, '-m', 'experiments.kde', '--bandwidth=-1',
-                         f'--workdir={tmp_path / "run"}'], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = run_experiment('kde', '--bandwidth=-1', f'--workdir={tmp_path / "run"}')
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == ['error: --bandwidth: must be positive, got -1.0']
   assert not (tmp_path / 'run').exists()
@@ -237,7 +232,7 @@ def _reloaded(workdir, regime):
                     str(workdir / 'checkpoints' / regime), ALL.checkpoint_every, progress=False)
 
 
-@pytest.mark.slow  # eight regimes, sixteen compiled programs
+@pytest.mark.heavy  # eight regimes, sixteen compiled programs
 def test_every_regime_runs(every_regime):
   table = results.load(str(every_regime))
   assert set(table.regime) == set(regimes.REGIMES) and set(table.experiment) == {'kde'}
@@ -256,7 +251,7 @@ def test_every_regime_runs(every_regime):
     assert (every_regime / name).stat().st_size > 0
 
 
-@pytest.mark.slow  # eight regimes, sixteen compiled programs
+@pytest.mark.heavy  # eight regimes, sixteen compiled programs
 def test_a_cut_run_resumes_bit_identically(every_regime, tmp_path):
   """accumulate (a growing pool, weighted by age) cut after its first checkpoint and resumed:
   the same table, byte for byte."""
@@ -268,7 +263,7 @@ def test_a_cut_run_resumes_bit_identically(every_regime, tmp_path):
   assert filecmp.cmp(every_regime / 'metrics.csv', tmp_path / 'cut' / 'metrics.csv', shallow=False)
 
 
-@pytest.mark.slow  # eight regimes, sixteen compiled programs
+@pytest.mark.heavy  # eight regimes, sixteen compiled programs
 def test_vmapped_seeds_equal_a_per_seed_loop(every_regime, tmp_path):
   """A device's runs vectorised (vmap) against the same runs one at a time (the CPU's default
   for this family: a loop over seeds and real fractions)."""
@@ -282,7 +277,7 @@ def test_vmapped_seeds_equal_a_per_seed_loop(every_regime, tmp_path):
     np.testing.assert_allclose(batched[k], looped[k], rtol=2e-5, atol=1e-6, err_msg=k)
 
 
-@pytest.mark.slow  # eight regimes, sixteen compiled programs
+@pytest.mark.heavy  # eight regimes, sixteen compiled programs
 def test_the_replace_chain_is_the_drivers_run(every_regime):
   """kde.replace_chain (the laws' and the scatter figure's runs) draws what the driver draws."""
   spread_GxS = _reloaded(every_regime, 'replace')['spread']

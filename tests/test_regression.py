@@ -45,7 +45,7 @@ def _per_seed(table, regime, metric, g, fraction=0.0):
 
 # ---------------------------------------------------------------- the fresh-input laws
 
-@pytest.mark.slow  # the shared run of every regime
+@pytest.mark.heavy  # the shared run of every regime
 def test_replace_adds_one_term_a_generation_counting_generation_0(main_run):
   """E |w_g - w*|^2_Sigma = (g + 1) sigma^2 d / (T - d - 1) (Dohmatob et al. 2024), for the
   refit drawn as sufficient statistics (replace) and for fits to drawn rows (fresh with no
@@ -62,7 +62,7 @@ def test_replace_adds_one_term_a_generation_counting_generation_0(main_run):
       assert not _in_ci(_per_seed(table, regime, 'test_error', g), unit * g), (regime, g)
 
 
-@pytest.mark.slow  # the shared run of every regime
+@pytest.mark.heavy  # the shared run of every regime
 def test_accumulate_stays_below_pi_squared_over_six_of_one_fit(main_run):
   """Pooled fresh blocks: E |delta_g|^2_Sigma = sigma^2 d sum_{j<=g+1} 1/(j (jT - d - 1)),
   below the 1/j^2 law (exact for one fixed design), itself below pi^2/6 x the one-shot error;
@@ -80,7 +80,7 @@ def test_accumulate_stays_below_pi_squared_over_six_of_one_fit(main_run):
   assert not _in_ci(_per_seed(table, 'accumulate', 'test_error', 10), squares[10])
 
 
-@pytest.mark.slow  # the shared run of every regime
+@pytest.mark.heavy  # the shared run of every regime
 def test_every_regime_runs_and_reads_back(main_run):
   workdir, _ = main_run
   runs = results.load(str(workdir))
@@ -95,7 +95,7 @@ def test_every_regime_runs_and_reads_back(main_run):
     assert (workdir / name).stat().st_size > 0
 
 
-@pytest.mark.slow  # the shared run of every regime
+@pytest.mark.heavy  # the shared run of every regime
 def test_resume_is_bit_identical(main_run):
   """A kill after accumulate-subsample's generation-5 checkpoint (its carry: every generation's
   samples): the rerun recompiles only that sweep, resumes it, and writes the same bytes."""

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.integration  # fresh interpreters, several devices and processes
 
 
 def _run(module, *args, devices=None):
@@ -82,7 +83,6 @@ def _wait(procs):
   return outs
 
 
-@pytest.mark.slow
 def test_two_processes_run_one_sweep_and_resume_after_a_kill(tmp_path):
   args = ['--preset=small', '--seeds=6', '--generations=24', '--checkpoint_every=2',
           '--regime=replace,mix', '--real_fraction=0.5']
@@ -108,7 +108,6 @@ def test_two_processes_run_one_sweep_and_resume_after_a_kill(tmp_path):
   assert '%|' not in outs[1][1]  # process 1 shows no progress bar; process 0 writes the files
 
 
-@pytest.mark.slow
 def test_two_processes_train_the_language_model_data_parallel(tmp_path):
   """The tiny OPT, its batches and prompts split over two processes, equals one process with two
   devices; only process 0 writes the tables."""

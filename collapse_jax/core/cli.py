@@ -12,40 +12,47 @@ from collapse_jax.core import checkpoints, driver, regimes
 COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below
 
 
-def define_common_flags(defaults, workdir: str, presets: dict[str, dict]) -> None:
-  """The flags every experiment has, with `defaults` (a config) as their defaults and
-  `presets` (name -> config fields; 'paper' first, the defaults) as --preset's choices."""
+def define_common_flags(fv: flags.FlagValues, defaults, workdir: str,
+                        presets: dict[str, dict]) -> None:
+  """The flags every experiment has, on its own FlagValues `fv`, with `defaults` (a config)
+  as their defaults and `presets` (name -> config fields; 'paper' first, the defaults) as
+  --preset's choices."""
   flags.DEFINE_string('workdir', workdir, 'Where checkpoints, tables and figures go; '
-                      'rerunning with the same flags resumes there.')
+                      'rerunning with the same flags resumes there.', flag_values=fv)
   others = '; '.join(f'{name}: {fields}' for name, fields in presets.items() if name != 'paper')
   flags.DEFINE_enum('preset', 'paper', list(presets), "paper: the paper's protocol as its "
                     f'released code runs it, as below; {others}. Flags given explicitly '
-                    'override the preset.')
-  flags.DEFINE_integer('seeds', defaults.seeds, 'Independent runs, all in one program.')
-  flags.DEFINE_integer('generations', defaults.generations, 'Generations after the first.')
+                    'override the preset.', flag_values=fv)
+  flags.DEFINE_integer('seeds', defaults.seeds, 'Independent runs, all in one program.',
+                       flag_values=fv)
+  flags.DEFINE_integer('generations', defaults.generations, 'Generations after the first.',
+                       flag_values=fv)
   flags.DEFINE_list('regime', list(defaults.regimes),
-                    f'Comma-separated regimes: {", ".join(regimes.REGIMES)}.')
+                    f'Comma-separated regimes: {", ".join(regimes.REGIMES)}.', flag_values=fv)
   flags.DEFINE_list('real_fraction', [str(f) for f in defaults.real_fractions],
-                    'Comma-separated fractions of real data, for the regimes mix and fresh.')
+                    'Comma-separated fractions of real data, for the regimes mix and fresh.',
+                    flag_values=fv)
   if isinstance(defaults, regimes.Options):
-    define_regime_flags(defaults)
+    define_regime_flags(fv, defaults)
   flags.DEFINE_integer('checkpoint_every', defaults.checkpoint_every,
-                       'Generations between checkpoints.')
+                       'Generations between checkpoints.', flag_values=fv)
   flags.DEFINE_integer('cpu_devices', os.cpu_count() or 1, 'On a CPU, split it into this many '
-                       'devices so the batch of runs uses every core (0: leave it as it is).')
+                       'devices so the batch of runs uses every core (0: leave it as it is).',
+                       flag_values=fv)
   flags.DEFINE_integer('first_seed', defaults.first_seed,
-                       'Seeds are first_seed, first_seed + 1, ...')
-  define_process_flags()
+                       'Seeds are first_seed, first_seed + 1, ...', flag_values=fv)
+  define_process_flags(fv)
 
 
-def define_process_flags() -> None:
+def define_process_flags(fv: flags.FlagValues) -> None:
   """The flags of a multi-process run (several hosts, or several processes on one)."""
   flags.DEFINE_string('coordinator_address', '', 'host:port of process 0, for a multi-process run '
                       'started by hand; under SLURM, Open MPI or on a TPU pod slice the processes '
-                      'find each other without it.')
-  flags.DEFINE_integer('num_processes', 1, 'Processes in the run (with --coordinator_address).')
+                      'find each other without it.', flag_values=fv)
+  flags.DEFINE_integer('num_processes', 1, 'Processes in the run (with --coordinator_address).',
+                       flag_values=fv)
   flags.DEFINE_integer('process_id', 0, 'This process, 0 .. num_processes - 1 (with '
-                       '--coordinator_address).')
+                       '--coordinator_address).', flag_values=fv)
 
 
 CLUSTER_SIZE = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')  # set by SLURM and Open MPI launchers
@@ -66,7 +73,7 @@ def start_processes(flag_values) -> None:
   jax.distributed.initialize(*args)
 
 
-def define_regime_flags(defaults: regimes.Options) -> None:
+def define_regime_flags(fv: flags.FlagValues, defaults: regimes.Options) -> None:
   """The flags of the regimes that select, weight or augment synthetic data."""
   lists = {'keep_fraction': ('keep_fractions', 'verify: the share of candidates kept (draws '
                              'samples / keep_fraction, keeps the best-scored).'),
@@ -78,15 +85,17 @@ def define_regime_flags(defaults: regimes.Options) -> None:
                          'age_decay^age.')}
   for flag, (field, help_) in lists.items():
     flags.DEFINE_list(flag, [f'{v:g}' for v in getattr(defaults, field)],
-                      f'Comma-separated values, each a group of runs; {help_}')
+                      f'Comma-separated values, each a group of runs; {help_}', flag_values=fv)
   flags.DEFINE_enum('score', defaults.score, list(regimes.SCORES),
                     'What verify and curate rank candidates by: the true density, the '
                     "model's own, generation 0's, the truth plus N(0, verifier_noise^2), or "
                     f"the family's reward (default: {defaults.DEFAULT_SCORE}). Given with any "
-                    'regime, every run reports the mean score of its training data and samples.')
-  flags.DEFINE_integer('candidates', defaults.candidates, 'curate: candidates K per kept row.')
+                    'regime, every run reports the mean score of its training data and samples.',
+                    flag_values=fv)
+  flags.DEFINE_integer('candidates', defaults.candidates, 'curate: candidates K per kept row.',
+                       flag_values=fv)
   flags.DEFINE_float('verifier_noise', defaults.verifier_noise, '--score=noisy: the standard '
-                     "deviation of the noise added to the true log density.")
+                     "deviation of the noise added to the true log density.", flag_values=fv)
 
 
 def regime_fields(flag_values, config_cls=None) -> dict:
@@ -100,15 +109,32 @@ def regime_fields(flag_values, config_cls=None) -> dict:
   return fields
 
 
-def main(run) -> None:
-  """An experiment's main: quiet logs, the CPU split into devices, then `run()`;
-  a ConfigError or checkpoints.Damaged it raises is printed as one line and exits 2."""
-  flag_values = flags.FLAGS
-  if not flag_values['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # checkpointing is chatty at INFO
-  split_cpu(flag_values.cpu_devices)
+def main(fv: flags.FlagValues, run, argv: list[str] | None = None) -> None:
+  """An experiment's main: its flags `fv` parsed from `argv` (default sys.argv; a test
+  passes its own), quiet logs, the CPU split into devices, then `run()`. --help prints the
+  flags; a bad flag, or a ConfigError or checkpoints.Damaged that run raises, is printed as
+  one line and exits 2.
+
+  Each experiment keeps its flags on its own FlagValues rather than absl's global one, so
+  experiments import together and a test runs one in-process, several times over.
+  """
+  argv = list(sys.argv if argv is None else argv)
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()  # absl's own flags keep their defaults; logs go to stderr
+  if 'verbosity' not in fv:
+    fv['verbosity'] = flags.FLAGS['verbosity']  # absl's logging flag, shared
+  fv.unparse_flags()  # every flag back to its default: nothing carries over from a last call
+  if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
+    print(f'{fv.main_module_help() or ""}\n{fv.get_help()}'.strip())
+    sys.exit(0)
   try:
-    start_processes(flag_values)
+    fv(argv)
+  except flags.Error as e:
+    fail(e)
+  logging.set_verbosity(fv.verbosity if fv['verbosity'].present else logging.WARNING)
+  split_cpu(fv.cpu_devices)
+  try:
+    start_processes(fv)
     run()
   except (driver.ConfigError, checkpoints.Damaged) as e:
     fail(e)
@@ -159,4 +185,9 @@ def split_cpu(devices: int) -> None:
   count take precedence. Accelerators are unaffected.
   """
   if devices > 0 and 'xla_force_host_platform_device_count' not in os.environ.get('XLA_FLAGS', ''):
-    jax.config.update('jax_num_cpu_devices', devices)
+    try:
+      jax.config.update('jax_num_cpu_devices', devices)
+    except RuntimeError:  # in a process where JAX has started (a test, a notebook): as it is
+      if jax.default_backend() == 'cpu' and jax.device_count() != devices:
+        logging.warning('--cpu_devices=%d ignored: JAX runs on %d device(s) already',
+                        devices, jax.device_count())

@@ -1,0 +1,62 @@
+"""What every test shares: a persistent compilation cache, the tiers, and experiments run
+in-process.
+
+Tiers (markers; `python -m pytest -q` runs the default, untiered tests):
+  integration  several processes or device counts, command lines in a fresh interpreter
+  heavy        laws over thousands of seeds, every regime of a family at once
+  torch        compares with PyTorch (`transformers`, the reference VAE); needs torch
+`-m ""` runs every test; `-m integration`, `-m heavy` one tier.
+"""
+
+import contextlib
+import importlib
+import io
+import os
+
+# Before JAX is imported: compiled programs are kept on disk and reused by later test runs
+# and by the subprocesses tests start (they inherit the environment).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.pytest_cache', 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import pytest  # noqa: E402
+
+
+class Finished:
+  """An experiment's command line run in this process: its exit code, stdout and stderr."""
+
+  def __init__(self, code: int, stdout: str, stderr: str):
+    self.returncode, self.stdout, self.stderr = code, stdout, stderr
+
+
+def run_experiment(name: str, *args: str) -> Finished:
+  """`python -m experiments.NAME ARGS` in this process, on its devices as they are."""
+  module = importlib.import_module(f'experiments.{name}')
+  if not any(a.startswith('--cpu_devices') for a in args):
+    args = (*args, '--cpu_devices=0')
+  out, err, code = io.StringIO(), io.StringIO(), 0
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      module.main([name, *args])
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else 1
+  return Finished(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def experiment():
+  """run_experiment, for tests that take it as a fixture."""
+  return run_experiment
+
+
+def pytest_collection_modifyitems(config, items):
+  """Tests marked torch are skipped, saying so, where PyTorch is not installed."""
+  try:
+    import torch  # noqa: F401, PLC0415
+  except ImportError:
+    skip = pytest.mark.skip(reason='needs PyTorch (the [test] extra on Python 3.11)')
+    for item in items:
+      if 'torch' in item.keywords:
+        item.add_marker(skip)
+
