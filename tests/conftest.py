@@ -50,6 +50,22 @@ def experiment():
   return run_experiment
 
 
+def _shares_a_fixture(item) -> bool:
+  """Whether a test uses a fixture that a test module builds once for several tests."""
+  defs = getattr(item, '_fixtureinfo', None)
+  defs = defs.name2fixturedefs.values() if defs else ()
+  return any(d and d[-1].scope != 'function' and d[-1].func.__module__.startswith('test_')
+             for d in defs)
+
+
+def pytest_itemcollected(item):
+  """Tests of a module that share its fixtures run on one pytest-xdist worker (each fixture
+  is built once: they are session-scoped, so that other modules' tests in between do not tear
+  them down); the rest are spread over the workers one by one."""
+  if _shares_a_fixture(item):
+    item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 def pytest_collection_modifyitems(config, items):
   """Tests marked torch are skipped, saying so, where PyTorch is not installed."""
   try:

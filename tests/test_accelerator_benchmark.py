@@ -15,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.integration
+@pytest.mark.torch  # the language model part compares with transformers
 def test_smoke_run_reports_every_part(tmp_path):
   env = {**os.environ, 'PYTHONPATH': ROOT}
   env.pop('XLA_FLAGS', None)  # one CPU device, as the GPU machine has one device

@@ -90,7 +90,7 @@ def _fine_tune(config, stacked_seeds=0, steps=12):
   return np.stack(losses)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def float32_losses():
   return _fine_tune(SMALL)
 

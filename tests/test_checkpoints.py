@@ -117,7 +117,7 @@ def _run(directory):
     return driver.run(_gaussian_family(), SWEEP, str(directory), 2, progress=False)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def finished(tmp_path_factory):
   """A finished run's checkpoints and its metrics."""
   directory = tmp_path_factory.mktemp('finished') / 'checkpoints'

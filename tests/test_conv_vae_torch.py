@@ -3,13 +3,16 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
+import pytest
+
+torch = pytest.importorskip('torch', reason='needs PyTorch (the [test] extra on Python 3.11)')
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 
 from collapse_jax.families import vae
 from collapse_jax.nets import conv_vae
 
+pytestmark = pytest.mark.torch
 B, L = 8, 20
 
 

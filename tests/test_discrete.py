@@ -12,7 +12,7 @@ from collapse_jax.families import discrete
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 PROBS = (0.5, 0.25, 0.15, 0.1)
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def chain(tmp_path_factory):
   """4,000 chains over 4 outcomes, M = 20, run to absorption."""
   cfg = discrete.DiscreteConfig(seeds=4000, generations=2000, samples=(20,), probs=PROBS,

@@ -177,3 +177,17 @@ def test_shared_data_gives_the_closures_results(tmp_path):
   closed = driver.run(make({'t': table}), sweep, str(tmp_path / 'b'), 3, progress=False)
   for k in closed:
     np.testing.assert_array_equal(shared[k], closed[k])
+
+
+def test_group_width_changes_only_the_last_bits(tmp_path):
+  """Why results may differ between device counts in their last bits: a device's runs are
+  vectorised in groups of its width, and XLA compiles another width to code that rounds
+  otherwise (jax 0.12 on a CPU: one value in a few hundred, by a float32 ulp or two). The
+  driver's grouping itself is exact: any width gives each run's own draws."""
+  from collapse_jax.families import gaussian  # noqa: PLC0415
+  cfg = gaussian.GaussianConfig(seeds=8, generations=10, samples=(10,), regimes=('augment',))
+  sweep = cfg.sweep('augment', 10)
+  two, eight = (driver.run(gaussian.family(cfg), sweep, str(tmp_path / str(w)), 10,
+                           progress=False, width=w) for w in (2, 8))
+  for name, v in two.items():
+    np.testing.assert_allclose(v, eight[name], rtol=1e-5, atol=1e-7, err_msg=name)

@@ -35,7 +35,7 @@ def _gaussian_rows(seed):
   return STD * jax.random.normal(jax.random.key(seed), (ROWS, flow.DIMS))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def gaussian_fit():
   return FIT(_gaussian_rows(0), jnp.ones(ROWS), jax.random.key(1))
 
@@ -126,7 +126,7 @@ GEN0_MMD2 = 0.01  # measured for RING over 20 seeds: mean 0.0017, max 0.0041; an
                   # 0.093 (min 0.090); a second sample of the truth 0 +- 0.0004 (sd)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def ring_fit():
   """(family, data, key, params, measure): generation 0 on the ring, and what measures a fit
   against the truth (its samples' metrics)."""
@@ -227,7 +227,7 @@ MINI = dict(seeds=2, generations=2, samples=64, eval_samples=64, hidden=8, layer
             time_features=2, steps=20, batch=32, ode_steps=2, solver='euler', checkpoint_every=1)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def command_lines(tmp_path_factory):
   """python -m experiments.flow, in this process: MINI to the end, and a bad flag. Returns a
   function of 'run' or 'bad' giving that command's (return code, stderr, its workdir)."""

@@ -34,7 +34,7 @@ def _in_ci(values_S, expected, sd=None):
   return abs(values_S.mean() - expected) <= Z999 * sd / np.sqrt(len(values_S))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def unbiased(tmp_path_factory):
   return _simulate(tmp_path_factory.mktemp('unbiased'))
 

@@ -209,6 +209,7 @@ def test_config_validation_names_the_flag(fields, flag):
     gmm.GMMConfig(**fields).validate()
 
 
+@pytest.mark.heavy  # the science at CPU size: 16 seeds x 60 generations, a growing pool
 def test_replace_collapses_and_accumulate_stays_bounded(tmp_path):
   """The paper's finding, at CPU size: under replace the fit drifts from its
   generation-0 self and its spread shrinks; keeping all data bounds the drift."""

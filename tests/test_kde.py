@@ -217,7 +217,7 @@ ALL = kde.KDEConfig(seeds=3, generations=4, samples=12, heldout=10, target='blob
                     real_fractions=(0.0, 0.5), age_decays=(0.5,), checkpoint_every=2)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def every_regime(tmp_path_factory):
   """Blobs (an exact truth for verify and curate) under all eight regimes: its workdir."""
   workdir = tmp_path_factory.mktemp('kde') / 'whole'

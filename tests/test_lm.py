@@ -10,12 +10,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
-import torch
-import transformers
 
 from collapse_jax.core import driver, results
 from collapse_jax.families import lm
 from collapse_jax.nets import opt
+
+try:  # main.py's measure, by transformers' OPT; PyTorch is in the [test] extra on Python 3.11
+  import torch
+  import transformers
+except ImportError:
+  torch = None
 
 CFG = lm.LMConfig(**{**lm.PRESETS['tiny'], 'generations': 2,
                      'regimes': ('replace',), 'train_blocks': 24, 'eval_blocks': 8, 'batch': 8,
@@ -23,7 +27,7 @@ CFG = lm.LMConfig(**{**lm.PRESETS['tiny'], 'generations': 2,
                      'eval_batch': 8})
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def data():
   return lm.load_data(CFG)
 
@@ -63,9 +67,10 @@ def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch
   assert len(measured) == 3
   for g, ((config, params, blocks), expected) in enumerate(zip(measured, trained_on)):
     np.testing.assert_array_equal(blocks, expected)
-    np.testing.assert_allclose(metrics['own_train_ppl'][g],
-                               _main_py_perplexity(config, params, expected, tmp_path / f'hf_{g}'),
-                               rtol=1e-4, err_msg=f'generation {g}')
+    if torch is not None:  # else test_opt_torch's parity, on the stack that has PyTorch
+      np.testing.assert_allclose(metrics['own_train_ppl'][g],
+                                 _main_py_perplexity(config, params, expected, tmp_path / f'hf_{g}'),
+                                 rtol=1e-4, err_msg=f'generation {g}')
 
   assert len(metrics) == 3 and metrics['generation'].tolist() == [0, 1, 2]
   assert np.all(np.isfinite(metrics[list(lm.METRICS)].to_numpy()))
@@ -224,6 +229,7 @@ def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, da
     dataclasses.replace(cfg, score='truth').validate()
 
 
+@pytest.mark.torch
 def test_the_default_official_preset_is_the_authors_main_py():
   """github.com/iliaishacked/curse_recurse: main.py's defaults (-lr 2e-5, -m 5, -b 128,
   -gen_percent 0.0, facebook/opt-125m, 64-token blocks in dataset.py), its generate(num_beams=5,
@@ -247,6 +253,7 @@ def test_the_default_official_preset_is_the_authors_main_py():
     assert {k: getattr(cfg, k) for k in {**trainer, **extra}} == {**trainer, **extra}, name
 
 
+@pytest.mark.torch
 def test_the_cosine_schedule_is_cosine_annealing_stepped_once_per_epoch():
   """The official schedule equals its closed form and torch's CosineAnnealingLR stepped after
   every epoch (as Lightning does with main.py's scheduler), and AdamW follows it step by step."""

@@ -15,7 +15,7 @@ SMALL = opt.OPTConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_at
                       ffn_dim=64, max_position_embeddings=64, word_embed_proj_dim=32, dropout=0.0)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def params():
   return opt.init(SMALL, jax.random.key(0))
 

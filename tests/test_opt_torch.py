@@ -6,10 +6,12 @@ import shutil
 import jax
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from collapse_jax.nets import opt
+
+torch = pytest.importorskip('torch', reason='needs PyTorch (the [test] extra on Python 3.11)')
+pytestmark = pytest.mark.torch
 
 VARIANTS = {
     'pre_ln': dict(do_layer_norm_before=True),
@@ -35,7 +37,7 @@ def small_hf(tmp_path_factory, name: str):
   return model, str(directory)
 
 
-@pytest.fixture(scope='module', params=list(VARIANTS))
+@pytest.fixture(scope='session', params=list(VARIANTS))
 def saved(request, tmp_path_factory):
   return small_hf(tmp_path_factory, request.param)
 

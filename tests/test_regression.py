@@ -31,7 +31,7 @@ def _in_ci(values_S, expected):
   return abs(values_S.mean() - expected) <= Z999 * values_S.std(ddof=1) / np.sqrt(len(values_S))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def main_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('regression')
   regression.run(MAIN, str(workdir), progress=False, log=lambda *_: None)
@@ -132,7 +132,7 @@ def _chain(fam, n, generations, pooled):
   return one
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def fixed_design():
   fam, keys = regression.family(SAME.validate()), jax.random.split(jax.random.key(7), 3000)
   return {pooled: jax.jit(jax.vmap(_chain(fam, 20, 8, pooled)))(keys) for pooled in (False, True)}

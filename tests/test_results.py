@@ -14,7 +14,7 @@ from collapse_jax.families import discrete, gaussian, gmm
 QUIET = dict(progress=False, log=lambda _: None)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def runs(tmp_path_factory):
   """Tiny real runs: a GMM, a Gaussian with per-seed rows, a categorical chain; and the
   Gaussian's run as it is without --per_seed_csv, which only leaves out metrics.csv."""

@@ -62,12 +62,12 @@ def test_training_lowers_the_loss_on_real_digits():
   assert 100 < four < one < 600  # nats per image; an untrained model scores about 543
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp('cache') / 'mlp.npz')
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def tiny_run(tmp_path_factory, cache):
   """A finished run of the tiny protocol: 2 seeds, 2 generations of fresh batches."""
   workdir = str(tmp_path_factory.mktemp('tiny'))
@@ -129,6 +129,7 @@ def test_fresh_and_fixed_synthetic_data_share_generation_0_only(tmp_path, cache,
     assert np.all(fresh[name][2:4] != fixed[name][2:]), name
 
 
+@pytest.mark.heavy  # the science at CPU size: 1,024 images, 2 epochs a generation
 def test_generated_digits_drift_toward_the_latent_centre(tmp_path, cache):
   """The paper's VAE finding at CPU size: the generation-0 encoder's latent means
   of generated digits spread less with each generation trained on samples."""

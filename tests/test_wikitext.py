@@ -8,17 +8,17 @@ from collapse_jax.core import driver
 from collapse_jax.data import wikitext
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def directory():
   return data.require('wikitext', parts=('validation', 'test'))  # fails when missing
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def validation(directory):
   return wikitext.read_split('validation', directory)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='session')
 def tok():
   return wikitext.tokenizer(data.require('opt-tokenizer'))
 
