@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,14 +27,9 @@ def _run(module, *args, devices=None):
 
 
 def _same_csv(a, b, rtol=0.0):
-  """The same table, exactly or (rtol > 0) to rtol; histogram shares then within one image in
-  a hundred, as they move by whole images when a value crosses a bin edge."""
-  a, b = pd.read_csv(a), pd.read_csv(b)
-  if rtol:
-    hist = [c for c in a if c.startswith('hist_')]
-    np.testing.assert_allclose(a[hist], b[hist], atol=0.01)
-    a, b = a.drop(columns=hist), b.drop(columns=hist)
-  pd.testing.assert_frame_equal(a, b, check_exact=not rtol, rtol=rtol, atol=1e-7 if rtol else 0)
+  """The same table, exactly or (rtol > 0) to rtol."""
+  pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b), check_exact=not rtol, rtol=rtol,
+                                atol=1e-7 if rtol else 0)
 
 
 def test_eight_devices_equal_one(tmp_path):
@@ -57,9 +51,11 @@ def test_eight_devices_equal_one(tmp_path):
     # The GMM runs one run at a time on a CPU, whatever the device count: exact. The Gaussian
     # vectorises a device's runs, 8 here on one device and 2 on each of 8: XLA's code for the
     # two widths rounds otherwise (jax 0.12; test_driver's group width test), in the last
-    # bits. The VAE, one run at a time on a CPU, is exact too. Padding that showed would
-    # differ in the first digits.
-    rtol = {'gmm': 0.0, 'gaussian': 1e-5, 'vae': 0.0}[name]
+    # bits. The VAE runs one run at a time and is exact on jax 0.12.1; on 0.10.2 one
+    # latent_mean in six differs by 4.7e-7 relative (every other column, the encoded images'
+    # spread and histogram among them, equal; 1 and 2 devices equal): the mean's reduction
+    # compiled for an 8-device CPU. Padding that showed would differ in the first digits.
+    rtol = {'gmm': 0.0, 'gaussian': 1e-5, 'vae': 1e-6}[name]
     for csv in ('metrics.csv',) + (('curves.csv',) if name == 'gaussian' else ()):
       _same_csv(tmp_path / name / '1' / csv, tmp_path / name / '8' / csv, rtol)
 
