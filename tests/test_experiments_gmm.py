@@ -32,6 +32,12 @@ def test_an_unknown_flag_is_one_line():
       "error: Unknown command line flag 'seed'. Did you mean: seeds ?"]
 
 
+def test_help_lists_the_flags_and_runs_nothing(tmp_path):
+  proc = run_experiment('gmm', '--help', f'--workdir={tmp_path / "run"}')
+  assert proc.returncode == 0 and '--true_means' in proc.stdout and '--seeds' in proc.stdout
+  assert not (tmp_path / 'run').exists()
+
+
 COMMON = ['--preset=small', '--seeds=6', '--generations=12', '--checkpoint_every=5',
           '--regime=replace,mix', '--real_fraction=0.1,0.5']
 

@@ -125,7 +125,7 @@ def main(fv: flags.FlagValues, run, argv: list[str] | None = None) -> None:
     fv['verbosity'] = flags.FLAGS['verbosity']  # absl's logging flag, shared
   fv.unparse_flags()  # every flag back to its default: nothing carries over from a last call
   if any(a in ('-h', '--help', '-help', '--helpfull') for a in argv[1:]):
-    print(f'{fv.main_module_help() or ""}\n{fv.get_help()}'.strip())
+    print(fv.get_help())
     sys.exit(0)
   try:
     fv(argv)
