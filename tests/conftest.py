@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import io
 import os
+import subprocess
 
 # Before JAX is imported: compiled programs are kept on disk and reused by later test runs
 # and by the subprocesses tests start (they inherit the environment).
@@ -23,15 +24,9 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 import pytest  # noqa: E402
 
 
-class Finished:
-  """An experiment's command line run in this process: its exit code, stdout and stderr."""
-
-  def __init__(self, code: int, stdout: str, stderr: str):
-    self.returncode, self.stdout, self.stderr = code, stdout, stderr
-
-
-def run_experiment(name: str, *args: str) -> Finished:
-  """`python -m experiments.NAME ARGS` in this process, on its devices as they are."""
+def run_experiment(name: str, *args: str) -> subprocess.CompletedProcess:
+  """`python -m experiments.NAME ARGS` in this process, on its devices as they are: its exit
+  code, stdout and stderr, as subprocess.run would give them."""
   module = importlib.import_module(f'experiments.{name}')
   if not any(a.startswith('--cpu_devices') for a in args):
     args = (*args, '--cpu_devices=0')
@@ -41,13 +36,7 @@ def run_experiment(name: str, *args: str) -> Finished:
       module.main([name, *args])
     except SystemExit as e:
       code = e.code if isinstance(e.code, int) else 1
-  return Finished(code, out.getvalue(), err.getvalue())
-
-
-@pytest.fixture
-def experiment():
-  """run_experiment, for tests that take it as a fixture."""
-  return run_experiment
+  return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
 
 
 def _shares_a_fixture(item) -> bool:
