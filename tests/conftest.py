@@ -13,6 +13,7 @@ import importlib
 import io
 import os
 import subprocess
+import sys
 
 # Before JAX is imported: compiled programs are kept on disk and reused by later test runs
 # and by the subprocesses tests start (they inherit the environment).
@@ -37,6 +38,16 @@ def run_experiment(name: str, *args: str) -> subprocess.CompletedProcess:
     except SystemExit as e:
       code = e.code if isinstance(e.code, int) else 1
   return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+
+
+def run_fresh(module: str, *args: str, devices: int = 0, timeout: int = 600):
+  """`python -m MODULE ARGS` in a new interpreter at the checkout's root, with `devices` forced
+  CPU devices (XLA_FLAGS) or none forced; its exit code, stdout and stderr."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def _shares_a_fixture(item) -> bool:

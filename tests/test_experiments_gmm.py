@@ -1,15 +1,11 @@
 """The main job's command line: one-line errors, its outputs and a rerun that recomputes
 nothing, in this process; a sharded run equal to one device, in fresh interpreters."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_experiment
+from conftest import run_experiment, run_fresh
 
 
 @pytest.mark.parametrize('flag, value', [
@@ -62,11 +58,9 @@ def test_a_run_writes_its_outputs_and_a_rerun_recomputes_nothing(tmp_path):
 
 @pytest.mark.integration
 def test_sharded_run_equals_one_device(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   for devices in (1, 4):
-    proc = subprocess.run([sys.executable, '-m', 'experiments.gmm', *COMMON,
-                           f'--cpu_devices={devices}', f'--workdir={tmp_path / str(devices)}'],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_fresh('experiments.gmm', *COMMON, f'--cpu_devices={devices}',
+                     f'--workdir={tmp_path / str(devices)}')
     assert proc.returncode == 0, proc.stderr[-2000:]
   pd.testing.assert_frame_equal(pd.read_csv(tmp_path / '1' / 'metrics.csv'),
                                 pd.read_csv(tmp_path / '4' / 'metrics.csv'), check_exact=True)

@@ -1,14 +1,10 @@
 """The theory experiments' command lines: one-line errors before anything runs, and a full
 small run, in this process; a configuration that once deadlocked, on two CPU devices."""
 
-import os
-import subprocess
-import sys
-
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_experiment
+from conftest import run_experiment, run_fresh
 
 
 @pytest.mark.parametrize('module, flag, value', [
@@ -37,11 +33,9 @@ def test_the_configuration_that_deadlocked_ends(tmp_path):
   """10-D, 200 seeds, two CPU devices each in a batched LAPACK decomposition: jaxlib's
   kernels split such batches over a thread pool they then block, and this waited forever
   at zero CPU (collapse_jax.core.linalg)."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, '-m', 'experiments.gaussian', '--dims=10', '--seeds=200',
-                         '--generations=3', '--samples=32', '--regime=replace', '--cpu_devices=2',
-                         f'--workdir={tmp_path}'], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = run_fresh('experiments.gaussian', '--dims=10', '--seeds=200', '--generations=3',
+                   '--samples=32', '--regime=replace', '--cpu_devices=2', f'--workdir={tmp_path}',
+                   timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   curves = pd.read_csv(tmp_path / 'curves.csv')
   assert len(curves) == 4 and (curves.rank_q50 == 10).all()

@@ -11,17 +11,14 @@ import time
 import pandas as pd
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, run_fresh
+
 pytestmark = pytest.mark.integration  # fresh interpreters, several devices and processes
 
 
-def _run(module, *args, devices=None):
+def _run(module, *args, devices=0):
   """An experiment in a fresh process: with `devices` forced CPU devices (XLA_FLAGS), or one."""
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  if devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-  proc = subprocess.run([sys.executable, '-m', module, *args, '--cpu_devices=0'], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+  proc = run_fresh(module, *args, '--cpu_devices=0', devices=devices)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -114,10 +111,7 @@ def test_two_processes_train_the_language_model_data_parallel(tmp_path):
   args = ['--preset=tiny', '--regime=replace',
           '--generations=1', '--train_blocks=24', '--eval_blocks=8', '--batch=8', '--epochs=2',
           '--block=16', '--new_tokens=16', '--beams=2', '--gen_batch=8', '--eval_batch=8']
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  one = subprocess.run([sys.executable, '-m', 'experiments.opt', *args, '--cpu_devices=2',
-                        f'--workdir={tmp_path / "one"}'], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=600)
+  one = run_fresh('experiments.opt', *args, '--cpu_devices=2', f'--workdir={tmp_path / "one"}')
   assert one.returncode == 0, one.stderr[-3000:]
   outs = _wait(_two_processes(args, tmp_path / 'two', 'experiments.opt'))
   _same_csv(tmp_path / 'one' / 'metrics.csv', tmp_path / 'two' / 'metrics.csv')
