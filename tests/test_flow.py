@@ -179,7 +179,7 @@ def _regime_rows(fam, params0, key):
   last_CxD = jax.jit(fam.sample, static_argnums=2)(params0, keys[1], CANDIDATES)
   pool_PxD = jnp.zeros((ROWS, flow.DIMS)).at[:n].set(x0_NxD).at[n:2 * n].set(last_CxD[:n])
   pools = regimes.Pools(x0_NxD, last_CxD, pool_PxD, fam.draw_real)
-  scores = {'verify': LOG_DENSITY(params0, last_CxD), 'curate': fam.reward(last_CxD)}
+  scores = {'verify': LOG_DENSITY(params0, last_CxD), 'curate': fam.reward(last_CxD).gap_N}
 
   @jax.jit
   def policies(key):
@@ -205,7 +205,7 @@ def test_every_regime_gives_the_flow_rows_and_vmapped_runs_equal_a_loop(ring_fit
   for name, (x_RxD, w_R) in rows.items():
     assert x_RxD.shape == (ROWS, flow.DIMS) and bool(jnp.all(jnp.isfinite(x_RxD))), name
     assert 0 < float(jnp.sum(w_R)) <= ROWS and bool(jnp.all(w_R >= 0)), name
-  mean_reward = {name: float(jnp.sum(w_R * fam.reward(x_RxD)) / jnp.sum(w_R))
+  mean_reward = {name: float(jnp.sum(w_R * fam.reward(x_RxD).values_N) / jnp.sum(w_R))
                  for name, (x_RxD, w_R) in rows.items()}
   assert mean_reward['curate'] > mean_reward['replace'] + 1, mean_reward
   x_RxD, w_R = rows['augment']

@@ -146,6 +146,18 @@ def test_wasserstein_distance_matches_matrix_square_roots():
   np.testing.assert_allclose(out['logdet'], np.linalg.slogdet(cov)[1], rtol=1e-4)
 
 
+@pytest.mark.parametrize('d', [1, 3])
+def test_wasserstein_distance_is_exact_near_the_truth(d):
+  """A fit 1e-4 off the truth's scale in each direction: W2^2 = d (1e-4 sigma)^2 + |err|^2,
+  1e-8 against terms of order 1 that the trace form subtracts (float32 keeps 1e-7 of them)."""
+  params = {'mean': jnp.full(d, 0.5 + 1e-5, jnp.float32), 'unit': jnp.eye(d),
+            'log_scale': jnp.full(d, np.log(1.5 * (1 + 1e-4)), jnp.float32)}
+  out = gaussian.evaluate(params, jnp.zeros((4, d)), true_mean=0.5, true_std=1.5)
+  scale = float(np.exp(np.float32(np.log(1.5 * (1 + 1e-4)))))  # the scale float32 holds
+  err = float(np.float32(0.5 + 1e-5)) - 0.5
+  np.testing.assert_allclose(out['w2_sq'], d * ((scale - 1.5) ** 2 + err**2), rtol=1e-2)
+
+
 @pytest.mark.parametrize('change, flag', [
     (dict(samples=(100, 1)), 'samples'), (dict(samples=()), 'samples'),
     (dict(estimator='median'), 'estimator'), (dict(true_std=0.0), 'true_std'),

@@ -69,6 +69,10 @@ class Family:
     self and gen0 of verify and curate)
   true_log_density(x_NxD) -> l_N      optional: the truth's (the scores truth, noisy)
   reward(x_NxD) -> r_N                optional: the family's reward (the score reward)
+    These three may return scores.Relative (the score of a point near the rows plus each
+    row's difference from it), which keeps the candidates' ranking exact when the model
+    is far narrower than the scorer; plain values rank at float32's resolution of the
+    values themselves.
   refit(params, key, n) -> (params, metrics)  optional: under `replace`, the next
     generation fitted to n samples of the model `params` that it draws itself, in
     place of `fit` on stored samples: for fits better conditioned in the model's
@@ -319,8 +323,9 @@ def _score_metrics(family, sweep, const, params, synth_NxD, x_RxD, w_R, policy_m
   if x_RxD is None:  # refitted on draws of its own: as many fresh draws of the same model
     x_RxD, w_R = family.sample(previous, k3, sweep.samples), jnp.ones(sweep.samples)
   s_R = score(params, model0, x_RxD, k2)
-  return {'sample_score': jnp.mean(score(params, model0, synth_NxD, k1)),
-          'train_score': jnp.sum(jnp.where(w_R > 0, w_R * s_R, 0.0)) / jnp.sum(w_R),
+  s_N = score(params, model0, synth_NxD, k1)
+  return {'sample_score': s_N.at + jnp.mean(s_N.gap_N),
+          'train_score': s_R.at + jnp.sum(jnp.where(w_R > 0, w_R * s_R.gap_N, 0.0)) / jnp.sum(w_R),
           'pass_rate': jnp.float32(policy_metrics.get('pass_rate', 1.0))}
 
 
@@ -338,7 +343,7 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
     scores_C = None
     if reg.scored:
       scores_C = regimes.scorer(family, sweep.score, sweep.noise)(
-          carry['model'], const.get('model0'), last_CxD, score_key)
+          carry['model'], const.get('model0'), last_CxD, score_key).gap_N
     x_RxD, w_R, policy_metrics = regimes.apply(
         reg, regimes.Pools(const['x0'], last_CxD, carry.get('pool'), family.draw_real), g,
         train_key, const['fraction'], scores_C)

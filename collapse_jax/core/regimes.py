@@ -8,8 +8,10 @@ A regime's policy is a pure function of one run:
 trained, `value` the run's setting of the regime's swept parameter (a traced
 scalar: every value of the list flag runs in the same compiled program), and
 `scores` the scores of the previous model's candidate samples, for regimes that
-rank them. The rows R and the candidates C are fixed per sweep; rows a run does
-not use get weight 0. The policies below are composed from four parts: the
+rank them, shifted by a common constant (the score of a point near the candidates,
+scores.Relative): so they keep their order however far the model has collapsed below
+the scorer's scale. The rows R and the candidates C are fixed per sweep; rows a run
+does not use get weight 0. The policies below are composed from four parts: the
 synthetic data's source (the last generation, or every generation so far), the
 real data it brings (none, a fraction resampled or fresh, all of it), a
 selection of synthetic candidates (all, a subsample, the best-scored, chosen by
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from collapse_jax.core import sampling
+from collapse_jax.core.scores import relative
 
 SCORES = ('truth', 'self', 'gen0', 'noisy', 'reward')
 CANDIDATES = 4  # default K of curate
@@ -208,24 +211,30 @@ def get(name: str) -> Regime:
 
 
 def scorer(family, score: str, noise: float = 0.0):
-  """score(model, model0, x_CxD, key) -> s_C: what verify and curate rank candidates by.
+  """score(model, model0, x_CxD, key) -> scores.Relative: what verify and curate rank
+  candidates by, as differences from the score of a point near them (so the ranking keeps
+  the model's resolution however far it has collapsed below the scorer's scale).
 
   truth: the true log density (a perfect verifier); self: the log density of the
   model that drew them (self-filtering); gen0: generation 0's; noisy: the truth
   plus N(0, noise^2) per candidate (a fallible verifier); reward: the family's reward.
+  A family's score functions return plain values or scores.Relative.
   """
   if score == 'truth':
-    return lambda model, model0, x, key: family.true_log_density(x)
-  if score == 'noisy':
-    return lambda model, model0, x, key: (family.true_log_density(x)
-                                          + noise * jax.random.normal(key, x.shape[:1]))
-  if score == 'self':
-    return lambda model, model0, x, key: family.log_density(model, x)
-  if score == 'gen0':
-    return lambda model, model0, x, key: family.log_density(model0, x)
-  if score == 'reward':
-    return lambda model, model0, x, key: family.reward(x)
-  raise ValueError(score)
+    fn = lambda model, model0, x, key: family.true_log_density(x)
+  elif score == 'noisy':
+    def fn(model, model0, x, key):
+      truth = relative(family.true_log_density(x))
+      return truth._replace(gap_N=truth.gap_N + noise * jax.random.normal(key, x.shape[:1]))
+  elif score == 'self':
+    fn = lambda model, model0, x, key: family.log_density(model, x)
+  elif score == 'gen0':
+    fn = lambda model, model0, x, key: family.log_density(model0, x)
+  elif score == 'reward':
+    fn = lambda model, model0, x, key: family.reward(x)
+  else:
+    raise ValueError(score)
+  return lambda model, model0, x, key: relative(fn(model, model0, x, key))
 
 
 def apply(regime: Regime, pools: Pools, g, key, value, scores):

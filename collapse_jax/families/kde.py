@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from collapse_jax.core import driver, plots, regimes, results, sampling
+from collapse_jax.core import driver, plots, regimes, results, sampling, scores
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -64,13 +64,15 @@ MIN_BANDWIDTH = 1e-12  # a rule's bandwidth on data collapsed to one point, in f
 class Target:
   """centre(key, n) -> c_NxD: the noiseless points; mean_D, variance: the mean and the
   total variance (trace) of the noiseless points; log_density(x_NxD, noise) -> l_N or
-  None; noise: the default noise's standard deviation."""
+  None; noise: the default noise's standard deviation; scores(x_NxD, noise): log_density
+  as scores.Relative."""
   name: str
   centre: Callable
   mean: tuple[float, float]
   variance: float
   log_density: Callable | None
   noise: float
+  scores: Callable | None = None  # log_density as scores.Relative, for verify and curate
 
 
 BLOB_CENTRES = ((-1.0, 0.0), (1.0, 0.0), (0.0, 1.5))
@@ -112,7 +114,7 @@ def blobs_log_density(x_NxD, noise):
           - jnp.log(2 * jnp.pi * noise**2))
 
 
-def circles_log_density(x_NxD, noise):
+def circles_log_density(x_NxD, noise, per_circle: bool = False):
   """log (1/2) sum_c p_c(x): a circle of radius a blurred by N(0, s^2 I) has density
   p(x) = (1 / 2 pi s^2) exp(-(rho^2 + a^2) / 2 s^2) I_0(rho a / s^2), rho = |x|
   (the angular integral of the Gaussian is the Bessel function's integral form,
@@ -121,8 +123,52 @@ def circles_log_density(x_NxD, noise):
   a_C = jnp.asarray(CIRCLE_RADII)
   z_NxC = rho_N[:, None] * a_C / noise**2
   log_NxC = (-(rho_N[:, None] - a_C) ** 2 / (2 * noise**2) + jnp.log(jax.scipy.special.i0e(z_NxC))
-             - jnp.log(2 * jnp.pi * noise**2))
-  return _logsumexp(log_NxC) - math.log(len(CIRCLE_RADII))
+             - jnp.log(2 * jnp.pi * noise**2) - math.log(len(CIRCLE_RADII)))
+  return log_NxC if per_circle else _logsumexp(log_NxC)
+
+
+def blobs_scores(x_NxD, noise):
+  """blobs_log_density as scores.Relative (exact ranking of candidates however close)."""
+  k = len(BLOB_CENTRES)
+  return scores.isotropic_mixture(x_NxD, jnp.asarray(BLOB_CENTRES), jnp.full(k, -math.log(k)),
+                                  noise)
+
+
+def _log_i0_slope(z_N):
+  """d/dz log i0e(z) = I1(z) / I0(z) - 1: the ratio of float32 i1e and i0e where z < 20, and
+  its asymptotic series above, whose error there is below 1e-6 of it (the ratio's
+  rounding grows to 1e-4 by z = 400)."""
+  special = jax.scipy.special
+  small_N = jnp.minimum(z_N, 20.0)
+  w_N = 1 / jnp.maximum(z_N, 20.0)
+  series_N = -w_N * (0.5 + w_N * (1 / 8 + w_N * (1 / 8 + w_N * (25 / 128 + w_N * 13 / 32))))
+  return jnp.where(z_N < 20, special.i1e(small_N) / special.i0e(small_N) - 1, series_N)
+
+
+def _log_i0e_gap(zc, dz_N):
+  """log i0e(zc + dz) - log i0e(zc): dz times the slope at the midpoint where |dz| < 0.01
+  max(1, zc) (the plain difference rounds there; the midpoint rule errs by dz^3 / 24 times
+  the third derivative, about -1 / z^3 for large z), plainly elsewhere."""
+  special = jax.scipy.special
+  plain_N = jnp.log(special.i0e(zc + dz_N)) - jnp.log(special.i0e(zc))
+  near_N = jnp.abs(dz_N) < 0.01 * jnp.maximum(1.0, zc)
+  return jnp.where(near_N, dz_N * _log_i0_slope(zc + 0.5 * dz_N), plain_N)
+
+
+def circles_scores(x_NxD, noise):
+  """circles_log_density as scores.Relative: each circle's term at the candidates' mean c
+  and its exact gap, through rho - rho_c = (x - c) . (x + c) / (rho + rho_c)."""
+  c_D = scores.centre(x_NxD)
+  a_C = jnp.asarray(CIRCLE_RADII)
+  rho_N, rho_c = jnp.sqrt(jnp.sum(x_NxD**2, 1)), jnp.sqrt(jnp.sum(c_D**2))
+  both_N = rho_N + rho_c
+  drho_N = jnp.sum((x_NxD - c_D) * (x_NxD + c_D), 1) / jnp.where(both_N > 0, both_N, 1.0)
+  # -(rho - a)^2 / 2 s^2 + log i0e(rho a / s^2), relative to rho_c, for each circle
+  quad_NxC = -drho_N[:, None] * ((rho_N[:, None] - a_C) + (rho_c - a_C)) / (2 * noise**2)
+  bessel_NxC = jax.vmap(lambda a: _log_i0e_gap(rho_c * a / noise**2, drho_N * a / noise**2),
+                        out_axes=1)(a_C)
+  return scores.mixture_gap(circles_log_density(c_D[None], noise, per_circle=True)[0],
+                            -2 * (quad_NxC + bessel_NxC))
 
 
 def _swiss_moments():
@@ -145,10 +191,10 @@ def _moons_moments():
 
 
 TARGETS = {
-    'blobs': Target('blobs', _blobs, (0.0, 0.5), 3.5 / 3, blobs_log_density, 0.25),
+    'blobs': Target('blobs', _blobs, (0.0, 0.5), 3.5 / 3, blobs_log_density, 0.25, blobs_scores),
     'moons': Target('moons', _moons, *_moons_moments(), None, 0.1),
     'circles': Target('circles', _circles, (0.0, 0.0), sum(a * a for a in CIRCLE_RADII) / 2,
-                      circles_log_density, 0.05),
+                      circles_log_density, 0.05, circles_scores),
     'swiss_roll': Target('swiss_roll', _swiss_roll, *_swiss_moments(), None, 0.05),
 }
 
@@ -243,6 +289,13 @@ def log_density(params, x_NxD):
   return _logsumexp(a_NxR) - 0.5 * x_NxD.shape[1] * jnp.log(2 * jnp.pi * h**2)
 
 
+def log_density_scores(params, x_NxD):
+  """log_density as scores.Relative: exact ranking of candidates however narrow the
+  bandwidth and the stored points' spread."""
+  return scores.isotropic_mixture(x_NxD, params['points'], jnp.log(params['weights']),
+                                  params['bandwidth'])
+
+
 def spread(params):
   """Trace of the KDE's covariance: the stored points' weighted biased variance plus d h^2."""
   _, var_D = weighted_moments(params['points'], params['weights'])
@@ -335,14 +388,14 @@ def fit_rows(cfg: KDEConfig, sweep: driver.Sweep) -> int:
   reg = regimes.get(sweep.regime)
   pool = driver.pool_rows(family(cfg), sweep, n)
   rows = lambda m: jax.ShapeDtypeStruct((m, DIMS), jnp.float32)  # noqa: E731
-  scores = jax.ShapeDtypeStruct((sweep.candidate_rows(),), jnp.float32) if reg.scored else None
+  scores_C = jax.ShapeDtypeStruct((sweep.candidate_rows(),), jnp.float32) if reg.scored else None
 
   def training_set(x0, last, pool_rows, scores_C):
     pools = regimes.Pools(x0, last, pool_rows, lambda key, m: jnp.zeros((m, DIMS)))
     return regimes.apply(reg, pools, jnp.int32(1), jax.random.key(0), jnp.float32(reg.default),
                          scores_C)[0]
   shape = jax.eval_shape(training_set, rows(n), rows(sweep.candidate_rows()),
-                         rows(pool) if pool else None, scores)
+                         rows(pool) if pool else None, scores_C)
   return max(n, shape.shape[0])
 
 
@@ -352,9 +405,10 @@ def family(cfg: KDEConfig, rows: int | None = None) -> driver.Family:
   truth, noise = cfg.truth, cfg.target_noise
   rows = cfg.samples if rows is None else rows
   target_D = jnp.asarray(cfg.reward_target, jnp.float32)
-  true_log_density = None
+  true_log_density = true_scores = None
   if truth.log_density is not None:
     true_log_density = lambda x_NxD: truth.log_density(x_NxD, noise)  # noqa: E731
+    true_scores = lambda x_NxD: truth.scores(x_NxD, noise)  # noqa: E731
 
   def reference(params0, key):
     heldout_HxD = draw_target(truth, key, cfg.heldout, noise)
@@ -374,8 +428,8 @@ def family(cfg: KDEConfig, rows: int | None = None) -> driver.Family:
       fit=lambda x_RxD, w_R, key: fit(x_RxD, w_R, cfg.bandwidth_rule, cfg.bandwidth, rows),
       sample=sample, reference=reference, evaluate=evaluate,
       one_at_a_time_on_cpu=True,  # a run's N x N kernel sums stay in cache: 2x faster here
-      log_density=log_density, true_log_density=true_log_density,
-      reward=lambda x_NxD: -jnp.sum((x_NxD - target_D) ** 2, axis=1))
+      log_density=log_density_scores, true_log_density=true_scores,
+      reward=lambda x_NxD: scores.squared_distance(x_NxD, target_D))
 
 
 # ---------------------------------------------------------------- figures
