@@ -38,7 +38,7 @@ def define_flags():
   flags.DEFINE_float('bandwidth', 0.1, 'The fixed bandwidth h.')
   flags.DEFINE_integer('chunk', 50, 'Generations per compiled chunk, as --checkpoint_every.')
   flags.DEFINE_integer('ref_seeds', 10, 'Seeds for the NumPy loop (0: skip it).')
-  flags.DEFINE_integer('vec_seeds', 25, 'Seeds for NumPy vectorised over seeds, float32 (0: skip '
+  flags.DEFINE_integer('vec_seeds', 8, 'Seeds for NumPy vectorised over seeds, float32 (0: skip '
                        "it); its rate falls with more, as a generation's arrays leave the cache.")
   flags.DEFINE_enum('ref_dtype', 'float64', ['float64', 'float32'], "The NumPy loop's dtype "
                     "(float64: NumPy's default).")

@@ -22,17 +22,37 @@ def moons(rng, seeds: int, n: int, noise: float, dtype):
   return (x_SxNxD + noise * rng.standard_normal((seeds, n, 2))).astype(dtype)
 
 
-def sq_dist(a_SxNxD, b_SxMxD):
-  """|a_n - b_m|^2 per seed, SxNxM, from differences, one dimension at a time."""
-  d2_SxNxM = (a_SxNxD[:, :, None, 0] - b_SxMxD[:, None, :, 0]) ** 2
-  for i in range(1, a_SxNxD.shape[-1]):
-    d2_SxNxM += (a_SxNxD[:, :, None, i] - b_SxMxD[:, None, :, i]) ** 2
+class Workspace:
+  """Two S x M x M float buffers reused by every kernel sum: a fresh array this large each
+  time would cost NumPy more in page faults than the arithmetic."""
+
+  def __init__(self, seeds: int, rows: int, dtype):
+    self.d2 = np.empty((seeds, rows, rows), dtype)
+    self.tmp = np.empty((seeds, rows, rows), dtype)
+
+  def views(self, s: int, n: int, m: int):
+    return self.d2[:s, :n, :m], self.tmp[:s, :n, :m]
+
+
+def sq_dist(a_SxNxD, b_SxMxD, work: Workspace | None = None):
+  """|a_n - b_m|^2 per seed, SxNxM, from differences (no cancellation), one dimension at a
+  time, in the workspace's first buffer."""
+  s, n, d = a_SxNxD.shape
+  work = work or Workspace(s, max(n, b_SxMxD.shape[1]), a_SxNxD.dtype)
+  d2_SxNxM, tmp_SxNxM = work.views(s, n, b_SxMxD.shape[1])
+  a_SxDxN, b_SxDxM = np.swapaxes(a_SxNxD, 1, 2).copy(), np.swapaxes(b_SxMxD, 1, 2).copy()
+  for i in range(d):
+    out = d2_SxNxM if i == 0 else tmp_SxNxM
+    np.subtract(a_SxDxN[:, i, :, None], b_SxDxM[:, i, None, :], out=out)
+    np.square(out, out=out)
+    if i:
+      d2_SxNxM += tmp_SxNxM
   return d2_SxNxM
 
 
-def kernel_sum(a_SxNxD, b_SxMxD, scale: float):
+def kernel_sum(a_SxNxD, b_SxMxD, scale: float, work: Workspace | None = None):
   """sum_nm exp(-|a_n - b_m|^2 / (2 scale^2)) per seed, S."""
-  k_SxNxM = sq_dist(a_SxNxD, b_SxMxD)
+  k_SxNxM = sq_dist(a_SxNxD, b_SxMxD, work)
   k_SxNxM *= -1 / (2 * scale**2)
   return np.exp(k_SxNxM, out=k_SxNxM).sum((1, 2))
 
@@ -43,18 +63,21 @@ def heldout_self(heldout_SxHxD, scale: float):
   return (kernel_sum(heldout_SxHxD, heldout_SxHxD, scale) - h) / (h * (h - 1))
 
 
-def evaluate(points_SxNxD, synth_SxNxD, heldout_SxHxD, t_self_S, h: float, scale: float):
+def evaluate(points_SxNxD, synth_SxNxD, heldout_SxHxD, t_self_S, h: float, scale: float,
+             work: Workspace | None = None):
   """heldout_nll, spread and mmd2 of each seed's KDE (stored points, bandwidth h) and samples."""
-  n, d = points_SxNxD.shape[1:]
-  a_SxHxN = sq_dist(heldout_SxHxD, points_SxNxD)
+  s, n, d = points_SxNxD.shape
+  work = work or Workspace(s, max(n, heldout_SxHxD.shape[1]), points_SxNxD.dtype)
+  a_SxHxN = sq_dist(heldout_SxHxD, points_SxNxD, work)
   a_SxHxN *= -1 / (2 * h**2)
   top_SxH = a_SxHxN.max(-1)
   a_SxHxN -= top_SxH[..., None]
   log_density_SxH = (top_SxH + np.log(np.exp(a_SxHxN, out=a_SxHxN).sum(-1)) - math.log(n)
                      - 0.5 * d * math.log(2 * math.pi * h**2))
   spread_S = points_SxNxD.var(1).sum(-1) + d * h**2
-  mmd2_S = ((kernel_sum(synth_SxNxD, synth_SxNxD, scale) - n) / (n * (n - 1)) + t_self_S
-            - 2 * kernel_sum(synth_SxNxD, heldout_SxHxD, scale) / (n * heldout_SxHxD.shape[1]))
+  mmd2_S = ((kernel_sum(synth_SxNxD, synth_SxNxD, scale, work) - n) / (n * (n - 1)) + t_self_S
+            - 2 * kernel_sum(synth_SxNxD, heldout_SxHxD, scale, work)
+            / (n * heldout_SxHxD.shape[1]))
   return {'heldout_nll': -log_density_SxH.mean(-1), 'spread': spread_S, 'mmd2': mmd2_S}
 
 
@@ -72,11 +95,11 @@ def replace_run(seeds: int, generations: int, samples: int, heldout: int, h: flo
   heldout_SxHxD = moons(rng, seeds, heldout, noise, dtype)
   t_self_S = heldout_self(heldout_SxHxD, scale)
   points_SxNxD = moons(rng, seeds, samples, noise, dtype)
-  out = []
+  work, out = Workspace(seeds, max(samples, heldout), dtype), []
   for _ in range(generations + 1):
     pick_SxN = rng.integers(samples, size=(seeds, samples))
     eps_SxNxD = rng.standard_normal((seeds, samples, 2), dtype=dtype)
     synth_SxNxD = draw(points_SxNxD, pick_SxN, eps_SxNxD, h)
-    out.append(evaluate(points_SxNxD, synth_SxNxD, heldout_SxHxD, t_self_S, h, scale))
+    out.append(evaluate(points_SxNxD, synth_SxNxD, heldout_SxHxD, t_self_S, h, scale, work))
     points_SxNxD = synth_SxNxD
   return {k: np.stack([m[k] for m in out]) for k in out[0]}

@@ -49,11 +49,12 @@ def define_flags():
 
 
 def ours(cfg: regression.RegressionConfig, chunk: int, rows: bool = False):
-  """(compile seconds, warm seconds) of the whole recursive loop, metrics included."""
+  """(compile seconds, warm seconds, warm CPU seconds) of the whole recursive loop, metrics
+  included."""
   fam = regression.family(cfg)
   if rows:
     fam = dataclasses.replace(fam, refit=None)
-  return timing.sweep_seconds(fam, cfg.sweep('replace'), min(chunk, cfg.generations))
+  return timing.sweep_times(fam, cfg.sweep('replace'), min(chunk, cfg.generations))
 
 
 def rows_seed(seed: int, generations: int, t: int, d: int, noise: float):
@@ -110,13 +111,12 @@ def numpy_statistics(seeds: int, generations: int, t: int, d: int, noise: float)
 
 
 def numpy_vectorised(seeds: int, generations: int, t: int, d: int, noise: float, rows: bool):
-  """(fits per second, wall seconds) of the recursion in NumPy vectorised over seeds, float32."""
+  """(fits per second, fits per CPU second, wall seconds) of the recursion in NumPy vectorised
+  over seeds, float32."""
   run = numpy_regression.rows_run if rows else numpy_regression.statistics_run
   rng = np.random.default_rng(0)
-  t0 = time.perf_counter()
-  run(seeds, generations, t, d, noise, rng, np.float32)
-  wall = time.perf_counter() - t0
-  return seeds * (generations + 1) / wall, wall
+  wall, cpu = timing.clocked(lambda: run(seeds, generations, t, d, noise, rng, np.float32))
+  return seeds * (generations + 1) / wall, seeds * (generations + 1) / cpu, wall
 
 
 def main(argv):
@@ -127,13 +127,14 @@ def main(argv):
                                     regimes=('replace',)).validate()
   shape = f'd={cfg.dims}, T={cfg.samples}'
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}')
-  compile_s, warm_s = ours(cfg, FLAGS.chunk)
-  rate = cfg.seeds * (cfg.generations + 1) / warm_s
+  compile_s, warm_s, cpu_s = ours(cfg, FLAGS.chunk)
+  rate, cpu_rate = (cfg.seeds * (cfg.generations + 1) / s for s in (warm_s, cpu_s))
   print(f'collapse-jax, statistics : {rate:12.0f} fits/s  ({cfg.seeds} seeds x {cfg.generations} '
-        f'generations, {shape}: {warm_s:.2f} s; compile {compile_s:.1f} s, excluded)')
+        f'generations, {shape}: {warm_s:.2f} s, {cpu_rate:.0f} per CPU second; compile '
+        f'{compile_s:.1f} s, excluded)')
   if FLAGS.row_generations:
     rows_cfg = dataclasses.replace(cfg, generations=FLAGS.row_generations)
-    compile_r, warm_r = ours(rows_cfg, FLAGS.chunk, rows=True)
+    compile_r, warm_r, _ = ours(rows_cfg, FLAGS.chunk, rows=True)
     rows_rate = rows_cfg.seeds * (rows_cfg.generations + 1) / warm_r
     print(f'collapse-jax, rows       : {rows_rate:12.0f} fits/s  ({rows_cfg.seeds} seeds x '
           f'{rows_cfg.generations} generations: {warm_r:.2f} s; compile {compile_r:.1f} s, '
@@ -142,10 +143,13 @@ def main(argv):
   if FLAGS.vec_seeds:
     for name, rows, generations in (('rows', True, FLAGS.vec_row_generations),
                                     ('statistics', False, cfg.generations)):
-      refs['vectorised', name], wall = numpy_vectorised(FLAGS.vec_seeds, generations, cfg.samples,
-                                                        cfg.dims, cfg.noise, rows)
+      refs['vectorised', name], vec_cpu, wall = numpy_vectorised(
+          FLAGS.vec_seeds, generations, cfg.samples, cfg.dims, cfg.noise, rows)
       print(f'NumPy vectorised, {name:10s}: {refs["vectorised", name]:12.0f} fits/s  '
-            f'({FLAGS.vec_seeds} seeds x {generations} generations, float32: {wall:.2f} s)')
+            f'({FLAGS.vec_seeds} seeds x {generations} generations, float32: {wall:.2f} s, '
+            f'{vec_cpu:.0f} per CPU second)')
+      if name == 'statistics':
+        print(f'per CPU second, collapse-jax statistics against it: {cpu_rate / vec_cpu:.2f}x')
   if FLAGS.ref_seeds:
     for name, loop in (('rows', numpy_rows), ('statistics', numpy_statistics)):
       refs['loop', name] = loop(FLAGS.ref_seeds, cfg.generations, cfg.samples, cfg.dims,
