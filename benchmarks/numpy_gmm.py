@@ -4,7 +4,10 @@ Every seed advances together each generation: k-means++ seeding and Lloyd iterat
 to `tol` (at most `max_iter` iterations), each a Python loop over iterations in which seeds that
 have converged leave the arrays; then N samples of each fit and the metrics gmm.metric_fns
 measures. The algorithm is the family's (collapse_jax/families/gmm.py: data centred, EM on the
-features [1, x, x_i x_j] so each iteration is two batched matmuls), in the dtype given.
+features [1, x, x_i x_j] so each iteration is two batched matmuls), in the dtype given. What
+the family does for long runs in float32 (components collapsed onto a line: floored eigenvalues
+in the L2 distance) is not done here: a covariance NumPy cannot factor raises LinAlgError. The
+benchmark runs it for 10 generations.
 
 Shapes in names: S seeds, N samples, K components, D dimensions, F features, H held-out rows.
 """
