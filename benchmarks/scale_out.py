@@ -34,7 +34,7 @@ def rate_on(devices: int, seeds: int, generations: int) -> float:
   """Generation-fits per second of the GMM sweep on `devices` CPU devices (a fresh process)."""
   out = subprocess.run([sys.executable, '-m', 'benchmarks.gmm_throughput', f'--cpu_devices={devices}',
                         f'--seeds={seeds}', f'--generations={generations}', '--ref_seeds=0',
-                        f'--chunk={generations}'], capture_output=True, text=True, check=True).stdout
+                        '--vec_seeds=0', f'--chunk={generations}'], capture_output=True, text=True, check=True).stdout
   return float(re.search(r'collapse-jax :\s+([\d.]+) fits/s', out).group(1))
 
 
