@@ -160,51 +160,62 @@ def true_log_density(x_NxD, true_mean: float, true_std: float):
 # T_ij ~ N(0, 1) below the diagonal. With n - 1 < d only the first n - 1 columns live and
 # the rest are dead, the fits' convention. O(d^2) numbers instead of n d, and no QR.
 
-def _log_gamma(key, a_D, tries: int = 2):
+TRIES = 2  # Marsaglia-Tsang candidates drawn at once: all rejected about once in 500 at a = 1/2
+
+
+def _uniforms(key, shape):
+  """Uniforms in (-1, 1), from which jax.random.normal makes its normals."""
+  return jax.random.uniform(key, shape, minval=np.nextafter(np.float32(-1), np.float32(0)), maxval=1)
+
+
+def _normals(w):
+  return np.sqrt(2) * jax.lax.erf_inv(w)
+
+
+def _log_gamma(w_KxD, loop_key, a_D):
   """log Gamma(a, 1) draws, exact: Marsaglia and Tsang's rejection sampler (ACM TOMS 2000),
-  with a < 1 boosted (Gamma(a) = Gamma(a + 1) U^(1/a)). `tries` candidates are drawn at once
-  and the first accepted kept; lanes that reject all draw on in a loop, rarely entered
-  (jax.random.gamma loops from the first candidate: about 5x slower here on a CPU)."""
+  with a < 1 boosted (Gamma(a) = Gamma(a + 1) U^(1/a)), from K = 2 TRIES + 1 rows of
+  uniforms: TRIES candidates at once, the first accepted kept. Lanes that reject all draw on
+  from loop_key in a loop, rarely entered (jax.random.gamma loops from the first candidate
+  and draws its numbers one call at a time: several times slower on a CPU)."""
   boost_D = a_D < 1
   d_D = jnp.where(boost_D, a_D + 1, a_D) - 1 / 3
   c_D = 1 / jnp.sqrt(9 * d_D)
 
-  def candidates(key, t):
-    """(accepted_TxD, log (Gamma / d)_TxD) of t candidates."""
-    x_key, u_key = jax.random.split(key)
-    x_TxD = jax.random.normal(x_key, (t,) + d_D.shape)
-    log_u_TxD = jnp.log(jax.random.uniform(u_key, (t,) + d_D.shape))
+  def candidates(w_2xTxD):
+    """(accepted_TxD, log (Gamma / d)_TxD) of candidates, each a normal and a uniform."""
+    x_TxD, log_u_TxD = _normals(w_2xTxD[0]), jnp.log((w_2xTxD[1] + 1) / 2)
     v_TxD = 1 + c_D * x_TxD
     log_v_TxD = 3 * jnp.log(jnp.where(v_TxD > 0, v_TxD, 1.0))
     ok_TxD = (v_TxD > 0) & (log_u_TxD < 0.5 * x_TxD**2 + d_D * (1 - jnp.exp(log_v_TxD) + log_v_TxD))
     return ok_TxD, log_v_TxD
 
-  first_key, boost_key, loop_key = jax.random.split(key, 3)
-  ok_TxD, log_v_TxD = candidates(first_key, tries)
-  state = (jnp.any(ok_TxD, 0), jnp.take_along_axis(log_v_TxD, jnp.argmax(ok_TxD, 0)[None], 0)[0],
-           loop_key)
+  ok_TxD, log_v_TxD = candidates(w_KxD[:-1].reshape((2, -1) + d_D.shape))
+  first_D = jnp.take_along_axis(log_v_TxD, jnp.argmax(ok_TxD, 0)[None], 0)[0]
 
   def draw_on(state):
-    done_D, log_v_D, key = state
-    key, now_key = jax.random.split(key)
-    ok_1xD, log_v_1xD = candidates(now_key, 1)
-    return done_D | ok_1xD[0], jnp.where(done_D, log_v_D, log_v_1xD[0]), key
+    done_D, log_v_D, i = state
+    ok_1xD, log_v_1xD = candidates(_uniforms(jax.random.fold_in(loop_key, i), (2, 1) + d_D.shape))
+    return done_D | ok_1xD[0], jnp.where(done_D, log_v_D, log_v_1xD[0]), i + 1
 
-  _, log_v_D, _ = jax.lax.while_loop(lambda state: ~jnp.all(state[0]), draw_on, state)
-  log_boost_D = jnp.log1p(-jax.random.uniform(boost_key, d_D.shape)) / a_D  # U in (0, 1]
+  _, log_v_D, _ = jax.lax.while_loop(lambda state: ~jnp.all(state[0]), draw_on,
+                                     (jnp.any(ok_TxD, 0), first_D, 0))
+  log_boost_D = jnp.log((w_KxD[-1] + 1) / 2) / a_D  # log U / a, U in (0, 1)
   return jnp.log(d_D) + log_v_D + jnp.where(boost_D, log_boost_D, 0.0)
 
 
 def draw_standard_statistics(key, n: int, d: int):
   """(mean_D, below_DxD, log_chi2_D) of n samples of N(0, I_d), drawn from their law: the
   mean, and the scatter's Bartlett factor T as its strictly lower part and log T_ii^2
-  (-inf in dead columns)."""
-  normal_key, chi2_key = jax.random.split(key)
-  z_DxE = jax.random.normal(normal_key, (d, d + 1))
+  (-inf in dead columns). One call for the random numbers, a CPU's main cost here."""
+  draw_key, loop_key = jax.random.split(key)
+  w_KxD = _uniforms(draw_key, (d + 1 + 2 * TRIES + 1, d))
+  z_DxE = _normals(w_KxD[:d + 1]).T
   df_D = n - 1 - np.arange(d)
   alive_D = df_D > 0
   below_DxD = jnp.where(np.tril(np.ones((d, d), bool), -1) & alive_D, z_DxE[:, 1:], 0.0)
-  log_chi2_D = np.log(2.0) + _log_gamma(chi2_key, jnp.asarray(np.maximum(df_D, 1) / 2, jnp.float32))
+  log_chi2_D = np.log(2.0) + _log_gamma(w_KxD[d + 1:], loop_key,
+                                        jnp.asarray(np.maximum(df_D, 1) / 2, jnp.float32))
   return z_DxE[:, 0] / np.sqrt(n), below_DxD, jnp.where(alive_D, log_chi2_D, -jnp.inf)
 
 
