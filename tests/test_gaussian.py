@@ -266,6 +266,7 @@ def test_drawn_fit_has_the_law_of_fitting_rows_and_one_degree_off_fails(n, d, mo
   of n rows of N(0, I_d), entry by entry; (3, 4): a singular fit, its dead columns the same."""
   rows, drawn = _fits_of_rows(n, d), _drawn_fits(n, d)
   assert np.all(np.isfinite(drawn['log_scale']) == (np.arange(d) < n - 1))
+  assert np.all(np.isfinite(rows['log_scale']) == (np.arange(d) < n - 1))  # rank n - 1, not more
   assert _same_law(_entries(drawn, n), _entries(rows, n))
   # the same test rejects a scatter of n degrees of freedom in place of n - 1
   right = gaussian.draw_standard_statistics
@@ -295,7 +296,7 @@ def test_log_gamma_draws_follow_the_gamma_law(monkeypatch):
   """The chi2 draws' sampler against scipy's gamma; with one candidate at a time too, so the
   loop for rejected candidates runs."""
   a_K = jnp.array([0.5, 1.0, 4.5, 49.5])
-  for tries in (1, gaussian.TRIES):
+  for tries in (1, gaussian._tries(1.0)):
     keys = jax.random.split(jax.random.key(tries), SEEDS)
     draw = lambda k: gaussian._log_gamma(gaussian._uniforms(k, (2 * tries + 1, 4)),
                                          jax.random.fold_in(k, 1), a_K)

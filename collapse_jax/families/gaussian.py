@@ -57,9 +57,10 @@ def _divisor(n, estimator: str):
   return n - (1.0 if estimator == 'unbiased' else 0.0)
 
 
-def _factor(b_KxD):
+def _factor(b_KxD, rank=None):
   """{'unit', 'log_scale'} of the lower factor C of B^T B (C C^T = B^T B), by QR of B,
-  which needs no positive definiteness: columns whose scale is lost in rounding are dead."""
+  which needs no positive definiteness: columns whose scale is lost in rounding, or past
+  `rank` (what B is known to have at most), are dead."""
   k, d = b_KxD.shape
   if d == 1:
     return {'unit': jnp.ones((1, 1)), 'log_scale': 0.5 * jnp.log(jnp.sum(b_KxD**2))[None]}
@@ -67,7 +68,10 @@ def _factor(b_KxD):
   c_DxD = jnp.zeros((d, d), b_KxD.dtype).at[:min(k, d)].set(r_KxD[:d]).T
   c_DxD = c_DxD * jnp.where(jnp.diagonal(c_DxD) < 0, -1.0, 1.0)  # columns' signs: C_jj >= 0
   c_D = jnp.diagonal(c_DxD)
-  alive_D = jnp.cumprod(c_D > max(k, d) * jnp.finfo(c_D.dtype).eps * jnp.max(c_D)) > 0
+  alive_D = c_D > max(k, d) * jnp.finfo(c_D.dtype).eps * jnp.max(c_D)
+  if rank is not None:  # rounding alone leaves a column past the rank alive now and then
+    alive_D = alive_D & (jnp.arange(d) < rank)
+  alive_D = jnp.cumprod(alive_D) > 0
   unit_DxD = jnp.where(alive_D, c_DxD / jnp.where(alive_D, c_D, 1.0), jnp.eye(d))
   return {'unit': unit_DxD, 'log_scale': jnp.where(alive_D, jnp.log(c_D), -jnp.inf)}
 
@@ -77,7 +81,7 @@ def fit(x_NxD, w_N, estimator: str):
   n = jnp.sum(w_N)
   mean_D = jnp.sum(w_N[:, None] * x_NxD, 0) / n  # elementwise: batched 1-D matvecs are slow on a CPU
   b_NxD = jnp.sqrt(w_N / _divisor(n, estimator))[:, None] * (x_NxD - mean_D)
-  return {'mean': mean_D, **_factor(b_NxD)}, {}
+  return {'mean': mean_D, **_factor(b_NxD, rank=jnp.sum(w_N > 0) - 1)}, {}  # centred: one less
 
 
 def fit_summary(stats, estimator: str):
@@ -158,9 +162,13 @@ def true_log_density(x_NxD, true_mean: float, true_std: float):
 # n samples of N(0, I_d) have mean N(0, I/n) and, independent of it, a scatter matrix
 # Wishart(n - 1, I) whose lower Cholesky factor T is Bartlett's: T_ii = sqrt(chi2_{n-i}),
 # T_ij ~ N(0, 1) below the diagonal. With n - 1 < d only the first n - 1 columns live and
-# the rest are dead, the fits' convention. O(d^2) numbers instead of n d, and no QR.
+# the rest are dead, the fits' convention. About d min(n, d + 1) random numbers instead
+# of n d, and no QR.
 
-TRIES = 2  # Marsaglia-Tsang candidates drawn at once: all rejected about once in 500 at a = 1/2
+def _tries(a: float) -> int:
+  """Marsaglia-Tsang candidates to draw at once for shapes >= a: two reject together about once
+  in 3 million draws at a = 49.5 (chi2_99), four about once in 200,000 at a = 1 (worst)."""
+  return 2 if a >= 10 else 4
 
 
 def _uniforms(key, shape):
@@ -174,10 +182,10 @@ def _normals(w):
 
 def _log_gamma(w_KxD, loop_key, a_D):
   """log Gamma(a, 1) draws, exact: Marsaglia and Tsang's rejection sampler (ACM TOMS 2000),
-  with a < 1 boosted (Gamma(a) = Gamma(a + 1) U^(1/a)), from K = 2 TRIES + 1 rows of
-  uniforms: TRIES candidates at once, the first accepted kept. Lanes that reject all draw on
-  from loop_key in a loop, rarely entered (jax.random.gamma loops from the first candidate
-  and draws its numbers one call at a time: several times slower on a CPU)."""
+  with a < 1 boosted (Gamma(a) = Gamma(a + 1) U^(1/a)), from K = 2 T + 1 rows of uniforms:
+  T candidates at once, the first accepted kept. Lanes that reject all draw on from loop_key
+  in a loop, rarely entered. (jax.random.gamma loops from the first candidate, a call for
+  each number: a 1-D draw with it costs about twice as much CPU.)"""
   boost_D = a_D < 1
   d_D = jnp.where(boost_D, a_D + 1, a_D) - 1 / 3
   c_D = 1 / jnp.sqrt(9 * d_D)
@@ -207,16 +215,21 @@ def _log_gamma(w_KxD, loop_key, a_D):
 def draw_standard_statistics(key, n: int, d: int):
   """(mean_D, below_DxD, log_chi2_D) of n samples of N(0, I_d), drawn from their law: the
   mean, and the scatter's Bartlett factor T as its strictly lower part and log T_ii^2
-  (-inf in dead columns). One call for the random numbers, a CPU's main cost here."""
+  (-inf in dead columns). Random numbers only for the k = min(n - 1, d) live columns, in
+  one call: they are a CPU's main cost here."""
+  if n < 2:
+    raise ValueError(f'a scatter needs two samples, got {n}')
+  k = min(n - 1, d)
+  df_K = n - 1 - np.arange(k)
+  tries = _tries(df_K[-1] / 2)
   draw_key, loop_key = jax.random.split(key)
-  w_KxD = _uniforms(draw_key, (d + 1 + 2 * TRIES + 1, d))
-  z_DxE = _normals(w_KxD[:d + 1]).T
-  df_D = n - 1 - np.arange(d)
-  alive_D = df_D > 0
-  below_DxD = jnp.where(np.tril(np.ones((d, d), bool), -1) & alive_D, z_DxE[:, 1:], 0.0)
-  log_chi2_D = np.log(2.0) + _log_gamma(w_KxD[d + 1:], loop_key,
-                                        jnp.asarray(np.maximum(df_D, 1) / 2, jnp.float32))
-  return z_DxE[:, 0] / np.sqrt(n), below_DxD, jnp.where(alive_D, log_chi2_D, -jnp.inf)
+  w_W = _uniforms(draw_key, (d * (k + 1) + (2 * tries + 1) * k,))  # flat: a CPU vectorises the last axis
+  z_DxE = _normals(w_W[:d * (k + 1)]).reshape(d, k + 1)
+  below_DxK = jnp.where(np.tril(np.ones((d, k), bool), -1), z_DxE[:, 1:], 0.0)
+  log_chi2_K = np.log(2.0) + _log_gamma(w_W[d * (k + 1):].reshape(-1, k), loop_key,
+                                        jnp.asarray(df_K / 2, jnp.float32))
+  return (z_DxE[:, 0] / np.sqrt(n), jnp.pad(below_DxK, ((0, 0), (0, d - k))),
+          jnp.pad(log_chi2_K, (0, d - k), constant_values=-jnp.inf))
 
 
 def draw_standard_fit(key, n: int, d: int, estimator: str):
