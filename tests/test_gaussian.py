@@ -275,21 +275,23 @@ def test_drawn_fit_has_the_law_of_fitting_rows_and_one_degree_off_fails(n, d, mo
   assert not _same_law(_entries(_drawn_fits(n, d), n)[:, d:], _entries(rows, n)[:, d:])
 
 
-@pytest.mark.parametrize('d', [pytest.param(1, marks=pytest.mark.heavy), 3])
-def test_drawn_statistics_of_a_model_have_the_law_of_its_samples(d):
-  """sample_summary against summarise of n samples of the same (correlated, scaled) model."""
-  x = jax.random.normal(jax.random.key(0), (40, d)) @ (jnp.tril(jnp.ones((d, d))) * jnp.arange(1.0, d + 1))
-  params = gaussian.fit(x + 3.0, jnp.ones(40), 'mle')[0]
+@pytest.mark.parametrize('d, m, n', [pytest.param(1, 40, 6, marks=pytest.mark.heavy), (3, 40, 6),
+                                     pytest.param(4, 3, 3, marks=pytest.mark.heavy)])
+def test_drawn_statistics_of_a_model_have_the_law_of_its_samples(d, m, n):
+  """sample_summary against summarise of n samples of the same (correlated, scaled) model,
+  fitted to m rows: (4, 3, 3) a singular model, and fewer samples than dimensions."""
+  x = jax.random.normal(jax.random.key(0), (m, d)) @ (jnp.tril(jnp.ones((d, d))) * jnp.arange(1.0, d + 1))
+  params = gaussian.fit(x + 3.0, jnp.ones(m), 'mle')[0]
   keys = jax.random.split(jax.random.key(3), SEEDS)
-  rows = jax.vmap(lambda k: gaussian.summarise(gaussian.sample(params, k, 6), jnp.ones(6)))(keys)
-  drawn = jax.vmap(lambda k: gaussian.sample_summary(params, k, 6))(keys)
+  rows = jax.jit(jax.vmap(lambda k: gaussian.summarise(gaussian.sample(params, k, n), jnp.ones(n))))(keys)
+  drawn = jax.jit(jax.vmap(lambda k: gaussian.sample_summary(params, k, n)))(keys)
   rows_, cols_ = np.tril_indices(d)
   flat = lambda s: np.concatenate([s['mean'], s['scatter'][:, rows_, cols_]], 1)
   assert _same_law(flat(drawn), flat(rows))
-  np.testing.assert_array_equal(drawn['n'], 6.0)
+  np.testing.assert_array_equal(drawn['n'], n)
   msd = jax.vmap(lambda s: gaussian.mean_sq_distance(s, 0.5))
   assert _same_law(msd(drawn)[:, None], jax.vmap(
-      lambda k: gaussian.mean_sq_distance(gaussian.sample(params, k, 6), 0.5))(keys)[:, None])
+      lambda k: gaussian.mean_sq_distance(gaussian.sample(params, k, n), 0.5))(keys)[:, None])
 
 
 def test_log_gamma_draws_follow_the_gamma_law(monkeypatch):
