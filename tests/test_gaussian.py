@@ -251,7 +251,8 @@ def _entries(fit, n):
 
 def _fits_of_rows(n, d, estimator='mle'):
   keys = jax.random.split(jax.random.key(1), SEEDS)
-  return jax.jit(jax.vmap(lambda k: gaussian.fit(jax.random.normal(k, (n, d)), jnp.ones(n), estimator)[0]))(keys)
+  fit = lambda k: gaussian.fit(jax.random.normal(k, (n, d)), jnp.ones(n), estimator)[0]
+  return jax.jit(jax.vmap(fit))(keys)
 
 
 def _drawn_fits(n, d, estimator='mle'):
@@ -280,10 +281,12 @@ def test_drawn_fit_has_the_law_of_fitting_rows_and_one_degree_off_fails(n, d, mo
 def test_drawn_statistics_of_a_model_have_the_law_of_its_samples(d, m, n):
   """sample_summary against summarise of n samples of the same (correlated, scaled) model,
   fitted to m rows: (4, 3, 3) a singular model, and fewer samples than dimensions."""
-  x = jax.random.normal(jax.random.key(0), (m, d)) @ (jnp.tril(jnp.ones((d, d))) * jnp.arange(1.0, d + 1))
+  mix_DxD = jnp.tril(jnp.ones((d, d))) * jnp.arange(1.0, d + 1)
+  x = jax.random.normal(jax.random.key(0), (m, d)) @ mix_DxD
   params = gaussian.fit(x + 3.0, jnp.ones(m), 'mle')[0]
   keys = jax.random.split(jax.random.key(3), SEEDS)
-  rows = jax.jit(jax.vmap(lambda k: gaussian.summarise(gaussian.sample(params, k, n), jnp.ones(n))))(keys)
+  of_rows = lambda k: gaussian.summarise(gaussian.sample(params, k, n), jnp.ones(n))
+  rows = jax.jit(jax.vmap(of_rows))(keys)
   drawn = jax.jit(jax.vmap(lambda k: gaussian.sample_summary(params, k, n)))(keys)
   rows_, cols_ = np.tril_indices(d)
   flat = lambda s: np.concatenate([s['mean'], s['scatter'][:, rows_, cols_]], 1)

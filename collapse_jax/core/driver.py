@@ -363,7 +363,8 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
   carry = dict(carry)
   if 'model' in carry:
     carry['model'] = params
-  if family.sample_summary is not None and sweep.score is None and not {'last', 'pool'} & set(carry):
+  needs_rows = sweep.score is not None or bool({'last', 'pool'} & set(carry))
+  if family.sample_summary is not None and not needs_rows:
     stats = family.sample_summary(params, sample_key, n)  # no rows needed: their statistics
     if 'summary' in carry:
       carry['summary'] = family.summary.combine(carry['summary'], stats)

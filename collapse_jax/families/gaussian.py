@@ -111,7 +111,8 @@ def sample(params, key, n):
 def refit(params, key, n, estimator: str):
   """The next generation's fit to n samples of `params`, made in its own coordinates from the
   law of those samples' statistics (draw_standard_fit): no rows drawn, exact in law."""
-  return in_own_coordinates(params, draw_standard_fit(key, n, params['mean'].shape[0], estimator)), {}
+  local = draw_standard_fit(key, n, params['mean'].shape[0], estimator)
+  return in_own_coordinates(params, local), {}
 
 
 def in_own_coordinates(params, local):
@@ -173,7 +174,8 @@ def _tries(a: float) -> int:
 
 def _uniforms(key, shape):
   """Uniforms in (-1, 1), from which jax.random.normal makes its normals."""
-  return jax.random.uniform(key, shape, minval=np.nextafter(np.float32(-1), np.float32(0)), maxval=1)
+  low = np.nextafter(np.float32(-1), np.float32(0))
+  return jax.random.uniform(key, shape, minval=low, maxval=1)
 
 
 def _normals(w):
@@ -223,7 +225,8 @@ def draw_standard_statistics(key, n: int, d: int):
   df_K = n - 1 - np.arange(k)
   tries = _tries(df_K[-1] / 2)
   draw_key, loop_key = jax.random.split(key)
-  w_W = _uniforms(draw_key, (d * (k + 1) + (2 * tries + 1) * k,))  # flat: a CPU vectorises the last axis
+  # flat: a CPU vectorises the last axis, and a short one badly
+  w_W = _uniforms(draw_key, (d * (k + 1) + (2 * tries + 1) * k,))
   z_DxE = _normals(w_W[:d * (k + 1)]).reshape(d, k + 1)
   below_DxK = jnp.where(np.tril(np.ones((d, k), bool), -1), z_DxE[:, 1:], 0.0)
   log_chi2_K = np.log(2.0) + _log_gamma(w_W[d * (k + 1):].reshape(-1, k), loop_key,
@@ -238,7 +241,8 @@ def draw_standard_fit(key, n: int, d: int, estimator: str):
   log_scale_D = 0.5 * (log_chi2_D - jnp.log(_divisor(n, estimator)))
   if d == 1:
     return {'mean': mean_D, 'unit': jnp.ones((1, 1)), 'log_scale': log_scale_D}
-  unit_DxD = jnp.eye(d) + below_DxD * jnp.exp(-0.5 * jnp.where(log_chi2_D > -jnp.inf, log_chi2_D, 0.0))
+  inverse_D = jnp.exp(-0.5 * jnp.where(log_chi2_D > -jnp.inf, log_chi2_D, 0.0))  # 1 / T_jj
+  unit_DxD = jnp.eye(d) + below_DxD * inverse_D
   return {'mean': mean_D, 'unit': unit_DxD, 'log_scale': log_scale_D}
 
 
