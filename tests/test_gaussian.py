@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import linalg
+from scipy import linalg, stats
 
 from collapse_jax.core import driver
 from collapse_jax.families import gaussian
@@ -121,7 +121,8 @@ def test_combined_statistics_equal_those_of_the_joined_data():
 def test_running_summary_equals_fitting_the_whole_pool(tmp_path):
   cfg = gaussian.GaussianConfig(seeds=3, generations=12, samples=(16,), dims=2,
                                 regimes=('accumulate',), checkpoint_every=12)
-  fam = gaussian.family(cfg)
+  # both from the same rows: the running summary of drawn statistics is tested in law below
+  fam = dataclasses.replace(gaussian.family(cfg), sample_summary=None)
   sweep = cfg.sweep('accumulate', 16)
   running = driver.run(fam, sweep, str(tmp_path / 'a'), 12, progress=False)
   pooled = driver.run(dataclasses.replace(fam, summary=None), sweep, str(tmp_path / 'b'), 12,
@@ -192,12 +193,13 @@ def test_the_default_estimator_is_the_released_figure_codes():
   assert gaussian.GaussianConfig().estimator == 'mle'  # np.std: divide by M
 
 
-def test_a_refit_in_own_coordinates_is_the_fit_of_the_same_samples():
-  """refit draws z and fits mu + A z through z: the same fit as fitting those samples."""
+def test_a_fit_in_own_coordinates_is_the_fit_of_the_same_samples():
+  """The fit to z, carried into the model's coordinates, is the fit to the samples mu + A z."""
   x = jax.random.normal(jax.random.key(0), (40, 3)) @ jnp.array([[1.0, 0, 0], [0.5, 2, 0], [0, 1, 0.3]])
   params, _ = gaussian.fit(x, jnp.ones(40), 'mle')
   key = jax.random.key(1)
-  refit, _ = gaussian.refit(params, key, 40, 'mle')
+  z = jax.random.normal(key, (40, 3))
+  refit = gaussian.in_own_coordinates(params, gaussian.fit(z, jnp.ones(40), 'mle')[0])
   same = gaussian.sample(params, key, 40)  # the same z, through the same factor
   direct, _ = gaussian.fit(same, jnp.ones(40), 'mle')
   np.testing.assert_allclose(refit['mean'], direct['mean'], atol=1e-5)
@@ -235,3 +237,102 @@ def test_collapse_is_followed_in_float32_to_the_end(tmp_path, dims, samples, gen
   elif samples > dims:
     assert np.all(np.abs(metrics['logdet'][-1] - theory['logdet_mean'][-1])
                   < 4 * theory['logdet_sd'][-1])
+
+
+# ---------------------------------------------------------------- statistics drawn from their law
+
+SEEDS = 4000  # per law: KS tests with p > 0.001 / quantities, so a wrong law fails them
+
+
+def _same_law(a_SxK, b_SxK, p=1e-3):
+  """Whether every column of a and b passes a two-sample KS test (Bonferroni over columns)."""
+  a_SxK, b_SxK = np.asarray(a_SxK, np.float64), np.asarray(b_SxK, np.float64)
+  return all(stats.ks_2samp(a_SxK[:, j], b_SxK[:, j]).pvalue > p / a_SxK.shape[1]
+             for j in range(a_SxK.shape[1]))
+
+
+def _entries(fit, n):
+  """Every random entry of a batch of fits to n samples: the mean, and the log-scales and the
+  unit factor's strictly lower part in the live columns (the first n - 1)."""
+  d = fit['mean'].shape[-1]
+  rows, cols = np.tril_indices(d, -1)
+  live = cols < n - 1
+  return np.concatenate([fit['mean'], fit['log_scale'][:, :n - 1],
+                         fit['unit'][:, rows[live], cols[live]]], 1)
+
+
+def _fits_of_rows(n, d, estimator='mle'):
+  keys = jax.random.split(jax.random.key(1), SEEDS)
+  fit = lambda k: gaussian.fit(jax.random.normal(k, (n, d)), jnp.ones(n), estimator)[0]
+  return jax.jit(jax.vmap(fit))(keys)
+
+
+def _drawn_fits(n, d, estimator='mle'):
+  keys = jax.random.split(jax.random.key(2), SEEDS)
+  return jax.jit(jax.vmap(lambda k: gaussian.draw_standard_fit(k, n, d, estimator)))(keys)
+
+
+@pytest.mark.parametrize('n, d', [(5, 3), pytest.param(3, 4, marks=pytest.mark.heavy),
+                                  pytest.param(4, 1, marks=pytest.mark.heavy)])
+def test_drawn_fit_has_the_law_of_fitting_rows_and_one_degree_off_fails(n, d, monkeypatch):
+  """draw_standard_fit (mean N(0, I/n), Bartlett's factor of Wishart(n - 1)) against the fit
+  of n rows of N(0, I_d), entry by entry; (3, 4): a singular fit, its dead columns the same."""
+  rows, drawn = _fits_of_rows(n, d), _drawn_fits(n, d)
+  assert np.all(np.isfinite(drawn['log_scale']) == (np.arange(d) < n - 1))
+  assert np.all(np.isfinite(rows['log_scale']) == (np.arange(d) < n - 1))  # rank n - 1, not more
+  assert _same_law(_entries(drawn, n), _entries(rows, n))
+  # the same test rejects a scatter of n degrees of freedom in place of n - 1
+  right = gaussian.draw_standard_statistics
+  monkeypatch.setattr(gaussian, 'draw_standard_statistics',
+                      lambda key, n, d: right(key, n + 1, d))
+  assert not _same_law(_entries(_drawn_fits(n, d), n)[:, d:], _entries(rows, n)[:, d:])
+
+
+@pytest.mark.parametrize('d, m, n', [pytest.param(1, 40, 6, marks=pytest.mark.heavy), (3, 40, 6),
+                                     pytest.param(4, 3, 3, marks=pytest.mark.heavy)])
+def test_drawn_statistics_of_a_model_have_the_law_of_its_samples(d, m, n):
+  """sample_summary against summarise of n samples of the same (correlated, scaled) model,
+  fitted to m rows: (4, 3, 3) a singular model, and fewer samples than dimensions."""
+  mix_DxD = jnp.tril(jnp.ones((d, d))) * jnp.arange(1.0, d + 1)
+  x = jax.random.normal(jax.random.key(0), (m, d)) @ mix_DxD
+  params = gaussian.fit(x + 3.0, jnp.ones(m), 'mle')[0]
+  keys = jax.random.split(jax.random.key(3), SEEDS)
+  of_rows = lambda k: gaussian.summarise(gaussian.sample(params, k, n), jnp.ones(n))
+  rows = jax.jit(jax.vmap(of_rows))(keys)
+  drawn = jax.jit(jax.vmap(lambda k: gaussian.sample_summary(params, k, n)))(keys)
+  rows_, cols_ = np.tril_indices(d)
+  flat = lambda s: np.concatenate([s['mean'], s['scatter'][:, rows_, cols_]], 1)
+  assert _same_law(flat(drawn), flat(rows))
+  np.testing.assert_array_equal(drawn['n'], n)
+  msd = jax.vmap(lambda s: gaussian.mean_sq_distance(s, 0.5))
+  assert _same_law(msd(drawn)[:, None], jax.vmap(
+      lambda k: gaussian.mean_sq_distance(gaussian.sample(params, k, n), 0.5))(keys)[:, None])
+
+
+def test_log_gamma_draws_follow_the_gamma_law(monkeypatch):
+  """The chi2 draws' sampler against scipy's gamma; with one candidate at a time too, so the
+  loop for rejected candidates runs."""
+  a_K = jnp.array([0.5, 1.0, 4.5, 49.5])
+  for tries in (1, gaussian._tries(1.0)):
+    keys = jax.random.split(jax.random.key(tries), SEEDS)
+    draw = lambda k: gaussian._log_gamma(gaussian._uniforms(k, (2 * tries + 1, 4)),
+                                         jax.random.fold_in(k, 1), a_K)
+    log_g_SxK = np.asarray(jax.jit(jax.vmap(draw))(keys), np.float64)
+    for j, a in enumerate(np.asarray(a_K)):
+      assert stats.kstest(np.exp(log_g_SxK[:, j]), stats.gamma(a).cdf).pvalue > 1e-3 / 8, (a, tries)
+  assert stats.kstest(np.exp(log_g_SxK[:, 2]), stats.gamma(5.0).cdf).pvalue < 1e-6  # a off by 1/2
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize('dims, samples, generations', [(1, 10, 1000), (10, 32, 100), (100, 10, 100)])
+def test_collapse_over_a_thousand_seeds(tmp_path, dims, samples, generations):
+  """The deep-collapse runs over 1,000 seeds: finite metrics, rank M - 1 or d throughout, and
+  the log-determinant's closed form at the last generation where one exists."""
+  metrics, theory = _simulate(tmp_path, estimator='mle', dims=dims, samples=samples, seeds=1000,
+                              generations=generations)
+  for name, v in metrics.items():
+    assert np.all(np.isfinite(v)), name
+  assert np.all(metrics['rank'] == min(dims, samples - 1))
+  if samples > dims:
+    for g in (0, generations // 2, generations):
+      assert _in_ci(metrics['logdet'][g], theory['logdet_mean'][g], theory['logdet_sd'][g]), g

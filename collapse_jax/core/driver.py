@@ -78,6 +78,11 @@ class Family:
     place of `fit` on stored samples: for fits better conditioned in the model's
     own coordinates (its samples are mu + L z: refit from z), or that draw fresh
     samples for every batch
+  sample_summary(params, key, n) -> stats   optional: the statistics (as summary.of's) of
+    n samples of the model, drawn exactly from their law without the samples. Where a
+    generation needs no rows of the model's samples (no stored samples, no scores), the
+    driver calls it in their place: `evaluate` then receives these statistics as its
+    x_NxD, and a running summary (accumulate) adds them
   unbounded_below: metrics that may be -inf (logarithms of a spread that collapsed to 0
     in float32, as a fit to its own filtered samples can); any other non-finite metric
     stops the run as a bug
@@ -96,6 +101,7 @@ class Family:
   log_density: Callable[..., Any] | None = None
   true_log_density: Callable[..., Any] | None = None
   reward: Callable[..., Any] | None = None
+  sample_summary: Callable[..., Any] | None = None
   unbounded_below: tuple[str, ...] = ()
 
   def running(self, regime: str, values=(1.0,)) -> bool:
@@ -282,10 +288,12 @@ def _first_generation(family: Family, sweep: Sweep, seed, value):
   const = {'seed': seed, 'fraction': value, 'x0': x0_NxD, 'ref': ref}
   if sweep.score == 'gen0':
     const['model0'] = params
-  if _draws_candidates(family, sweep):
+  if _draws_candidates(family, sweep) or family.refitting(sweep.regime):
     carry = {'model': params}
+  elif _running(family, sweep):  # the summary is all a generation reads
+    carry = {}
   else:
-    carry = {'model': params} if family.refitting(sweep.regime) else {'last': synth_NxD}
+    carry = {'last': synth_NxD}
   rows = pool_rows(family, sweep, n)
   if _running(family, sweep):
     ones = jnp.ones(n)
@@ -357,8 +365,18 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
         reg, regimes.Pools(const['x0'], carry['last'], carry.get('pool'), family.draw_real), g,
         train_key, const['fraction'], None)
     params, fit_metrics = family.fit(x_RxD, w_R, fit_key)
+  carry = dict(carry)
+  if 'model' in carry:
+    carry['model'] = params
+  needs_rows = sweep.score is not None or bool({'last', 'pool'} & set(carry))
+  if family.sample_summary is not None and not needs_rows:
+    stats = family.sample_summary(params, sample_key, n)  # no rows needed: their statistics
+    if 'summary' in carry:
+      carry['summary'] = family.summary.combine(carry['summary'], stats)
+    return carry, {**fit_metrics, **family.evaluate(params, stats, const['ref'])}  # no score
   synth_NxD = family.sample(params, sample_key, n)
-  carry = {**carry, **({'model': params} if 'model' in carry else {'last': synth_NxD})}
+  if 'last' in carry:
+    carry['last'] = synth_NxD
   if 'summary' in carry:
     carry['summary'] = family.summary.combine(carry['summary'],
                                               family.summary.of(synth_NxD, jnp.ones(n)))

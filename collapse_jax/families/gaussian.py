@@ -57,9 +57,10 @@ def _divisor(n, estimator: str):
   return n - (1.0 if estimator == 'unbiased' else 0.0)
 
 
-def _factor(b_KxD):
+def _factor(b_KxD, rank=None):
   """{'unit', 'log_scale'} of the lower factor C of B^T B (C C^T = B^T B), by QR of B,
-  which needs no positive definiteness: columns whose scale is lost in rounding are dead."""
+  which needs no positive definiteness: columns whose scale is lost in rounding, or past
+  `rank` (what B is known to have at most), are dead."""
   k, d = b_KxD.shape
   if d == 1:
     return {'unit': jnp.ones((1, 1)), 'log_scale': 0.5 * jnp.log(jnp.sum(b_KxD**2))[None]}
@@ -67,7 +68,10 @@ def _factor(b_KxD):
   c_DxD = jnp.zeros((d, d), b_KxD.dtype).at[:min(k, d)].set(r_KxD[:d]).T
   c_DxD = c_DxD * jnp.where(jnp.diagonal(c_DxD) < 0, -1.0, 1.0)  # columns' signs: C_jj >= 0
   c_D = jnp.diagonal(c_DxD)
-  alive_D = jnp.cumprod(c_D > max(k, d) * jnp.finfo(c_D.dtype).eps * jnp.max(c_D)) > 0
+  alive_D = c_D > max(k, d) * jnp.finfo(c_D.dtype).eps * jnp.max(c_D)
+  if rank is not None:  # rounding alone leaves a column past the rank alive now and then
+    alive_D = alive_D & (jnp.arange(d) < rank)
+  alive_D = jnp.cumprod(alive_D) > 0
   unit_DxD = jnp.where(alive_D, c_DxD / jnp.where(alive_D, c_D, 1.0), jnp.eye(d))
   return {'unit': unit_DxD, 'log_scale': jnp.where(alive_D, jnp.log(c_D), -jnp.inf)}
 
@@ -77,7 +81,7 @@ def fit(x_NxD, w_N, estimator: str):
   n = jnp.sum(w_N)
   mean_D = jnp.sum(w_N[:, None] * x_NxD, 0) / n  # elementwise: batched 1-D matvecs are slow on a CPU
   b_NxD = jnp.sqrt(w_N / _divisor(n, estimator))[:, None] * (x_NxD - mean_D)
-  return {'mean': mean_D, **_factor(b_NxD)}, {}
+  return {'mean': mean_D, **_factor(b_NxD, rank=jnp.sum(w_N > 0) - 1)}, {}  # centred: one less
 
 
 def fit_summary(stats, estimator: str):
@@ -105,20 +109,25 @@ def sample(params, key, n):
 
 
 def refit(params, key, n, estimator: str):
-  """The next generation's fit to n samples of `params`, made in its own coordinates.
+  """The next generation's fit to n samples of `params`, made in its own coordinates from the
+  law of those samples' statistics (draw_standard_fit): no rows drawn, exact in law."""
+  local = draw_standard_fit(key, n, params['mean'].shape[0], estimator)
+  return in_own_coordinates(params, local), {}
 
-  Its samples are mu + A z: the fit to z (mean m, factor C_z = V diag(e^c)) gives
-  mu + A m and A C_z = U W diag(e^(l + c)), W = diag(e^l) V diag(e^-l) unit lower
-  triangular with entries V_ij e^(l_i - l_j), i > j, which stay small: later
-  columns shrink faster (Bartlett). Nothing is ever rounded at the fit's own scale.
+
+def in_own_coordinates(params, local):
+  """The fit to samples mu + A z of `params`, given `local`, the fit to the z.
+
+  The fit to z (mean m, factor C_z = V diag(e^c)) gives mu + A m and
+  A C_z = U W diag(e^(l + c)), W = diag(e^l) V diag(e^-l) unit lower triangular
+  with entries V_ij e^(l_i - l_j), i > j, which stay small: later columns shrink
+  faster (Bartlett). Nothing is ever rounded at the fit's own scale.
   """
   d = params['mean'].shape[0]
-  z_NxD = jax.random.normal(key, (n, d))
-  local, _ = fit(z_NxD, jnp.ones(n), estimator)
   l_D, u_DxD = params['log_scale'], params['unit']
   if d == 1:
     mean_D = params['mean'] + jnp.exp(l_D) * local['mean']
-    return {'mean': mean_D, 'unit': u_DxD, 'log_scale': l_D + local['log_scale']}, {}
+    return {'mean': mean_D, 'unit': u_DxD, 'log_scale': l_D + local['log_scale']}
   mean_D = params['mean'] + u_DxD @ (jnp.exp(l_D) * local['mean'])
   alive_D = l_D > -jnp.inf
   both_DxD = alive_D[:, None] & alive_D[None] & (jnp.arange(d)[:, None] > jnp.arange(d))
@@ -126,7 +135,7 @@ def refit(params, key, n, estimator: str):
   w_DxD = jnp.eye(d) + jnp.where(both_DxD, local['unit'] * jnp.exp(jnp.minimum(gap_DxD, 60.0)), 0.0)
   l_D = l_D + local['log_scale']
   unit_DxD = jnp.where(l_D > -jnp.inf, u_DxD @ w_DxD, jnp.eye(d))
-  return {'mean': mean_D, 'unit': unit_DxD, 'log_scale': l_D}, {}
+  return {'mean': mean_D, 'unit': unit_DxD, 'log_scale': l_D}
 
 
 def _whitener(params):
@@ -172,11 +181,123 @@ def true_log_density_scores(x_NxD, true_mean: float, true_std: float):
                          -d * jnp.log(true_std) - 0.5 * d * jnp.log(2 * jnp.pi))
 
 
+# ---------------------------------------------------------------- statistics drawn, not rows
+# n samples of N(0, I_d) have mean N(0, I/n) and, independent of it, a scatter matrix
+# Wishart(n - 1, I) whose lower Cholesky factor T is Bartlett's: T_ii = sqrt(chi2_{n-i}),
+# T_ij ~ N(0, 1) below the diagonal. With n - 1 < d only the first n - 1 columns live and
+# the rest are dead, the fits' convention. About d min(n, d + 1) random numbers instead
+# of n d, and no QR.
+
+def _tries(a: float) -> int:
+  """Marsaglia-Tsang candidates to draw at once for shapes >= a: two reject together about once
+  in 3 million draws at a = 49.5 (chi2_99), four about once in 200,000 at a = 1 (worst)."""
+  return 2 if a >= 10 else 4
+
+
+def _uniforms(key, shape):
+  """Uniforms in (-1, 1), from which jax.random.normal makes its normals."""
+  low = np.nextafter(np.float32(-1), np.float32(0))
+  return jax.random.uniform(key, shape, minval=low, maxval=1)
+
+
+def _normals(w):
+  return np.sqrt(2) * jax.lax.erf_inv(w)
+
+
+def _log_gamma(w_KxD, loop_key, a_D):
+  """log Gamma(a, 1) draws, exact: Marsaglia and Tsang's rejection sampler (ACM TOMS 2000),
+  with a < 1 boosted (Gamma(a) = Gamma(a + 1) U^(1/a)), from K = 2 T + 1 rows of uniforms:
+  T candidates at once, the first accepted kept. Lanes that reject all draw on from loop_key
+  in a loop, rarely entered. (jax.random.gamma loops from the first candidate, a call for
+  each number: a 1-D draw with it costs about twice as much CPU.)"""
+  boost_D = a_D < 1
+  d_D = jnp.where(boost_D, a_D + 1, a_D) - 1 / 3
+  c_D = 1 / jnp.sqrt(9 * d_D)
+
+  def candidates(w_2xTxD):
+    """(accepted_TxD, log (Gamma / d)_TxD) of candidates, each a normal and a uniform."""
+    x_TxD, log_u_TxD = _normals(w_2xTxD[0]), jnp.log((w_2xTxD[1] + 1) / 2)
+    v_TxD = 1 + c_D * x_TxD
+    log_v_TxD = 3 * jnp.log(jnp.where(v_TxD > 0, v_TxD, 1.0))
+    ok_TxD = (v_TxD > 0) & (log_u_TxD < 0.5 * x_TxD**2 + d_D * (1 - jnp.exp(log_v_TxD) + log_v_TxD))
+    return ok_TxD, log_v_TxD
+
+  ok_TxD, log_v_TxD = candidates(w_KxD[:-1].reshape((2, -1) + d_D.shape))
+  first_D = jnp.take_along_axis(log_v_TxD, jnp.argmax(ok_TxD, 0)[None], 0)[0]
+
+  def draw_on(state):
+    done_D, log_v_D, i = state
+    ok_1xD, log_v_1xD = candidates(_uniforms(jax.random.fold_in(loop_key, i), (2, 1) + d_D.shape))
+    return done_D | ok_1xD[0], jnp.where(done_D, log_v_D, log_v_1xD[0]), i + 1
+
+  _, log_v_D, _ = jax.lax.while_loop(lambda state: ~jnp.all(state[0]), draw_on,
+                                     (jnp.any(ok_TxD, 0), first_D, 0))
+  log_boost_D = jnp.log((w_KxD[-1] + 1) / 2) / a_D  # log U / a, U in (0, 1)
+  return jnp.log(d_D) + log_v_D + jnp.where(boost_D, log_boost_D, 0.0)
+
+
+def draw_standard_statistics(key, n: int, d: int):
+  """(mean_D, below_DxD, log_chi2_D) of n samples of N(0, I_d), drawn from their law: the
+  mean, and the scatter's Bartlett factor T as its strictly lower part and log T_ii^2
+  (-inf in dead columns). Random numbers only for the k = min(n - 1, d) live columns, in
+  one call: they are a CPU's main cost here."""
+  if n < 2:
+    raise ValueError(f'a scatter needs two samples, got {n}')
+  k = min(n - 1, d)
+  df_K = n - 1 - np.arange(k)
+  tries = _tries(df_K[-1] / 2)
+  draw_key, loop_key = jax.random.split(key)
+  # flat: a CPU vectorises the last axis, and a short one badly
+  w_W = _uniforms(draw_key, (d * (k + 1) + (2 * tries + 1) * k,))
+  z_DxE = _normals(w_W[:d * (k + 1)]).reshape(d, k + 1)
+  below_DxK = jnp.where(np.tril(np.ones((d, k), bool), -1), z_DxE[:, 1:], 0.0)
+  log_chi2_K = np.log(2.0) + _log_gamma(w_W[d * (k + 1):].reshape(-1, k), loop_key,
+                                        jnp.asarray(df_K / 2, jnp.float32))
+  return (z_DxE[:, 0] / np.sqrt(n), jnp.pad(below_DxK, ((0, 0), (0, d - k))),
+          jnp.pad(log_chi2_K, (0, d - k), constant_values=-jnp.inf))
+
+
+def draw_standard_fit(key, n: int, d: int, estimator: str):
+  """The fit to n samples of N(0, I_d), drawn from its law without the samples."""
+  mean_D, below_DxD, log_chi2_D = draw_standard_statistics(key, n, d)
+  log_scale_D = 0.5 * (log_chi2_D - jnp.log(_divisor(n, estimator)))
+  if d == 1:
+    return {'mean': mean_D, 'unit': jnp.ones((1, 1)), 'log_scale': log_scale_D}
+  inverse_D = jnp.exp(-0.5 * jnp.where(log_chi2_D > -jnp.inf, log_chi2_D, 0.0))  # 1 / T_jj
+  unit_DxD = jnp.eye(d) + below_DxD * inverse_D
+  return {'mean': mean_D, 'unit': unit_DxD, 'log_scale': log_scale_D}
+
+
+def sample_summary(params, key, n: int):
+  """The statistics (summarise's) of n samples of `params`, drawn from their law without
+  the samples: mean mu + A zbar, scatter (A T)(A T)^T, T the Bartlett factor."""
+  mean_D, below_DxD, log_chi2_D = draw_standard_statistics(key, n, params['mean'].shape[0])
+  l_D = params['log_scale']
+  if mean_D.shape[0] == 1:  # elementwise, as sample
+    return {'n': jnp.float32(n), 'mean': params['mean'] + jnp.exp(l_D) * mean_D,
+            'scatter': jnp.exp(2 * l_D + log_chi2_D)[None]}
+  a_DxD = params['unit'] * jnp.exp(l_D)
+  k = min(n - 1, mean_D.shape[0])  # the live columns of T
+  t_DxK = (below_DxD + jnp.diag(jnp.exp(0.5 * log_chi2_D)))[:, :k]
+  b_DxK = a_DxD @ t_DxK
+  return {'n': jnp.float32(n), 'mean': params['mean'] + a_DxD @ mean_D, 'scatter': b_DxK @ b_DxK.T}
+
+
 # ---------------------------------------------------------------- metrics
 
-def evaluate(params, synth_NxD, true_mean: float, true_std: float):
+def mean_sq_distance(synth, true_mean: float):
+  """sample_msd: the mean of |x - mu|^2 over the model's samples, given as rows x_NxD or as
+  their statistics (sample_summary): |xbar - mu|^2 + tr(scatter) / n."""
+  if isinstance(synth, dict):
+    err_D = synth['mean'] - true_mean
+    return err_D @ err_D + jnp.trace(synth['scatter']) / synth['n']
+  return jnp.mean(jnp.sum((synth - true_mean) ** 2, axis=1))
+
+
+def evaluate(params, synth, true_mean: float, true_std: float):
   """Distances of one fit from the truth N(true_mean, true_std^2 I), finite however far
-  it has collapsed: logarithms of trace and (pseudo-)determinant, and the rank."""
+  it has collapsed: logarithms of trace and (pseudo-)determinant, and the rank. synth:
+  the model's samples, or their statistics (mean_sq_distance)."""
   mean_D, u_DxD, l_D = params['mean'], params['unit'], params['log_scale']
   d = mean_D.shape[0]
   err_D = mean_D - true_mean
@@ -204,7 +325,7 @@ def evaluate(params, synth_NxD, true_mean: float, true_std: float):
           'sigma_error': jnp.abs(sigma - true_std), 'trace': trace, 'log_trace': log_trace,
           'logdet': log_pdet, 'rank': jnp.sum(alive_D).astype(jnp.int32),
           'w2_sq': w2_sq,
-          'sample_msd': jnp.mean(jnp.sum((synth_NxD - true_mean) ** 2, axis=1))}
+          'sample_msd': mean_sq_distance(synth, true_mean)}
 
 
 # ---------------------------------------------------------------- closed forms
@@ -351,8 +472,9 @@ PRESETS = {'paper': {}, 'small': SMALL}
 
 
 def family(cfg: GaussianConfig) -> driver.Family:
-  """The Gaussian as a driver family: sufficient statistics for accumulate, and under
-  replace a refit in the last generation's own coordinates."""
+  """The Gaussian as a driver family: sufficient statistics for accumulate, under replace a
+  refit in the last generation's own coordinates, and both (and the metrics) drawn as the
+  statistics of samples rather than the samples where no regime needs the rows."""
   fit_stats = lambda stats, key: fit_summary(stats, cfg.estimator)
   return driver.Family(
       draw_real=lambda key, n: cfg.true_mean + cfg.true_std * jax.random.normal(key, (n, cfg.dims)),
@@ -362,6 +484,7 @@ def family(cfg: GaussianConfig) -> driver.Family:
       evaluate=lambda params, synth, ref: evaluate(params, synth, cfg.true_mean, cfg.true_std),
       summary=driver.Summary(summarise, combine, fit_stats),
       refit=lambda params, key, n: refit(params, key, n, cfg.estimator),
+      sample_summary=sample_summary,
       unbounded_below=('log_trace', 'logdet'),
       log_density=log_density_scores,
       true_log_density=lambda x_NxD: true_log_density_scores(x_NxD, cfg.true_mean, cfg.true_std),
