@@ -1,6 +1,7 @@
 """The Gaussian refitted on its own samples, against its closed forms."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -336,3 +337,20 @@ def test_collapse_over_a_thousand_seeds(tmp_path, dims, samples, generations):
   if samples > dims:
     for g in (0, generations // 2, generations):
       assert _in_ci(metrics['logdet'][g], theory['logdet_mean'][g], theory['logdet_sd'][g]), g
+
+
+def test_every_matmul_of_a_fit_and_sample_reaches_the_compiled_program_at_highest_precision():
+  """A TPU's default matmul is one bfloat16 pass: the Gaussian asks for full float32 in
+  every product that makes a fit, a sample or their statistics."""
+  params = gaussian.fit(jax.random.normal(jax.random.key(0), (8, 3)), jnp.ones(8), 'mle')[0]
+
+  def step(params, key):
+    refit, _ = gaussian.refit(params, key, 8, 'mle')
+    x_NxD = gaussian.sample(refit, key, 8)
+    return (gaussian.sample_summary(refit, key, 8), gaussian.summarise(x_NxD, jnp.ones(8)),
+            gaussian.covariance(refit))
+  text = jax.jit(step).lower(params, jax.random.key(1)).compile().as_text()
+  dots = [line for line in text.splitlines() if re.search(r'= \S+ dot\(', line)]
+  assert len(dots) >= 4, text
+  for line in dots:
+    assert 'operand_precision={highest,highest}' in line, line

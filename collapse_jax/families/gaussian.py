@@ -28,6 +28,12 @@ ESTIMATORS = ('mle', 'unbiased')
 # columns' scales apart by orders of magnitude; kept as logarithms they stay exact.
 # A singular fit (M <= d samples) has dead columns, l = -inf, after its live ones.
 
+def _mm(a, b):
+  """A matmul in full float32 on every backend: a TPU's default (one bfloat16 pass) would
+  make its fits and samples differ from the CPU's that the tests check."""
+  return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def summarise(x_NxD, w_N):
   """Sufficient statistics of weighted data: total weight, mean, scatter matrix.
 
@@ -40,7 +46,7 @@ def summarise(x_NxD, w_N):
   if x_NxD.shape[1] == 1:  # elementwise: a CPU runs a batch of 1 x 1 matmuls slowly
     s2_DxD = jnp.sum(w_N * xc_NxD[:, 0] ** 2)[None, None]
   else:
-    s2_DxD = (w_N[:, None] * xc_NxD).T @ xc_NxD
+    s2_DxD = _mm((w_N[:, None] * xc_NxD).T, xc_NxD)
   return {'n': n, 'mean': x_NxD[0] + s1_D / n, 'scatter': s2_DxD - jnp.outer(s1_D, s1_D) / n}
 
 
@@ -98,14 +104,14 @@ def fit_summary(stats, estimator: str):
 def covariance(params):
   """Sigma = U diag(e^2l) U^T (underflows with the scales; for checks and small runs)."""
   a_DxD = params['unit'] * jnp.exp(params['log_scale'])
-  return a_DxD @ a_DxD.T
+  return _mm(a_DxD, a_DxD.T)
 
 
 def sample(params, key, n):
   z_NxD = jax.random.normal(key, (n, params['mean'].shape[0]))
   if z_NxD.shape[1] == 1:  # elementwise, as summarise
     return params['mean'] + z_NxD * jnp.exp(params['log_scale'])
-  return params['mean'] + (z_NxD * jnp.exp(params['log_scale'])) @ params['unit'].T
+  return params['mean'] + _mm(z_NxD * jnp.exp(params['log_scale']), params['unit'].T)
 
 
 def refit(params, key, n, estimator: str):
@@ -128,13 +134,13 @@ def in_own_coordinates(params, local):
   if d == 1:
     mean_D = params['mean'] + jnp.exp(l_D) * local['mean']
     return {'mean': mean_D, 'unit': u_DxD, 'log_scale': l_D + local['log_scale']}
-  mean_D = params['mean'] + u_DxD @ (jnp.exp(l_D) * local['mean'])
+  mean_D = params['mean'] + _mm(u_DxD, jnp.exp(l_D) * local['mean'])
   alive_D = l_D > -jnp.inf
   both_DxD = alive_D[:, None] & alive_D[None] & (jnp.arange(d)[:, None] > jnp.arange(d))
   gap_DxD = jnp.where(both_DxD, l_D[:, None] - l_D[None], -jnp.inf)
   w_DxD = jnp.eye(d) + jnp.where(both_DxD, local['unit'] * jnp.exp(jnp.minimum(gap_DxD, 60.0)), 0.0)
   l_D = l_D + local['log_scale']
-  unit_DxD = jnp.where(l_D > -jnp.inf, u_DxD @ w_DxD, jnp.eye(d))
+  unit_DxD = jnp.where(l_D > -jnp.inf, _mm(u_DxD, w_DxD), jnp.eye(d))
   return {'mean': mean_D, 'unit': unit_DxD, 'log_scale': l_D}
 
 
@@ -279,8 +285,9 @@ def sample_summary(params, key, n: int):
   a_DxD = params['unit'] * jnp.exp(l_D)
   k = min(n - 1, mean_D.shape[0])  # the live columns of T
   t_DxK = (below_DxD + jnp.diag(jnp.exp(0.5 * log_chi2_D)))[:, :k]
-  b_DxK = a_DxD @ t_DxK
-  return {'n': jnp.float32(n), 'mean': params['mean'] + a_DxD @ mean_D, 'scatter': b_DxK @ b_DxK.T}
+  b_DxK = _mm(a_DxD, t_DxK)
+  return {'n': jnp.float32(n), 'mean': params['mean'] + _mm(a_DxD, mean_D),
+          'scatter': _mm(b_DxK, b_DxK.T)}
 
 
 # ---------------------------------------------------------------- metrics
