@@ -11,13 +11,15 @@ machine in the same run.
 
   gmm       the paper's GMM protocol (gmm.GMMConfig's defaults) at 4,096 seeds x 2,000
             generations: warm seconds (target under 60 s) and generation-fits/s; scikit-learn's
-            GaussianMixture refitted in a Python loop on a few seeds and generations; the ratio.
+            GaussianMixture refitted in a Python loop on a few seeds and generations, and the
+            protocol in NumPy vectorised over seeds (benchmarks.numpy_gmm); both ratios.
   gmm_max   the largest GMM seed count one device holds, from compile-only memory figures
             (driver.compile_sweep's bytes against driver.device_memory()): doubling, several
             doublings at once where the bytes per seed so far say they fit, then bisection;
             then the generation-fits/s of a short run at that size.
   gaussian  the 1-D Gaussian (M = 100, replace) at 1,000,000 seeds x 1,000 generations: warm
-            seconds and fits/s, against the NumPy loop of benchmarks.gaussian_throughput.
+            seconds and fits/s, against the NumPy loop and the NumPy vectorised over seeds of
+            benchmarks.gaussian_throughput.
   vae       the VAE's train step for one seed and for 8 vmapped (target: 8 in at most 1.25x
             one's time); one synthetic generation of the official protocol (vae.VAEConfig's
             defaults: 8 seeds together, every batch decoded fresh) through the driver's compiled
@@ -86,6 +88,8 @@ class Sizes:
   gmm_budget_s: float = 75.0
   sklearn_seeds: int = 4
   sklearn_generations: int = 10
+  gmm_numpy_seeds: int = 256  # the NumPy reference vectorised over seeds, on the host CPU
+  gmm_numpy_generations: int = 10
   max_first_seeds: int = 4096
   max_generations: int = 2  # of the timed run at the largest size, one chunk
   max_search_s: float = 45.0
@@ -98,6 +102,8 @@ class Sizes:
   gaussian_chunk: int = 100
   gaussian_budget_s: float = 60.0
   numpy_seeds: int = 20
+  numpy_vec_seeds: int = 10_000
+  numpy_vec_generations: int = 100
   vae_batch: int = 256
   vae_steps: int = 20
   vae_seeds: int = 8
@@ -121,6 +127,7 @@ class Sizes:
 # made-up byte counts instead), and the OPT is one layer of a small vocabulary.
 SMOKE = Sizes(
     gmm_seeds=4, gmm_generations=2, gmm_chunk=2, sklearn_seeds=1, sklearn_generations=2,
+    gmm_numpy_seeds=4, gmm_numpy_generations=2, numpy_vec_seeds=100, numpy_vec_generations=5,
     max_first_seeds=4, max_generations=2, max_memory_of_first=1.5, max_seeds_cap=4,
     gaussian_seeds=1000, gaussian_generations=20, gaussian_chunk=10, numpy_seeds=2,
     vae_batch=32, vae_steps=2, vae_seeds=2, vae_repeats=1,
@@ -294,6 +301,10 @@ def gmm_part(s: Sizes, add):
   ref = gmm_throughput.scikit_learn(cfg, s.sklearn_seeds, s.sklearn_generations)
   add(ref_size, 'scikit-learn fits/s', ref, 'fits/s', 'GaussianMixture refitted in a Python loop')
   add(size, 'ratio to scikit-learn', rate / ref, 'x')
+  vec = gmm_throughput.numpy_vectorised(cfg, s.gmm_numpy_seeds, s.gmm_numpy_generations)[0]
+  add(f'{_seeds(s.gmm_numpy_seeds)} x {s.gmm_numpy_generations} generations',
+      'NumPy vectorised fits/s', vec, 'fits/s', 'float32, all seeds at once, metrics included')
+  add(size, 'ratio to NumPy vectorised', rate / vec, 'x')
 
 
 def _largest_seeds(s: Sizes, log):
@@ -388,6 +399,11 @@ def gaussian_part(s: Sizes, add):
   add(f'{s.numpy_seeds} seeds x {cfg.generations:,} generations', 'NumPy loop fits/s', ref,
       'fits/s', 'one seed at a time')
   add(size, 'ratio to NumPy', rate / ref, 'x')
+  vec = gaussian_throughput.numpy_vectorised(s.numpy_vec_seeds, s.numpy_vec_generations,
+                                             s.gaussian_samples)
+  add(f'{_seeds(s.numpy_vec_seeds)} x {s.numpy_vec_generations:,} generations',
+      'NumPy vectorised fits/s', vec, 'fits/s', 'float32 rows, all seeds at once')
+  add(size, 'ratio to NumPy vectorised', rate / vec, 'x')
 
 
 # ----------------------------------------------------------------------------- the VAE
