@@ -21,6 +21,15 @@ import numpy as np
 from collapse_jax.core import driver, plots, regimes, results
 
 _LOG_2PI = math.log(2 * math.pi)
+# The precision of every matmul that decides a fit or a sample: float32 products and sums on
+# every backend. A TPU's default is one bfloat16 pass, which would change convergence,
+# iteration counts and results from those the CPU tests check; on a CPU it changes nothing.
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+def _mm(a, b):
+  """a @ b in float32 on every backend (_EXACT)."""
+  return jnp.matmul(a, b, precision=_EXACT)
 
 
 class Mixture(NamedTuple):
@@ -86,7 +95,7 @@ def sample(mix: Mixture, key, n: int):
   chol_KxDxD = jnp.linalg.cholesky(mix.covs)
   # Every component transforms the noise and each sample keeps its own (K is small).
   k, d = mix.means.shape
-  y_KxDxN = mix.means[..., None] + (chol_KxDxD.reshape(k * d, d) @ eps_DxN).reshape(k, d, n)
+  y_KxDxN = mix.means[..., None] + _mm(chol_KxDxD.reshape(k * d, d), eps_DxN).reshape(k, d, n)
   x_DxN = y_KxDxN[0]
   for c in range(1, k):
     x_DxN = jnp.where(z_N == c, y_KxDxN[c], x_DxN)
@@ -112,7 +121,7 @@ def _log_density_coefs(mix: Mixture):
   d = mix.means.shape[-1]
   i, j = np.triu_indices(d)
   prec_KxDxD = _precision_cholesky(mix.covs)
-  lam_KxDxD = prec_KxDxD @ jnp.swapaxes(prec_KxDxD, -1, -2)
+  lam_KxDxD = _mm(prec_KxDxD, jnp.swapaxes(prec_KxDxD, -1, -2))
   lam_mu_KxD = jnp.sum(lam_KxDxD * mix.means[:, None], -1)
   log_det_K = jnp.sum(jnp.log(jnp.diagonal(prec_KxDxD, axis1=1, axis2=2)), -1)
   const_K = (jnp.log(mix.weights) + log_det_K - 0.5 * d * _LOG_2PI
@@ -141,20 +150,24 @@ def _from_moments(m_KxF, d: int, reg_covar: float) -> Mixture:
 
 # ---------------------------------------------------------------- k-means init
 
-def kmeans_plus_plus(x_NxD, w_N, key, k: int):
-  """Greedy k-means++ seeding (2 + log k candidates per centre), KxD."""
+def kmeans_plus_plus(x_DxN, w_N, key, k: int):
+  """Greedy k-means++ seeding (2 + log k candidates per centre), KxD.
+
+  The samples come with their dimensions first: gathering a sample from x_NxD would make
+  a TPU hold x in rows of D lanes padded to 128, 64x its size at D = 2.
+  """
   trials = 2 + int(math.log(k))
   first_key, *keys = jax.random.split(key, k)
   first = draw_index(first_key, w_N)
-  centres_KxD = jnp.broadcast_to(x_NxD[first], (k, x_NxD.shape[-1]))
-  d2_N = jnp.sum((x_NxD - x_NxD[first]) ** 2, -1)
+  centres_KxD = jnp.broadcast_to(x_DxN[:, first], (k, x_DxN.shape[0]))
+  d2_N = jnp.sum((x_DxN - x_DxN[:, first, None]) ** 2, 0)
   for c, trial_key in enumerate(keys, start=1):
     # Candidates drawn with probability proportional to weight x squared distance;
     # the tiny floor keeps a fully collapsed pool drawable.
     cand_T = draw_index(trial_key, w_N * (d2_N + 1e-30), (trials,))
-    d2_TxN = jnp.minimum(d2_N, jnp.sum((x_NxD[cand_T][:, None] - x_NxD) ** 2, -1))
+    d2_TxN = jnp.minimum(d2_N, jnp.sum((x_DxN[:, cand_T, None] - x_DxN[:, None]) ** 2, 0))
     best = jnp.argmin(jnp.sum(w_N * d2_TxN, -1))
-    centres_KxD = centres_KxD.at[c].set(x_NxD[cand_T[best]])
+    centres_KxD = centres_KxD.at[c].set(x_DxN[:, cand_T[best]])
     d2_N = d2_TxN[best]
   return centres_KxD
 
@@ -163,7 +176,7 @@ def _nearest_onehot_KxN(f_FxN, centres_KxD):
   """One-hot nearest-centre assignment; |x - c|^2 - |x|^2 is linear in f."""
   d = centres_KxD.shape[-1]
   coef_KxF = jnp.concatenate([jnp.sum(centres_KxD**2, -1, keepdims=True), -2 * centres_KxD], -1)
-  label_N = jnp.argmin(coef_KxF @ f_FxN[:1 + d], 0)
+  label_N = jnp.argmin(_mm(coef_KxF, f_FxN[:1 + d]), 0)
   return jax.nn.one_hot(label_N, centres_KxD.shape[0], axis=0, dtype=f_FxN.dtype)
 
 
@@ -174,11 +187,11 @@ def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
   """
   d = xc_NxD.shape[-1]
   w_sum = jnp.sum(w_N)
-  tol = cfg.kmeans_tol * jnp.mean(w_N @ (xc_NxD - w_N @ xc_NxD / w_sum) ** 2 / w_sum)
+  tol = cfg.kmeans_tol * jnp.mean(_mm(w_N, (xc_NxD - _mm(w_N, xc_NxD) / w_sum) ** 2) / w_sum)
 
   def step(state):
     centres_KxD, it, _ = state
-    m_KxF = (_nearest_onehot_KxN(f_FxN, centres_KxD) * w_N) @ f_FxN[:1 + d].T
+    m_KxF = _mm(_nearest_onehot_KxN(f_FxN, centres_KxD) * w_N, f_FxN[:1 + d].T)
     count_K = m_KxF[:, :1]
     new_KxD = jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30),
                         centres_KxD)  # an empty cluster keeps its centre
@@ -188,7 +201,7 @@ def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
     _, it, shift = state
     return (it < cfg.kmeans_max_iter) & (shift > tol)
 
-  centres_KxD = kmeans_plus_plus(xc_NxD, w_N, key, cfg.components)
+  centres_KxD = kmeans_plus_plus(f_FxN[1:1 + d], w_N, key, cfg.components)
   centres_KxD, iters, _ = jax.lax.while_loop(moving, step, (centres_KxD, 0, jnp.inf))
   return _nearest_onehot_KxN(f_FxN, centres_KxD), iters
 
@@ -198,13 +211,13 @@ def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
 def em_step(mix: Mixture, f_FxN, w_N, reg_covar: float):
   """One E and M step on centred features; returns the new mixture and the
   weighted mean log-likelihood of the old one (scikit-learn's lower bound)."""
-  log_prob_KxN = _log_density_coefs(mix) @ f_FxN
+  log_prob_KxN = _mm(_log_density_coefs(mix), f_FxN)
   top_N = jnp.max(log_prob_KxN, 0)
   p_KxN = jnp.exp(log_prob_KxN - top_N)  # K exponentials and one log per sample
   norm_N = jnp.sum(p_KxN, 0)
   bound = jnp.sum(w_N * (top_N + jnp.log(norm_N))) / jnp.sum(w_N)
   resp_KxN = p_KxN * (w_N / norm_N)
-  return _from_moments(resp_KxN @ f_FxN.T, mix.means.shape[-1], reg_covar), bound
+  return _from_moments(_mm(resp_KxN, f_FxN.T), mix.means.shape[-1], reg_covar), bound
 
 
 def fit(x_NxD, w_N, key, cfg: EMConfig):
@@ -215,11 +228,11 @@ def fit(x_NxD, w_N, key, cfg: EMConfig):
   """
   d = x_NxD.shape[-1]
   w_sum = jnp.sum(w_N)
-  shift_D = w_N @ x_NxD / w_sum
+  shift_D = _mm(w_N, x_NxD) / w_sum
   xc_NxD = x_NxD - shift_D
   f_FxN = features(xc_NxD)
   resp_KxN, kmeans_iters = kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg)
-  mix = _from_moments((resp_KxN * w_N) @ f_FxN.T, d, cfg.reg_covar)
+  mix = _from_moments(_mm(resp_KxN * w_N, f_FxN.T), d, cfg.reg_covar)
 
   def step(state):
     mix, lower_bound, it, _ = state
@@ -265,7 +278,7 @@ def l2_squared(p: Mixture, q: Mixture):
 
 def total_variance(mix: Mixture):
   """Trace of the mixture's covariance: the fitted spread."""
-  mean_D = mix.weights @ mix.means
+  mean_D = _mm(mix.weights, mix.means)
   second = jnp.sum(mix.weights * (jnp.trace(mix.covs, axis1=1, axis2=2)
                                   + jnp.sum(mix.means**2, -1)))
   return second - jnp.sum(mean_D**2)
