@@ -9,6 +9,7 @@ pools of growing size fit in one fixed-shape program.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -220,11 +221,129 @@ def em_step(mix: Mixture, f_FxN, w_N, reg_covar: float):
   return _from_moments(_mm(resp_KxN, f_FxN.T), mix.means.shape[-1], reg_covar), bound
 
 
-def fit(x_NxD, w_N, key, cfg: EMConfig):
+def em_step_fused(mix: Mixture, f_FxN, w_N, reg_covar: float):
+  """em_step as one pass over each run's data, for accelerators.
+
+  The K x F moments, the bound and the weights' sum are one reduction over N of
+  elementwise float32 terms (no matmul, so no precision to choose), which XLA fuses into
+  a single read of f_FxN; the matmul form reads it twice and the KxN responsibilities
+  once more. The sums run in another order than em_step's, so results agree with it to
+  float32 rounding, not bit for bit: CPUs keep em_step.
+  """
+  a_KxF = _log_density_coefs(mix)
+  k, f = a_KxF.shape
+  rows = [f_FxN[i] for i in range(f)]
+  logp = [sum(a_KxF[c, i] * rows[i] for i in range(f)) for c in range(k)]
+  top_N = functools.reduce(jnp.maximum, logp)
+  p = [jnp.exp(lp - top_N) for lp in logp]
+  norm_N = sum(p)
+  r = [pc * (w_N / norm_N) for pc in p]
+  terms = [r[c] * rows[i] for c in range(k) for i in range(f)]
+  sums = jnp.sum(jnp.stack(terms + [w_N * (top_N + jnp.log(norm_N)), w_N]), -1)
+  bound = sums[-2] / sums[-1]
+  return _from_moments(sums[:k * f].reshape(k, f), mix.means.shape[-1], reg_covar), bound
+
+
+# Under vmap, EM iterates in rounds: a round runs a batch of runs until at most the next
+# round's size still iterate, which then continue alone. Sizes shrink by ROUND_SHRINK down
+# to ROUND_MIN, so the work is about proportional to each run's own iterations instead of
+# every run iterating as long as the batch's slowest. Smaller batches iterate as one.
+ROUND_SHRINK, ROUND_MIN = 4, 64
+
+
+def round_sizes(batch: int) -> tuple[int, ...]:
+  """The batch sizes of EM's rounds for a vmapped batch of `batch` runs."""
+  sizes = [batch]
+  while sizes[-1] // ROUND_SHRINK >= ROUND_MIN:
+    sizes.append(sizes[-1] // ROUND_SHRINK)
+  return tuple(sizes)
+
+
+def round_work(iters_B) -> int:
+  """Run-iterations the rounds compute for runs that need iters_B iterations each (each
+  round's batch steps together; a vmapped while_loop alone would compute B x max)."""
+  left_B, work, it = np.sort(np.asarray(iters_B))[::-1], 0, 0
+  sizes = round_sizes(len(left_B))
+  for m, after in zip(sizes, sizes[1:] + (0,)):
+    stop = left_B[after] if after else left_B[0]  # the round ends when `after` remain
+    work += m * max(int(stop) - it, 0)
+    it = max(it, int(stop))
+  return work
+
+
+def _take(tree, idx):
+  return jax.tree.map(lambda v: v[idx], tree)
+
+
+def _em_rounds(step, running, state_B, data_B):
+  """step(state, data) -> state for every run while running(state), in rounds (above)."""
+  sizes = round_sizes(running(state_B).shape[0])
+  for m, after in zip(sizes, sizes[1:] + (0,)):
+    idx_M = jnp.argsort(~running(state_B), stable=True)[:m]  # the runs still iterating first
+    data_M = _take(data_B, idx_M)
+
+    def body(state_M):
+      new_M = step(state_M, data_M)
+      go_M = running(state_M)
+      return jax.tree.map(lambda a, b: jnp.where(go_M.reshape((-1,) + (1,) * (a.ndim - 1)),
+                                                 a, b), new_M, state_M)
+
+    state_M = jax.lax.while_loop(lambda s: jnp.sum(running(s)) > after, body,
+                                 _take(state_B, idx_M))
+    state_B = jax.tree.map(lambda a, b: a.at[idx_M].set(b), state_B, state_M)
+  return state_B
+
+
+def em(mix: Mixture, f_FxN, w_N, cfg: EMConfig, fused: bool | None = None):
+  """EM from `mix` until the bound changes by less than tol: (mix, iterations, converged).
+
+  fused: em_step_fused (True) or em_step (False); None: em_step on a CPU, the fused
+  step on an accelerator (chosen when the program is lowered for its platform).
+  """
+  def step_one(state, data):
+    mix, lower_bound, it, _ = state
+    f_FxN, w_N = data
+    if fused is None:
+      mix, new_bound = jax.lax.platform_dependent(
+          mix, f_FxN, w_N, cpu=lambda *a: em_step(*a, cfg.reg_covar),
+          default=lambda *a: em_step_fused(*a, cfg.reg_covar))
+    else:
+      mix, new_bound = (em_step_fused if fused else em_step)(mix, f_FxN, w_N, cfg.reg_covar)
+    return mix, new_bound, it + 1, jnp.abs(new_bound - lower_bound) < cfg.tol
+
+  def running_one(state):
+    _, _, it, converged = state
+    return (~converged) & (it < cfg.max_iter)
+
+  def alone(state, data):
+    return jax.lax.while_loop(running_one, lambda s: step_one(s, data), state)
+
+  @jax.custom_batching.custom_vmap
+  def loop(state, data):
+    return alone(state, data)
+
+  @loop.def_vmap
+  def loop_vmapped(axis_size, in_batched, state, data):
+    state, data = jax.tree.map(
+        lambda v, b: v if b else jnp.broadcast_to(v, (axis_size,) + jnp.shape(v)),
+        (state, data), tuple(in_batched))
+    if len(round_sizes(axis_size)) == 1:
+      out = jax.vmap(alone)(state, data)
+    else:
+      out = _em_rounds(jax.vmap(step_one), jax.vmap(running_one), state, data)
+    return out, jax.tree.map(lambda _: True, out)
+
+  dtype = f_FxN.dtype
+  init = (mix, jnp.array(-jnp.inf, dtype), jnp.array(0), jnp.array(False))
+  mix, _, iters, converged = loop(init, (f_FxN, w_N))
+  return mix, iters, converged
+
+
+def fit(x_NxD, w_N, key, cfg: EMConfig, fused: bool | None = None):
   """EM from a k-means start; returns the mixture and its iteration counts.
 
   The data are centred on their weighted mean first, which keeps the moment
-  form of the covariance accurate in float32.
+  form of the covariance accurate in float32. fused: which EM step (em()).
   """
   d = x_NxD.shape[-1]
   w_sum = jnp.sum(w_N)
@@ -233,18 +352,7 @@ def fit(x_NxD, w_N, key, cfg: EMConfig):
   f_FxN = features(xc_NxD)
   resp_KxN, kmeans_iters = kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg)
   mix = _from_moments(_mm(resp_KxN * w_N, f_FxN.T), d, cfg.reg_covar)
-
-  def step(state):
-    mix, lower_bound, it, _ = state
-    mix, new_bound = em_step(mix, f_FxN, w_N, cfg.reg_covar)
-    return mix, new_bound, it + 1, jnp.abs(new_bound - lower_bound) < cfg.tol
-
-  def running(state):
-    _, _, it, converged = state
-    return (~converged) & (it < cfg.max_iter)
-
-  init = (mix, jnp.array(-jnp.inf, x_NxD.dtype), jnp.array(0), jnp.array(False))
-  mix, _, iters, converged = jax.lax.while_loop(running, step, init)
+  mix, iters, converged = em(mix, f_FxN, w_N, cfg, fused)
   return mix._replace(means=mix.means + shift_D), {
       'em_iters': iters, 'kmeans_iters': kmeans_iters, 'converged': converged}
 
