@@ -181,6 +181,15 @@ def _nearest_onehot_KxN(f_FxN, centres_KxD):
   return jax.nn.one_hot(label_N, centres_KxD.shape[0], axis=0, dtype=f_FxN.dtype)
 
 
+def lloyd_step(centres_KxD, f_FxN, w_N):
+  """One Lloyd iteration: each centre moves to the weighted mean of its nearest samples."""
+  d = centres_KxD.shape[-1]
+  m_KxF = _mm(_nearest_onehot_KxN(f_FxN, centres_KxD) * w_N, f_FxN[:1 + d].T)
+  count_K = m_KxF[:, :1]
+  return jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30),
+                   centres_KxD)  # an empty cluster keeps its centre
+
+
 def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
   """Lloyd iterations from k-means++ until centres move less than tol.
 
@@ -192,10 +201,7 @@ def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
 
   def step(state):
     centres_KxD, it, _ = state
-    m_KxF = _mm(_nearest_onehot_KxN(f_FxN, centres_KxD) * w_N, f_FxN[:1 + d].T)
-    count_K = m_KxF[:, :1]
-    new_KxD = jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30),
-                        centres_KxD)  # an empty cluster keeps its centre
+    new_KxD = lloyd_step(centres_KxD, f_FxN, w_N)
     return new_KxD, it + 1, jnp.sum((new_KxD - centres_KxD) ** 2)
 
   def moving(state):
