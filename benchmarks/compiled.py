@@ -30,13 +30,14 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # compile-only targets; never loo
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from collapse_jax.core import driver, targets  # noqa: E402
@@ -91,10 +92,11 @@ def expected(work, trips_R, seeds: int, draws: int = 16) -> float:
 
 
 def gmm_loops(cfg: gmm.GMMConfig, trips) -> dict:
-  """The GMM's two loops: (one iteration's program, run-iterations a generation computes
-  per run, those the program's cost analysis counts once per run). EM runs in rounds (what
-  gmm.round_work counts); k-means as one vmapped while_loop (every run as long as the
-  slowest). Iterations: drawn from those measured on this CPU."""
+  """The GMM's two loops: (one iteration's program, run-iterations a generation computes per
+  run, those the program's cost analysis counts once per run). Both run in rounds (what
+  gmm.round_work counts) with an accelerator's fused steps; iterations drawn from those
+  measured on this CPU. The one-iteration programs read the whole feature array where the
+  fused steps read only its D coordinate rows: their bytes are an upper bound."""
   d, k, n = 2, cfg.components, cfg.samples
   f = 1 + d + d * (d + 1) // 2
   mix = gmm.Mixture(jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)))
@@ -103,10 +105,10 @@ def gmm_loops(cfg: gmm.GMMConfig, trips) -> dict:
   em = (lambda seeds, devices: _batched(em_one, (mix, f_FxN, w_N), seeds, devices),
         lambda seeds: expected(gmm.round_work, trips['em_iters'], seeds) / seeds,
         lambda seeds: sum(gmm.round_sizes(seeds)) / seeds)
-  km = (lambda seeds, devices: _batched(gmm.lloyd_step, (centres_KxD, f_FxN, w_N), seeds,
+  km = (lambda seeds, devices: _batched(gmm.lloyd_step_fused, (centres_KxD, f_FxN, w_N), seeds,
                                         devices),
-        lambda seeds: expected(np.max, trips['kmeans_iters'], seeds),
-        lambda seeds: 1.0)
+        lambda seeds: expected(gmm.round_work, trips['kmeans_iters'], seeds) / seeds,
+        lambda seeds: sum(gmm.round_sizes(seeds)) / seeds)
   return {'EM': em, 'k-means': km}
 
 
@@ -142,7 +144,69 @@ def cost(exe) -> dict[str, float]:
     from jax._src.lib import _jax  # noqa: PLC0415
     module = exe.runtime_executable().hlo_modules()[0]
     ca = _jax.hlo_module_cost_analysis(xla_bridge.get_backend('cpu'), module)
-  return {'flops': float(ca.get('flops', 0.0)), 'bytes': float(ca.get('bytes accessed', 0.0))}
+  return {'flops': float(ca.get('flops', 0.0)), 'xla_bytes': float(ca.get('bytes accessed', 0.0)),
+          'bytes': kernel_bytes(exe.as_text())}
+
+
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4,
+                's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8}
+_NOT_KERNELS = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'while',
+                'conditional', 'call', 'after-all', 'partition-id', 'replica-id', 'iota',
+                'opt-barrier', 'copy-start', 'copy-done'}
+
+
+def _shape_bytes(shape: str) -> int:
+  """Bytes of an HLO shape (an array or a tuple of them), layouts and tiles ignored."""
+  total = 0
+  for dtype, dims in re.findall(r'\b([a-z]+\d*)\[([0-9,]*)\]', shape):
+    total += _DTYPE_BYTES.get(dtype, 4) * int(np.prod([int(x) for x in dims.split(',') if x]))
+  return total
+
+
+def kernel_bytes(hlo: str) -> float:
+  """Bytes an optimised HLO module moves if each kernel (a fusion or an unfused op) reads
+  each of its operands once and writes its result, every loop body counted once.
+
+  XLA's own 'bytes accessed' counts a fused operand once per use inside the fusion (the
+  fused EM step uses each feature row a dozen times, from registers), which overstates
+  what a fused kernel reads several-fold; this is the one-read-per-kernel model. An operand
+  a fusion only slices counts as the slices it reads."""
+  comps, name, fused = {}, None, set()
+  for line in hlo.splitlines():
+    head = re.match(r'^(?:ENTRY )?%(\S+) \(', line)
+    if head:
+      name, comps[head.group(1)] = head.group(1), []
+    elif name and line.strip() and line.strip() != '}':
+      comps[name].append(line)
+    fused.update(re.findall(r'(?:calls|to_apply)=%([\w.-]+)', line))
+  instr = r'\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w-]*)\((.*?)\)(?:, |$)'
+  sliced = {}  # fused computation -> {parameter number: bytes of the slices read of it}
+  for comp in fused & set(comps):
+    parsed = [m.groups() for m in map(lambda l: re.match(instr, l), comps[comp]) if m]
+    params = {out: int(args) for out, _, op, args in parsed if op == 'parameter'}
+    for p_name, number in params.items():
+      users = [(op, shape) for _, shape, op, args in parsed
+               if p_name in re.findall(r'%([\w.-]+)', args)]
+      if users and all(op == 'slice' for op, _ in users):
+        sliced.setdefault(comp, {})[number] = sum(_shape_bytes(sh) for _, sh in users)
+  total = 0.0
+  for comp, lines in comps.items():
+    if comp in fused:
+      continue
+    shapes = {}
+    for line in lines:
+      m = re.match(instr, line)
+      if not m:
+        continue
+      out, shape, op, operands = m.groups()
+      shapes[out] = _shape_bytes(shape)
+      if op in _NOT_KERNELS:
+        continue
+      names = list(dict.fromkeys(re.findall(r'%([\w.-]+)', operands)))
+      calls = re.search(r'calls=%([\w.-]+)', line)
+      partial = sliced.get(calls.group(1), {}) if calls else {}
+      total += shapes[out] + sum(partial.get(i, shapes.get(n, 0)) for i, n in enumerate(names))
+  return total
 
 
 def compile_advance(case: Case, target: str, seeds: int, chunk: int):
@@ -223,8 +287,8 @@ def per_generation(case: Case, target: str, exe, seeds: int, log) -> dict:
     n, once = iterations(seeds), counted(seeds)
     parts[f'{name}: {n:.1f} iterations a run ({once:.2f} counted above) x '
           f'{one["bytes"] / seeds:,.0f} B and {one["flops"] / seeds:,.0f} flop a run'] = {
-        'iterations': n, 'counted': once, 'flops': one['flops'], 'bytes': one['bytes']}
-    for k in ('flops', 'bytes'):
+        'iterations': n, 'counted': once, **one}
+    for k in ('flops', 'bytes', 'xla_bytes'):
       total[k] += (n - once) * one[k]
   log(f'  {case.name} {target} {seeds:,} seeds: {total["bytes"] / 1e9:.3f} GB, '
       f'{total["flops"] / 1e9:.2f} GFLOP a generation')
@@ -274,6 +338,7 @@ def main(argv):
   del argv
   if not FLAGS.out:
     raise app.UsageError('--out is required')
+  logging.set_verbosity(logging.WARNING)  # the CPU run's checkpoint chatter
   log = lambda line: print(line, flush=True)  # noqa: E731
   for t in FLAGS.targets:
     why = targets.available(t)

@@ -44,7 +44,7 @@ def test_rounds_give_every_run_the_result_it_gets_iterating_alone(monkeypatch):
   fit_all = lambda: jax.jit(jax.vmap(lambda x, w, k: gmm.fit(x, w, k, CFG)))(x_SxNxD, w_SxN, keys)  # noqa: E731
   alone, _ = jax.tree.map(np.asarray, fit_all())  # ROUND_MIN = 64: one batch, as one while_loop
   monkeypatch.setattr(gmm, 'ROUND_MIN', 2)
-  assert gmm.round_sizes(s) == (16, 4)
+  assert gmm.round_sizes(s) == (16, 8, 4, 2)
   mix, info = jax.tree.map(np.asarray, fit_all())
   assert len(set(info['em_iters'])) > 4, info['em_iters']  # the runs do differ
   for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(mix)):
@@ -53,6 +53,7 @@ def test_rounds_give_every_run_the_result_it_gets_iterating_alone(monkeypatch):
 
 def test_round_work_counts_each_round_until_the_next_size_remains(monkeypatch):
   monkeypatch.setattr(gmm, 'ROUND_MIN', 2)
+  monkeypatch.setattr(gmm, "ROUND_SHRINK", 4)
   iters = [5] * 12 + [10, 20, 30, 40]  # 16 runs: rounds of 16 then 4
   # 16 runs step until 4 still iterate (5 steps), then 4 until none (35 more)
   assert gmm.round_work(iters) == 16 * 5 + 4 * 35

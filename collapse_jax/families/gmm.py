@@ -190,26 +190,53 @@ def lloyd_step(centres_KxD, f_FxN, w_N):
                    centres_KxD)  # an empty cluster keeps its centre
 
 
-def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
+def lloyd_step_fused(centres_KxD, f_FxN, w_N):
+  """lloyd_step as one pass over each run's coordinates, for accelerators: elementwise
+  distances and one variadic reduction (float32 throughout, ties to the first centre as
+  argmin breaks them); agrees with lloyd_step to float32 rounding of the distances."""
+  k, d = centres_KxD.shape
+  x = [f_FxN[1 + e] for e in range(d)]
+  dist = [jnp.sum(centres_KxD[c] ** 2) - 2 * sum(centres_KxD[c, e] * x[e] for e in range(d))
+          for c in range(k)]
+  best_N, low_N = jnp.zeros(x[0].shape, jnp.int32), dist[0]
+  for c in range(1, k):
+    best_N, low_N = jnp.where(dist[c] < low_N, c, best_N), jnp.minimum(dist[c], low_N)
+  mine = [jnp.where(best_N == c, w_N, 0.0) for c in range(k)]
+  terms = [mine[c] * row for c in range(k) for row in [jnp.ones_like(x[0])] + x]
+  zero = jnp.zeros((), f_FxN.dtype)
+  sums = jax.lax.reduce(tuple(terms), (zero,) * len(terms),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (x[0].ndim - 1,))
+  m_KxF = jnp.stack(sums).reshape(k, 1 + d)
+  count_K = m_KxF[:, :1]
+  return jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30), centres_KxD)
+
+
+def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig, fused: bool | None = None):
   """Lloyd iterations from k-means++ until centres move less than tol.
 
-  Returns the one-hot assignment KxN and the number of iterations.
+  Returns the one-hot assignment KxN and the number of iterations. fused: which Lloyd
+  step (as em() chooses its step).
   """
   d = xc_NxD.shape[-1]
   w_sum = jnp.sum(w_N)
   tol = cfg.kmeans_tol * jnp.mean(_mm(w_N, (xc_NxD - _mm(w_N, xc_NxD) / w_sum) ** 2) / w_sum)
 
-  def step(state):
-    centres_KxD, it, _ = state
-    new_KxD = lloyd_step(centres_KxD, f_FxN, w_N)
-    return new_KxD, it + 1, jnp.sum((new_KxD - centres_KxD) ** 2)
+  def step(state, data):
+    centres_KxD, it, _, tol = state
+    if fused is None:
+      new_KxD = jax.lax.platform_dependent(centres_KxD, *data, cpu=lloyd_step,
+                                           default=lloyd_step_fused)
+    else:
+      new_KxD = (lloyd_step_fused if fused else lloyd_step)(centres_KxD, *data)
+    return new_KxD, it + 1, jnp.sum((new_KxD - centres_KxD) ** 2), tol
 
   def moving(state):
-    _, it, shift = state
+    _, it, shift, tol = state
     return (it < cfg.kmeans_max_iter) & (shift > tol)
 
   centres_KxD = kmeans_plus_plus(f_FxN[1:1 + d], w_N, key, cfg.components)
-  centres_KxD, iters, _ = jax.lax.while_loop(moving, step, (centres_KxD, 0, jnp.inf))
+  init = (centres_KxD, jnp.array(0), jnp.array(jnp.inf, f_FxN.dtype), tol)
+  centres_KxD, iters, _, _ = iterate(step, moving, init, (f_FxN, w_N))
   return _nearest_onehot_KxN(f_FxN, centres_KxD), iters
 
 
@@ -238,23 +265,32 @@ def em_step_fused(mix: Mixture, f_FxN, w_N, reg_covar: float):
   """
   a_KxF = _log_density_coefs(mix)
   k, f = a_KxF.shape
-  rows = [f_FxN[i] for i in range(f)]
-  logp = [sum(a_KxF[c, i] * rows[i] for i in range(f)) for c in range(k)]
+  d = mix.means.shape[-1]
+  i, j = np.triu_indices(d)
+  x = [f_FxN[1 + e] for e in range(d)]  # only the coordinates are read: the rest is products
+  rows = [jnp.ones_like(x[0])] + x + [x[a] * x[b] for a, b in zip(i, j)]
+  logp = [a_KxF[c, 0] + sum(a_KxF[c, m] * rows[m] for m in range(1, f)) for c in range(k)]
   top_N = functools.reduce(jnp.maximum, logp)
   p = [jnp.exp(lp - top_N) for lp in logp]
   norm_N = sum(p)
   r = [pc * (w_N / norm_N) for pc in p]
-  terms = [r[c] * rows[i] for c in range(k) for i in range(f)]
-  sums = jnp.sum(jnp.stack(terms + [w_N * (top_N + jnp.log(norm_N)), w_N]), -1)
+  terms = [r[c] * rows[m] for c in range(k) for m in range(f)]
+  terms += [w_N * (top_N + jnp.log(norm_N)), w_N]
+  # One variadic reduction: every sum reads the same sample n at once, so the shared
+  # terms are computed once per sample in one kernel (a stack of sums would be one
+  # reduction whose rows recompute them, which XLA avoids by writing them out).
+  zero = jnp.zeros((), f_FxN.dtype)
+  sums = jax.lax.reduce(tuple(terms), (zero,) * len(terms),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (terms[0].ndim - 1,))
   bound = sums[-2] / sums[-1]
-  return _from_moments(sums[:k * f].reshape(k, f), mix.means.shape[-1], reg_covar), bound
+  return _from_moments(jnp.stack(sums[:k * f]).reshape(k, f), d, reg_covar), bound
 
 
-# Under vmap, EM iterates in rounds: a round runs a batch of runs until at most the next
+# Under vmap, EM and k-means iterate in rounds: a round runs a batch of runs until at most the next
 # round's size still iterate, which then continue alone. Sizes shrink by ROUND_SHRINK down
 # to ROUND_MIN, so the work is about proportional to each run's own iterations instead of
 # every run iterating as long as the batch's slowest. Smaller batches iterate as one.
-ROUND_SHRINK, ROUND_MIN = 4, 64
+ROUND_SHRINK, ROUND_MIN = 2, 256
 
 
 def round_sizes(batch: int) -> tuple[int, ...]:
@@ -281,7 +317,7 @@ def _take(tree, idx):
   return jax.tree.map(lambda v: v[idx], tree)
 
 
-def _em_rounds(step, running, state_B, data_B):
+def _rounds(step, running, state_B, data_B):
   """step(state, data) -> state for every run while running(state), in rounds (above)."""
   sizes = round_sizes(running(state_B).shape[0])
   for m, after in zip(sizes, sizes[1:] + (0,)):
@@ -321,6 +357,14 @@ def em(mix: Mixture, f_FxN, w_N, cfg: EMConfig, fused: bool | None = None):
     _, _, it, converged = state
     return (~converged) & (it < cfg.max_iter)
 
+  init = (mix, jnp.array(-jnp.inf, f_FxN.dtype), jnp.array(0), jnp.array(False))
+  mix, _, iters, converged = iterate(step_one, running_one, init, (f_FxN, w_N))
+  return mix, iters, converged
+
+
+def iterate(step_one, running_one, init, data):
+  """lax.while_loop(running_one, step_one(., data), init) for one run; vmapped, the runs
+  iterate in rounds (round_sizes), each with the result it gets alone."""
   def alone(state, data):
     return jax.lax.while_loop(running_one, lambda s: step_one(s, data), state)
 
@@ -336,13 +380,10 @@ def em(mix: Mixture, f_FxN, w_N, cfg: EMConfig, fused: bool | None = None):
     if len(round_sizes(axis_size)) == 1:
       out = jax.vmap(alone)(state, data)
     else:
-      out = _em_rounds(jax.vmap(step_one), jax.vmap(running_one), state, data)
+      out = _rounds(jax.vmap(step_one), jax.vmap(running_one), state, data)
     return out, jax.tree.map(lambda _: True, out)
 
-  dtype = f_FxN.dtype
-  init = (mix, jnp.array(-jnp.inf, dtype), jnp.array(0), jnp.array(False))
-  mix, _, iters, converged = loop(init, (f_FxN, w_N))
-  return mix, iters, converged
+  return loop(init, data)
 
 
 def fit(x_NxD, w_N, key, cfg: EMConfig, fused: bool | None = None):
@@ -356,7 +397,7 @@ def fit(x_NxD, w_N, key, cfg: EMConfig, fused: bool | None = None):
   shift_D = _mm(w_N, x_NxD) / w_sum
   xc_NxD = x_NxD - shift_D
   f_FxN = features(xc_NxD)
-  resp_KxN, kmeans_iters = kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg)
+  resp_KxN, kmeans_iters = kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg, fused)
   mix = _from_moments(_mm(resp_KxN * w_N, f_FxN.T), d, cfg.reg_covar)
   mix, iters, converged = em(mix, f_FxN, w_N, cfg, fused)
   return mix._replace(means=mix.means + shift_D), {
