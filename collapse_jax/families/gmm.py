@@ -151,24 +151,31 @@ def _from_moments(m_KxF, d: int, reg_covar: float) -> Mixture:
 
 # ---------------------------------------------------------------- k-means init
 
-def kmeans_plus_plus(x_DxN, w_N, key, k: int):
-  """Greedy k-means++ seeding (2 + log k candidates per centre), KxD.
+def _columns(x_DxN, idx_T):
+  """x_DxN[:, idx_T], DxT. On accelerators a masked sum (exact: one term is not zero) in
+  place of a gather, which a TPU lays out with D minor, padding the samples 64x at D = 2;
+  CPUs keep the gather (the sum changes XLA's fusions and so the last bits elsewhere)."""
+  def masked(x_DxN, idx_T):
+    hit_TxN = jnp.arange(x_DxN.shape[-1]) == idx_T[:, None]
+    return jnp.sum(jnp.where(hit_TxN, x_DxN[:, None], 0.0), -1)
+  return jax.lax.platform_dependent(x_DxN, idx_T, cpu=lambda x, i: x[:, i], default=masked)
 
-  The samples come with their dimensions first: gathering a sample from x_NxD would make
-  a TPU hold x in rows of D lanes padded to 128, 64x its size at D = 2.
-  """
+
+def kmeans_plus_plus(x_DxN, w_N, key, k: int):
+  """Greedy k-means++ seeding (2 + log k candidates per centre), KxD; samples DxN, their
+  dimensions first (as TPU tiles want them)."""
   trials = 2 + int(math.log(k))
   first_key, *keys = jax.random.split(key, k)
-  first = draw_index(first_key, w_N)
-  centres_KxD = jnp.broadcast_to(x_DxN[:, first], (k, x_DxN.shape[0]))
-  d2_N = jnp.sum((x_DxN - x_DxN[:, first, None]) ** 2, 0)
+  first_D = _columns(x_DxN, draw_index(first_key, w_N)[None])[:, 0]
+  centres_KxD = jnp.broadcast_to(first_D, (k, x_DxN.shape[0]))
+  d2_N = jnp.sum((x_DxN - first_D[:, None]) ** 2, 0)
   for c, trial_key in enumerate(keys, start=1):
     # Candidates drawn with probability proportional to weight x squared distance;
     # the tiny floor keeps a fully collapsed pool drawable.
-    cand_T = draw_index(trial_key, w_N * (d2_N + 1e-30), (trials,))
-    d2_TxN = jnp.minimum(d2_N, jnp.sum((x_DxN[:, cand_T, None] - x_DxN[:, None]) ** 2, 0))
+    cand_DxT = _columns(x_DxN, draw_index(trial_key, w_N * (d2_N + 1e-30), (trials,)))
+    d2_TxN = jnp.minimum(d2_N, jnp.sum((cand_DxT[:, :, None] - x_DxN[:, None]) ** 2, 0))
     best = jnp.argmin(jnp.sum(w_N * d2_TxN, -1))
-    centres_KxD = centres_KxD.at[c].set(x_DxN[:, cand_T[best]])
+    centres_KxD = centres_KxD.at[c].set(_columns(cand_DxT, best[None])[:, 0])
     d2_N = d2_TxN[best]
   return centres_KxD
 
