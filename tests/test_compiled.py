@@ -1,7 +1,8 @@
 """The GMM's accelerator paths on this CPU, and the programs compiled for a TPU and a GPU target.
 
 The compile-only test needs the `compile` extra (libtpu and the CUDA plugin, Python 3.12+) and
-skips, saying so, where it is not installed.
+JAX_PLATFORMS=cpu (else jax claims the CUDA plugin for a GPU it does not find), and skips,
+saying so, where it cannot compile for its targets.
 """
 
 import re
@@ -53,7 +54,7 @@ def test_rounds_give_every_run_the_result_it_gets_iterating_alone(monkeypatch):
 
 def test_round_work_counts_each_round_until_the_next_size_remains(monkeypatch):
   monkeypatch.setattr(gmm, 'ROUND_MIN', 2)
-  monkeypatch.setattr(gmm, "ROUND_SHRINK", 4)
+  monkeypatch.setattr(gmm, 'ROUND_SHRINK', 4)
   iters = [5] * 12 + [10, 20, 30, 40]  # 16 runs: rounds of 16 then 4
   # 16 runs step until 4 still iterate (5 steps), then 4 until none (35 more)
   assert gmm.round_work(iters) == 16 * 5 + 4 * 35
@@ -98,8 +99,8 @@ def _targets():
   for name in ('v5e', 'h100'):
     why = targets.available(name)
     if why:
-      pytest.skip(f'the compile extra is not installed here ({name}: {why}); '
-                  'pip install -e ".[compile]" on Python 3.12+')
+      pytest.skip(f'cannot compile for {name} here ({why}): it needs the compile extra '
+                  '(pip install -e ".[compile]", Python 3.12+) and JAX_PLATFORMS=cpu')
   return targets
 
 
@@ -115,6 +116,7 @@ def test_programs_compile_for_a_tpu_and_a_gpu_within_the_drivers_prediction(name
                                   regimes=('replace',)).validate()
     fam, sweep = gaussian.family(cfg), cfg.sweep('replace', 100)
   bigger = type(sweep)(**{**sweep.__dict__, 'seeds': 2 * sweep.seeds})
+  found = {}
   for target in ('v5e', 'h100'):
     devices = targets.devices(target)
     needs = []
@@ -127,6 +129,10 @@ def test_programs_compile_for_a_tpu_and_a_gpu_within_the_drivers_prediction(name
       held = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes[:2]))
       assert need >= held, (target, need, held)  # it holds at least the runs' state
       needs.append(need)
-    # driver.check_memory's model: beyond what every device shares, bytes grow linearly with
-    # the runs a device holds; twice the runs need twice the bytes, to within a tenth
-    assert 1.8 * needs[0] <= needs[1] <= 2.2 * needs[0], (target, needs)
+    # driver.check_memory's model, bytes proportional to the runs a device holds, must not
+    # underestimate: twice the runs need more bytes, and at most twice as many (tiles and
+    # fixed buffers make small batches cost more per run, never less)
+    assert needs[0] < needs[1] <= 2 * needs[0], (target, needs)
+    found[target] = needs[1] - needs[0]
+  if name == 'gmm':  # TPU tiles filled: a v5e's bytes per added run at most twice an H100's
+    assert found['v5e'] <= 2 * found['h100'], found
