@@ -229,13 +229,15 @@ def fits(need, target: str) -> bool:
   return need is not None and need <= t.memory * t.usable
 
 
-def largest(case: Case, target: str, known: dict, log, max_seeds: int, max_compiles: int):
+def largest(case: Case, target: str, known: dict, log, max_seeds: int, max_compiles: int,
+            chunk: int):
   """(largest seeds found to fit, smallest found not to, compiles used): sizes in multiples of
-  case.step; memory is about linear in seeds, so the next size is the line through the two
-  largest fitting sizes, then bisection."""
+  case.step, each compiled with `chunk` generations (`known`: sizes compiled already);
+  memory is about linear in seeds, so the next size is the line through the two largest
+  fitting sizes, then bisection."""
   def need(s):
     if s not in known:
-      known[s] = compile_advance(case, target, s, 1)
+      known[s] = compile_advance(case, target, s, chunk)
       n, _, secs, why = known[s]
       log(f'  {case.name} {target} {s:,} seeds: '
           + (f'{n / 2**30:.2f} GiB' if n is not None else f'refused ({why[:120]})')
@@ -372,8 +374,9 @@ def main(argv):
         row['generation'] = gen
       write(FLAGS.out, rows, info)
       if FLAGS.largest:
-        row['largest'], row['over'], _ = largest(case, t, {}, log, FLAGS.max_seeds,
-                                                 FLAGS.max_compiles)
+        known = {FLAGS.seeds: (need, exe, secs, why)}
+        row['largest'], row['over'], _ = largest(case, t, known, log, FLAGS.max_seeds,
+                                                 FLAGS.max_compiles, FLAGS.chunk)
         write(FLAGS.out, rows, info)
   print(markdown(rows))
 

@@ -136,3 +136,17 @@ def test_programs_compile_for_a_tpu_and_a_gpu_within_the_drivers_prediction(name
     found[target] = needs[1] - needs[0]
   if name == 'gmm':  # TPU tiles filled: a v5e's bytes per added run at most twice an H100's
     assert found['v5e'] <= 2 * found['h100'], found
+
+
+def test_the_largest_batch_search_brackets_the_capacity(monkeypatch):
+  from benchmarks import compiled  # noqa: PLC0415
+  compiles = []
+
+  def fake(case, target, seeds, chunk):  # 1 MB a run and 100 MB shared: 60 GB holds 59,900
+    compiles.append(seeds)
+    return 100e6 + 1e6 * seeds, None, 0.0, ''
+  monkeypatch.setattr(compiled, 'compile_advance', fake)
+  case = compiled.Case('fake', None, None, 1024)
+  lo, hi, used = compiled.largest(case, 'h100', {}, lambda line: None, 1 << 20, 8, 1)
+  assert lo <= 59_900 < hi and hi - lo <= max(1024, lo // 16), (lo, hi)
+  assert used == len(compiles) <= 8
