@@ -101,7 +101,7 @@ def gmm_loops(cfg: gmm.GMMConfig, trips) -> dict:
   f = 1 + d + d * (d + 1) // 2
   mix = gmm.Mixture(jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)))
   f_FxN, w_N, centres_KxD = jnp.zeros((f, n)), jnp.zeros(n), jnp.zeros((k, d))
-  em_one = lambda m, f, w: gmm.em_step_fused(m, f, w, cfg.reg_covar)  # an accelerator's  # noqa: E731
+  em_one = lambda m, f, w: gmm.em_step_fused(m, f, w, cfg.reg_covar)  # noqa: E731
   em = (lambda seeds, devices: _batched(em_one, (mix, f_FxN, w_N), seeds, devices),
         lambda seeds: expected(gmm.round_work, trips['em_iters'], seeds) / seeds,
         lambda seeds: sum(gmm.round_sizes(seeds)) / seeds)

@@ -42,8 +42,11 @@ def test_rounds_give_every_run_the_result_it_gets_iterating_alone(monkeypatch):
   s, n = 16, 200
   x_SxNxD = np.stack([_blobs(i, n) for i in range(s)])
   keys, w_SxN = jax.random.split(jax.random.key(1), s), jnp.ones((s, n))
-  fit_all = lambda: jax.jit(jax.vmap(lambda x, w, k: gmm.fit(x, w, k, CFG)))(x_SxNxD, w_SxN, keys)  # noqa: E731
-  alone, _ = jax.tree.map(np.asarray, fit_all())  # ROUND_MIN = 64: one batch, as one while_loop
+
+  def fit_all():  # traced anew each call, so that it sees ROUND_MIN as it is then
+    return jax.jit(jax.vmap(lambda x, w, k: gmm.fit(x, w, k, CFG)))(x_SxNxD, w_SxN, keys)
+  assert gmm.round_sizes(s) == (16,)  # one batch: a plain vmapped while_loop
+  alone, _ = jax.tree.map(np.asarray, fit_all())
   monkeypatch.setattr(gmm, 'ROUND_MIN', 2)
   assert gmm.round_sizes(s) == (16, 8, 4, 2)
   mix, info = jax.tree.map(np.asarray, fit_all())

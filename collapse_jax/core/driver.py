@@ -525,8 +525,8 @@ def placed_runs(sweep: Sweep, devices=None):
   if devices is None:
     return (place(seed_B), place(fraction_B)), len(seed_B) // count
   sharding = NamedSharding(mesh(devices=devices), PartitionSpec('runs'))
-  abstract = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding) for x in (seed_B, fraction_B)]
-  return tuple(abstract), len(seed_B) // count
+  return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+               for x in (seed_B, fraction_B)), len(seed_B) // count
 
 
 # ---------------------------------------------------------------- the host loop
