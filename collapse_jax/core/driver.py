@@ -389,10 +389,11 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
 
 # ---------------------------------------------------------------- compiled programs
 
-def mesh(axis: str = 'runs') -> Mesh:
+def mesh(axis: str = 'runs', devices=None) -> Mesh:
   """Every device of every process on one named axis: the batch of runs ('runs'), or the
-  language model's data-parallel batch ('data'). The one sharding layer experiments use."""
-  return Mesh(np.asarray(jax.devices()), (axis,))
+  language model's data-parallel batch ('data'). The one sharding layer experiments use.
+  `devices`: a compile-only target's devices (collapse_jax.core.targets) in place of these."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (axis,))
 
 
 def place(x, axis: str = 'runs', dim: int = 0):
@@ -422,7 +423,7 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
+def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int, devices=None):
   """The two compiled programs of a sweep: generation 0, and `chunk` generations.
 
   Each device advances its own runs independently (shard_map), `width` runs
@@ -430,8 +431,11 @@ def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
   run converges: a wide group waits for its slowest member, which pays on an
   accelerator and not on a CPU, where one run already fills the vector units.
   The groups never depend on the device count, so neither do the results.
+  `devices`: compile for these compile-only devices (collapse_jax.core.targets) instead of
+  this process's; `.compiled` then gives the executable and its bytes, and nothing runs.
   """
   runs, replicated = PartitionSpec('runs'), PartitionSpec()
+  runs_mesh = mesh(devices=devices)
   make, data = _unbind(family)
 
   def per_device(one_run, in_specs, donate=()):
@@ -441,7 +445,7 @@ def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
     def local(*args):
       shared = args[mapped:]
       return jax.lax.map(lambda a: one_run(*a, *shared), args[:mapped], batch_size=width)
-    return jax.jit(jax.shard_map(local, mesh=mesh(), in_specs=in_specs, out_specs=runs,
+    return jax.jit(jax.shard_map(local, mesh=runs_mesh, in_specs=in_specs, out_specs=runs,
                                  check_vma=False), donate_argnums=donate)
 
   def first_run(seed, fraction, data):
@@ -464,18 +468,29 @@ def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int):
   run_first = lambda seed_B, fraction_B: first(seed_B, fraction_B, data)  # noqa: E731
   run_advance = lambda const_B, carry_B, g0: _swap(advance(const_B, carry_B, g0, data))  # noqa: E731
   # Ahead of time: the same programs compiled for given arguments, with their bytes per device.
-  run_first.compiled = lambda *args: _ahead(first, data, args, lambda out: out)
-  run_advance.compiled = lambda *args: _ahead(advance, data, args, _swap)
+  held = data if devices is None else jax.tree.map(  # a compile-only target holds shapes only
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
+                                     sharding=NamedSharding(runs_mesh, replicated)), data)
+  run_first.compiled = lambda *args: _ahead(first, held, args, lambda out: out)
+  run_advance.compiled = lambda *args: _ahead(advance, held, args, _swap)
   return run_first, run_advance
 
 
 def _ahead(jitted, data, args, finish):
-  """(the compiled program as a function of args, the bytes a device needs to run it)."""
+  """(the compiled program as a function of args, the bytes a device needs to run it); the
+  function's `executable` is XLA's, for its memory and cost analyses and its HLO."""
   exe = jitted.lower(*args, data).compile()
+  call = lambda *a: finish(exe(*a, data))  # noqa: E731
+  call.executable = exe
+  return call, needed_bytes(exe)
+
+
+def needed_bytes(exe) -> int:
+  """Bytes a device needs to run a compiled program: arguments, outputs and temporaries,
+  less the outputs that reuse a donated argument's buffer (0 where XLA does not say)."""
   stats = exe.memory_analysis()
-  need = 0 if stats is None else (stats.argument_size_in_bytes + stats.output_size_in_bytes
+  return 0 if stats is None else (stats.argument_size_in_bytes + stats.output_size_in_bytes
                                   + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-  return (lambda *a: finish(exe(*a, data))), need
 
 
 def _bytes(n: float) -> str:
@@ -517,19 +532,24 @@ def _swap(out):
   return carry_B, jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), metrics_BxC)
 
 
-def placed_runs(sweep: Sweep):
+def placed_runs(sweep: Sweep, devices=None):
   """Seeds and fractions, padded to a multiple of the device count by repeating
   the last run, sharded over the devices; and the runs per device.
 
   Every device gets at least two runs: XLA compiles a loop over one run into
   straight-line code whose floating point rounds differently, and results must
-  not depend on the device count.
+  not depend on the device count. With compile-only `devices` (a target), the
+  seeds and fractions are their shapes on those devices, for `programs(..., devices)`.
   """
   seed_B, fraction_B = sweep.runs()
-  devices = jax.device_count()
-  pad = max(-len(seed_B) % devices, 2 * devices - len(seed_B))
+  count = jax.device_count() if devices is None else len(devices)
+  pad = max(-len(seed_B) % count, 2 * count - len(seed_B))
   seed_B, fraction_B = np.pad(seed_B, (0, pad), 'edge'), np.pad(fraction_B, (0, pad), 'edge')
-  return (place(seed_B), place(fraction_B)), len(seed_B) // jax.device_count()
+  if devices is None:
+    return (place(seed_B), place(fraction_B)), len(seed_B) // count
+  sharding = NamedSharding(mesh(devices=devices), PartitionSpec('runs'))
+  return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+               for x in (seed_B, fraction_B)), len(seed_B) // count
 
 
 # ---------------------------------------------------------------- the host loop
@@ -558,28 +578,36 @@ def _manager(directory):
   return ocp.CheckpointManager(directory, options=options)
 
 
-def default_width(family: Family, runs_per_device: int) -> int:
+def default_width(family: Family, runs_per_device: int, platform: str | None = None) -> int:
   """Runs vectorised together: all of a device's, except one at a time on a CPU
-  for families that ask for it (there one run already fills the vector units)."""
-  if family.one_at_a_time_on_cpu and jax.default_backend() == 'cpu':
+  for families that ask for it (there one run already fills the vector units).
+  `platform`: the devices' ('cpu', 'tpu', 'gpu'); default: this process's."""
+  if family.one_at_a_time_on_cpu and (platform or jax.default_backend()) == 'cpu':
     return 1
   return runs_per_device
 
 
 def compile_sweep(family: Family | WithData, sweep: Sweep, chunk: int, width: int | None = None,
-                  with_first: bool = True):
+                  with_first: bool = True, devices=None):
   """A sweep's runs placed on the devices and its two programs compiled ahead of time:
   ((seed_B, fraction_B), runs per device, first, advance, the abstract (const_B, carry_B,
   metrics0) of generation 0 with the runs' sharding, the bytes a device needs).
   with_first=False compiles the chunk's program alone (a resumed run never runs generation
-  0's); first is None then, and the bytes are the chunk's."""
-  (seed_B, fraction_B), per_device = placed_runs(sweep)
-  first, advance = programs(family, sweep, chunk,
-                            min(width or default_width(concrete(family), per_device), per_device))
+  0's); first is None then, and the bytes are the chunk's. With compile-only `devices` (a
+  target, collapse_jax.core.targets) the programs are compiled for them and never run:
+  first.executable and advance.executable hold XLA's executables, seed_B and fraction_B are
+  shapes, and the bytes are the target's."""
+  (seed_B, fraction_B), per_device = placed_runs(sweep, devices)
+  platform = None if devices is None else devices[0].platform
+  first, advance = programs(
+      family, sweep, chunk,
+      min(width or default_width(concrete(family), per_device, platform), per_device), devices)
   shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=seed_B.sharding),
                         jax.eval_shape(first, seed_B, fraction_B))
+  g0 = jnp.int32(1) if devices is None else jax.ShapeDtypeStruct(
+      (), jnp.int32, sharding=NamedSharding(seed_B.sharding.mesh, PartitionSpec()))
   first, need_first = first.compiled(seed_B, fraction_B) if with_first else (None, 0)
-  advance, need_advance = advance.compiled(shapes[0], shapes[1], jnp.int32(1))
+  advance, need_advance = advance.compiled(shapes[0], shapes[1], g0)
   return (seed_B, fraction_B), per_device, first, advance, shapes, max(need_first, need_advance)
 
 

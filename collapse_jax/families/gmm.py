@@ -9,6 +9,7 @@ pools of growing size fit in one fixed-shape program.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -21,6 +22,15 @@ import numpy as np
 from collapse_jax.core import driver, plots, regimes, results, scores
 
 _LOG_2PI = math.log(2 * math.pi)
+# The precision of every matmul that decides a fit or a sample: float32 products and sums on
+# every backend. A TPU's default is one bfloat16 pass, which would change convergence,
+# iteration counts and results from those the CPU tests check; on a CPU it changes nothing.
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+def _mm(a, b):
+  """a @ b in float32 on every backend (_EXACT)."""
+  return jnp.matmul(a, b, precision=_EXACT)
 
 
 class Mixture(NamedTuple):
@@ -101,7 +111,7 @@ def sample(mix: Mixture, key, n: int):
   chol_KxDxD = jnp.linalg.cholesky(mix.covs)
   # Every component transforms the noise and each sample keeps its own (K is small).
   k, d = mix.means.shape
-  y_KxDxN = mix.means[..., None] + (chol_KxDxD.reshape(k * d, d) @ eps_DxN).reshape(k, d, n)
+  y_KxDxN = mix.means[..., None] + _mm(chol_KxDxD.reshape(k * d, d), eps_DxN).reshape(k, d, n)
   x_DxN = y_KxDxN[0]
   for c in range(1, k):
     x_DxN = jnp.where(z_N == c, y_KxDxN[c], x_DxN)
@@ -127,7 +137,7 @@ def _log_density_coefs(mix: Mixture):
   d = mix.means.shape[-1]
   i, j = np.triu_indices(d)
   prec_KxDxD = _precision_cholesky(mix.covs)
-  lam_KxDxD = prec_KxDxD @ jnp.swapaxes(prec_KxDxD, -1, -2)
+  lam_KxDxD = _mm(prec_KxDxD, jnp.swapaxes(prec_KxDxD, -1, -2))
   lam_mu_KxD = jnp.sum(lam_KxDxD * mix.means[:, None], -1)
   log_det_K = jnp.sum(jnp.log(jnp.diagonal(prec_KxDxD, axis1=1, axis2=2)), -1)
   const_K = (jnp.log(mix.weights) + log_det_K - 0.5 * d * _LOG_2PI
@@ -156,20 +166,31 @@ def _from_moments(m_KxF, d: int, reg_covar: float) -> Mixture:
 
 # ---------------------------------------------------------------- k-means init
 
-def kmeans_plus_plus(x_NxD, w_N, key, k: int):
-  """Greedy k-means++ seeding (2 + log k candidates per centre), KxD."""
+def _columns(x_DxN, idx_T):
+  """x_DxN[:, idx_T], DxT. On accelerators a masked sum (exact: one term is not zero) in
+  place of a gather, which a TPU lays out with D minor, padding the samples 64x at D = 2;
+  CPUs keep the gather (the sum changes XLA's fusions and so the last bits elsewhere)."""
+  def masked(x_DxN, idx_T):
+    hit_TxN = jnp.arange(x_DxN.shape[-1]) == idx_T[:, None]
+    return jnp.sum(jnp.where(hit_TxN, x_DxN[:, None], 0.0), -1)
+  return jax.lax.platform_dependent(x_DxN, idx_T, cpu=lambda x, i: x[:, i], default=masked)
+
+
+def kmeans_plus_plus(x_DxN, w_N, key, k: int):
+  """Greedy k-means++ seeding (2 + log k candidates per centre), KxD; samples DxN, their
+  dimensions first (as TPU tiles want them)."""
   trials = 2 + int(math.log(k))
   first_key, *keys = jax.random.split(key, k)
-  first = draw_index(first_key, w_N)
-  centres_KxD = jnp.broadcast_to(x_NxD[first], (k, x_NxD.shape[-1]))
-  d2_N = jnp.sum((x_NxD - x_NxD[first]) ** 2, -1)
+  first_D = _columns(x_DxN, draw_index(first_key, w_N)[None])[:, 0]
+  centres_KxD = jnp.broadcast_to(first_D, (k, x_DxN.shape[0]))
+  d2_N = jnp.sum((x_DxN - first_D[:, None]) ** 2, 0)
   for c, trial_key in enumerate(keys, start=1):
     # Candidates drawn with probability proportional to weight x squared distance;
     # the tiny floor keeps a fully collapsed pool drawable.
-    cand_T = draw_index(trial_key, w_N * (d2_N + 1e-30), (trials,))
-    d2_TxN = jnp.minimum(d2_N, jnp.sum((x_NxD[cand_T][:, None] - x_NxD) ** 2, -1))
+    cand_DxT = _columns(x_DxN, draw_index(trial_key, w_N * (d2_N + 1e-30), (trials,)))
+    d2_TxN = jnp.minimum(d2_N, jnp.sum((cand_DxT[:, :, None] - x_DxN[:, None]) ** 2, 0))
     best = jnp.argmin(jnp.sum(w_N * d2_TxN, -1))
-    centres_KxD = centres_KxD.at[c].set(x_NxD[cand_T[best]])
+    centres_KxD = centres_KxD.at[c].set(_columns(cand_DxT, best[None])[:, 0])
     d2_N = d2_TxN[best]
   return centres_KxD
 
@@ -178,33 +199,66 @@ def _nearest_onehot_KxN(f_FxN, centres_KxD):
   """One-hot nearest-centre assignment; |x - c|^2 - |x|^2 is linear in f."""
   d = centres_KxD.shape[-1]
   coef_KxF = jnp.concatenate([jnp.sum(centres_KxD**2, -1, keepdims=True), -2 * centres_KxD], -1)
-  label_N = jnp.argmin(coef_KxF @ f_FxN[:1 + d], 0)
+  label_N = jnp.argmin(_mm(coef_KxF, f_FxN[:1 + d]), 0)
   return jax.nn.one_hot(label_N, centres_KxD.shape[0], axis=0, dtype=f_FxN.dtype)
 
 
-def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
+def lloyd_step(centres_KxD, f_FxN, w_N):
+  """One Lloyd iteration: each centre moves to the weighted mean of its nearest samples."""
+  d = centres_KxD.shape[-1]
+  m_KxF = _mm(_nearest_onehot_KxN(f_FxN, centres_KxD) * w_N, f_FxN[:1 + d].T)
+  count_K = m_KxF[:, :1]
+  return jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30),
+                   centres_KxD)  # an empty cluster keeps its centre
+
+
+def lloyd_step_fused(centres_KxD, f_FxN, w_N):
+  """lloyd_step as one pass over each run's coordinates, for accelerators: elementwise
+  distances and one variadic reduction (float32 throughout, ties to the first centre as
+  argmin breaks them); agrees with lloyd_step to float32 rounding of the distances."""
+  k, d = centres_KxD.shape
+  x = [f_FxN[1 + e] for e in range(d)]
+  dist = [jnp.sum(centres_KxD[c] ** 2) - 2 * sum(centres_KxD[c, e] * x[e] for e in range(d))
+          for c in range(k)]
+  best_N, low_N = jnp.zeros(x[0].shape, jnp.int32), dist[0]
+  for c in range(1, k):
+    best_N, low_N = jnp.where(dist[c] < low_N, c, best_N), jnp.minimum(dist[c], low_N)
+  mine = [jnp.where(best_N == c, w_N, 0.0) for c in range(k)]
+  terms = [mine[c] * row for c in range(k) for row in [jnp.ones_like(x[0])] + x]
+  zero = jnp.zeros((), f_FxN.dtype)
+  sums = jax.lax.reduce(tuple(terms), (zero,) * len(terms),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (x[0].ndim - 1,))
+  m_KxF = jnp.stack(sums).reshape(k, 1 + d)
+  count_K = m_KxF[:, :1]
+  return jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30), centres_KxD)
+
+
+def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig, fused: bool | None = None):
   """Lloyd iterations from k-means++ until centres move less than tol.
 
-  Returns the one-hot assignment KxN and the number of iterations.
+  Returns the one-hot assignment KxN and the number of iterations. fused: which Lloyd
+  step (as em() chooses its step).
   """
   d = xc_NxD.shape[-1]
   w_sum = jnp.sum(w_N)
-  tol = cfg.kmeans_tol * jnp.mean(w_N @ (xc_NxD - w_N @ xc_NxD / w_sum) ** 2 / w_sum)
+  tol = cfg.kmeans_tol * jnp.mean(_mm(w_N, (xc_NxD - _mm(w_N, xc_NxD) / w_sum) ** 2) / w_sum)
 
-  def step(state):
-    centres_KxD, it, _ = state
-    m_KxF = (_nearest_onehot_KxN(f_FxN, centres_KxD) * w_N) @ f_FxN[:1 + d].T
-    count_K = m_KxF[:, :1]
-    new_KxD = jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30),
-                        centres_KxD)  # an empty cluster keeps its centre
-    return new_KxD, it + 1, jnp.sum((new_KxD - centres_KxD) ** 2)
+  def step(state, data):
+    centres_KxD, it, _, tol = state
+    if fused is None:
+      new_KxD = jax.lax.platform_dependent(centres_KxD, *data, cpu=lloyd_step,
+                                           default=lloyd_step_fused)
+    else:
+      new_KxD = (lloyd_step_fused if fused else lloyd_step)(centres_KxD, *data)
+    return new_KxD, it + 1, jnp.sum((new_KxD - centres_KxD) ** 2), tol
 
   def moving(state):
-    _, it, shift = state
+    _, it, shift, tol = state
     return (it < cfg.kmeans_max_iter) & (shift > tol)
 
-  centres_KxD = kmeans_plus_plus(xc_NxD, w_N, key, cfg.components)
-  centres_KxD, iters, _ = jax.lax.while_loop(moving, step, (centres_KxD, 0, jnp.inf))
+  centres_KxD = kmeans_plus_plus(f_FxN[1:1 + d], w_N, key, cfg.components)
+  init = (centres_KxD, jnp.array(0), jnp.array(jnp.inf, f_FxN.dtype), tol)
+  centres_KxD, iters, _, _ = iterate(step, moving, init, (f_FxN, w_N))
   return _nearest_onehot_KxN(f_FxN, centres_KxD), iters
 
 
@@ -213,40 +267,161 @@ def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig):
 def em_step(mix: Mixture, f_FxN, w_N, reg_covar: float):
   """One E and M step on centred features; returns the new mixture and the
   weighted mean log-likelihood of the old one (scikit-learn's lower bound)."""
-  log_prob_KxN = _log_density_coefs(mix) @ f_FxN
+  log_prob_KxN = _mm(_log_density_coefs(mix), f_FxN)
   top_N = jnp.max(log_prob_KxN, 0)
   p_KxN = jnp.exp(log_prob_KxN - top_N)  # K exponentials and one log per sample
   norm_N = jnp.sum(p_KxN, 0)
   bound = jnp.sum(w_N * (top_N + jnp.log(norm_N))) / jnp.sum(w_N)
   resp_KxN = p_KxN * (w_N / norm_N)
-  return _from_moments(resp_KxN @ f_FxN.T, mix.means.shape[-1], reg_covar), bound
+  return _from_moments(_mm(resp_KxN, f_FxN.T), mix.means.shape[-1], reg_covar), bound
 
 
-def fit(x_NxD, w_N, key, cfg: EMConfig):
-  """EM from a k-means start; returns the mixture and its iteration counts.
+def em_step_fused(mix: Mixture, f_FxN, w_N, reg_covar: float):
+  """em_step as one pass over each run's data, for accelerators.
 
-  The data are centred on their weighted mean first, which keeps the moment
-  form of the covariance accurate in float32.
+  The K x F moments, the bound and the weights' sum are one reduction over N of
+  elementwise float32 terms (no matmul, so no precision to choose), which XLA fuses into
+  a single read of f_FxN; the matmul form reads it twice and the KxN responsibilities
+  once more. The sums run in another order than em_step's, so results agree with it to
+  float32 rounding, not bit for bit: CPUs keep em_step.
   """
-  d = x_NxD.shape[-1]
-  w_sum = jnp.sum(w_N)
-  shift_D = w_N @ x_NxD / w_sum
-  xc_NxD = x_NxD - shift_D
-  f_FxN = features(xc_NxD)
-  resp_KxN, kmeans_iters = kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg)
-  mix = _from_moments((resp_KxN * w_N) @ f_FxN.T, d, cfg.reg_covar)
+  a_KxF = _log_density_coefs(mix)
+  k, f = a_KxF.shape
+  d = mix.means.shape[-1]
+  i, j = np.triu_indices(d)
+  x = [f_FxN[1 + e] for e in range(d)]  # only the coordinates are read: the rest is products
+  rows = [jnp.ones_like(x[0])] + x + [x[a] * x[b] for a, b in zip(i, j)]
+  logp = [a_KxF[c, 0] + sum(a_KxF[c, m] * rows[m] for m in range(1, f)) for c in range(k)]
+  top_N = functools.reduce(jnp.maximum, logp)
+  p = [jnp.exp(lp - top_N) for lp in logp]
+  norm_N = sum(p)
+  r = [pc * (w_N / norm_N) for pc in p]
+  terms = [r[c] * rows[m] for c in range(k) for m in range(f)]
+  terms += [w_N * (top_N + jnp.log(norm_N)), w_N]
+  # One variadic reduction: every sum reads the same sample n at once, so the shared
+  # terms are computed once per sample in one kernel (a stack of sums would be one
+  # reduction whose rows recompute them, which XLA avoids by writing them out).
+  zero = jnp.zeros((), f_FxN.dtype)
+  sums = jax.lax.reduce(tuple(terms), (zero,) * len(terms),
+                        lambda a, b: tuple(u + v for u, v in zip(a, b)), (terms[0].ndim - 1,))
+  bound = sums[-2] / sums[-1]
+  return _from_moments(jnp.stack(sums[:k * f]).reshape(k, f), d, reg_covar), bound
 
-  def step(state):
+
+# Under vmap, EM and k-means iterate in rounds: a round runs a batch of runs until at most the next
+# round's size still iterate, which then continue alone. Sizes shrink by ROUND_SHRINK down
+# to ROUND_MIN, so the work is about proportional to each run's own iterations instead of
+# every run iterating as long as the batch's slowest. Smaller batches iterate as one.
+ROUND_SHRINK, ROUND_MIN = 2, 256
+
+
+def round_sizes(batch: int) -> tuple[int, ...]:
+  """The batch sizes of EM's rounds for a vmapped batch of `batch` runs."""
+  sizes = [batch]
+  while sizes[-1] // ROUND_SHRINK >= ROUND_MIN:
+    sizes.append(sizes[-1] // ROUND_SHRINK)
+  return tuple(sizes)
+
+
+def round_work(iters_B) -> int:
+  """Run-iterations the rounds compute for runs that need iters_B iterations each (each
+  round's batch steps together; a vmapped while_loop alone would compute B x max)."""
+  left_B, work, it = np.sort(np.asarray(iters_B))[::-1], 0, 0
+  sizes = round_sizes(len(left_B))
+  for m, after in zip(sizes, sizes[1:] + (0,)):
+    stop = left_B[after] if after else left_B[0]  # the round ends when `after` remain
+    work += m * max(int(stop) - it, 0)
+    it = max(it, int(stop))
+  return work
+
+
+def _take(tree, idx):
+  return jax.tree.map(lambda v: v[idx], tree)
+
+
+def _rounds(step, running, state_B, data_B):
+  """step(state, data) -> state for every run while running(state), in rounds (above)."""
+  sizes = round_sizes(running(state_B).shape[0])
+  for m, after in zip(sizes, sizes[1:] + (0,)):
+    idx_M = jnp.argsort(~running(state_B), stable=True)[:m]  # the runs still iterating first
+    data_M = _take(data_B, idx_M)
+
+    def body(state_M):
+      new_M = step(state_M, data_M)
+      go_M = running(state_M)
+      return jax.tree.map(lambda a, b: jnp.where(go_M.reshape((-1,) + (1,) * (a.ndim - 1)),
+                                                 a, b), new_M, state_M)
+
+    state_M = jax.lax.while_loop(lambda s: jnp.sum(running(s)) > after, body,
+                                 _take(state_B, idx_M))
+    state_B = jax.tree.map(lambda a, b: a.at[idx_M].set(b), state_B, state_M)
+  return state_B
+
+
+def em(mix: Mixture, f_FxN, w_N, cfg: EMConfig, fused: bool | None = None):
+  """EM from `mix` until the bound changes by less than tol: (mix, iterations, converged).
+
+  fused: em_step_fused (True) or em_step (False); None: em_step on a CPU, the fused
+  step on an accelerator (chosen when the program is lowered for its platform).
+  """
+  def step_one(state, data):
     mix, lower_bound, it, _ = state
-    mix, new_bound = em_step(mix, f_FxN, w_N, cfg.reg_covar)
+    f_FxN, w_N = data
+    if fused is None:
+      mix, new_bound = jax.lax.platform_dependent(
+          mix, f_FxN, w_N, cpu=lambda *a: em_step(*a, cfg.reg_covar),
+          default=lambda *a: em_step_fused(*a, cfg.reg_covar))
+    else:
+      mix, new_bound = (em_step_fused if fused else em_step)(mix, f_FxN, w_N, cfg.reg_covar)
     return mix, new_bound, it + 1, jnp.abs(new_bound - lower_bound) < cfg.tol
 
-  def running(state):
+  def running_one(state):
     _, _, it, converged = state
     return (~converged) & (it < cfg.max_iter)
 
-  init = (mix, jnp.array(-jnp.inf, x_NxD.dtype), jnp.array(0), jnp.array(False))
-  mix, _, iters, converged = jax.lax.while_loop(running, step, init)
+  init = (mix, jnp.array(-jnp.inf, f_FxN.dtype), jnp.array(0), jnp.array(False))
+  mix, _, iters, converged = iterate(step_one, running_one, init, (f_FxN, w_N))
+  return mix, iters, converged
+
+
+def iterate(step_one, running_one, init, data):
+  """lax.while_loop(running_one, step_one(., data), init) for one run; vmapped, the runs
+  iterate in rounds (round_sizes), each with the result it gets alone."""
+  def alone(state, data):
+    return jax.lax.while_loop(running_one, lambda s: step_one(s, data), state)
+
+  @jax.custom_batching.custom_vmap
+  def loop(state, data):
+    return alone(state, data)
+
+  @loop.def_vmap
+  def loop_vmapped(axis_size, in_batched, state, data):
+    state, data = jax.tree.map(
+        lambda v, b: v if b else jnp.broadcast_to(v, (axis_size,) + jnp.shape(v)),
+        (state, data), tuple(in_batched))
+    if len(round_sizes(axis_size)) == 1:
+      out = jax.vmap(alone)(state, data)
+    else:
+      out = _rounds(jax.vmap(step_one), jax.vmap(running_one), state, data)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return loop(init, data)
+
+
+def fit(x_NxD, w_N, key, cfg: EMConfig, fused: bool | None = None):
+  """EM from a k-means start; returns the mixture and its iteration counts.
+
+  The data are centred on their weighted mean first, which keeps the moment
+  form of the covariance accurate in float32. fused: which EM step (em()).
+  """
+  d = x_NxD.shape[-1]
+  w_sum = jnp.sum(w_N)
+  shift_D = _mm(w_N, x_NxD) / w_sum
+  xc_NxD = x_NxD - shift_D
+  f_FxN = features(xc_NxD)
+  resp_KxN, kmeans_iters = kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg, fused)
+  mix = _from_moments(_mm(resp_KxN * w_N, f_FxN.T), d, cfg.reg_covar)
+  mix, iters, converged = em(mix, f_FxN, w_N, cfg, fused)
   return mix._replace(means=mix.means + shift_D), {
       'em_iters': iters, 'kmeans_iters': kmeans_iters, 'converged': converged}
 
@@ -280,7 +455,7 @@ def l2_squared(p: Mixture, q: Mixture):
 
 def total_variance(mix: Mixture):
   """Trace of the mixture's covariance: the fitted spread."""
-  mean_D = mix.weights @ mix.means
+  mean_D = _mm(mix.weights, mix.means)
   second = jnp.sum(mix.weights * (jnp.trace(mix.covs, axis1=1, axis2=2)
                                   + jnp.sum(mix.means**2, -1)))
   return second - jnp.sum(mean_D**2)

@@ -1,0 +1,385 @@
+"""Each family's generation programs compiled for accelerators on this CPU, without the device.
+
+  python -m benchmarks.compiled --out=runs/compiled                   # GMM and Gaussian, 4 targets
+  python -m benchmarks.compiled --out=/tmp/c --families=gmm --targets=v5e,h100 --seeds=4096
+
+Needs the `compile` extra (libtpu and the CUDA plugin; Python 3.12+). For each family and
+target (collapse_jax.core.targets) it compiles the driver's chunk program (`advance`, the
+one a run spends its time in) through driver.compile_sweep(devices=...) and reports:
+
+  memory      bytes a device needs at --seeds (arguments + outputs + temporaries - aliased);
+  largest     the most seeds one device holds: linear prediction from the sizes compiled so
+              far, then bisection on compile-time memory against the target's usable memory
+              (a TPU's compiler refuses a program over its HBM; a GPU's is checked here);
+  per gen     flops and bytes of one generation at --seeds: XLA's cost analysis counts each
+              loop body once, so the GMM's EM and k-means loops are added from standalone
+              compiles of one iteration times the iterations a generation runs, measured on
+              this CPU (--trip_seeds seeds x --trip_generations generations of the protocol);
+  roofline    max(flops / peak, bytes / bandwidth) per generation, from the target's
+              published figures (sources in collapse_jax/core/targets.py).
+
+What this proves: the program compiles for the target and fits its memory. What it does not:
+its time, which only a run on the device measures (kernel launches, latency and the
+occupancy of small batches are not in a roofline). DIR/compiled.md and DIR/compiled.json
+are rewritten after every figure.
+"""
+
+import os
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # compile-only targets; never look for a device
+
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from collapse_jax.core import driver, targets  # noqa: E402
+from collapse_jax.families import gaussian, gmm  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('out', None, 'Directory for compiled.md and compiled.json.')
+flags.DEFINE_list('families', ['gmm', 'gaussian'], 'Families: gmm, gaussian.')
+flags.DEFINE_list('targets', ['v5e', 'v6e', 'h100', 'h200'],
+                  f'Targets: {", ".join(targets.TARGETS)}.')
+flags.DEFINE_integer('seeds', 4096, 'Seeds of the memory and cost figures.')
+flags.DEFINE_integer('chunk', 10, 'Generations in the compiled chunk program.')
+flags.DEFINE_integer('max_seeds', 1 << 20, 'The search for the largest batch stops here.')
+flags.DEFINE_integer('max_compiles', 5, 'Compiles the search for the largest batch may use.')
+flags.DEFINE_integer('trip_seeds', 256, 'Seeds of the CPU run that measures loop trip counts.')
+flags.DEFINE_integer('trip_generations', 20, 'Generations of that run.')
+flags.DEFINE_bool('largest', True, 'Search for the largest batch (several compiles each).')
+
+
+# ----------------------------------------------------------------------------- families
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """A family's sweep at any seed count, and its loops: name -> (one iteration's program as a
+  function of the seeds, the iterations a generation's batch of that many seeds runs)."""
+  name: str
+  family: object
+  sweep: object  # seeds -> driver.Sweep
+  step: int  # seed counts searched are multiples of this
+  loops: dict = dataclasses.field(default_factory=dict)
+
+
+def gmm_case(trips) -> Case:
+  cfg = gmm.GMMConfig().validate()
+  sweep = lambda s: dataclasses.replace(cfg.sweep('replace'), seeds=s)  # noqa: E731
+  return Case('gmm', gmm.family(cfg), sweep, 1024, gmm_loops(cfg, trips))
+
+
+def _batched(fn, shapes, seeds: int, devices):
+  """jax.vmap(fn) compiled for `devices` on `seeds` runs of arguments of these shapes."""
+  sharding = NamedSharding(driver.mesh(devices=devices), PartitionSpec('runs'))
+  args = jax.tree.map(lambda a: jax.ShapeDtypeStruct((seeds,) + a.shape, a.dtype,
+                                                     sharding=sharding), shapes)
+  return jax.jit(jax.vmap(fn)).lower(*args).compile()
+
+
+def expected(work, trips_R, seeds: int, draws: int = 16) -> float:
+  """Mean of work(iterations of `seeds` runs), the runs drawn from the measured trips_R."""
+  rng = np.random.default_rng(0)
+  return float(np.mean([work(rng.choice(trips_R, seeds)) for _ in range(draws)]))
+
+
+def gmm_loops(cfg: gmm.GMMConfig, trips) -> dict:
+  """The GMM's two loops: (one iteration's program, run-iterations a generation computes per
+  run, those the program's cost analysis counts once per run). Both run in rounds (what
+  gmm.round_work counts) with an accelerator's fused steps; iterations drawn from those
+  measured on this CPU. The one-iteration programs read the whole feature array where the
+  fused steps read only its D coordinate rows: their bytes are an upper bound."""
+  d, k, n = 2, cfg.components, cfg.samples
+  f = 1 + d + d * (d + 1) // 2
+  mix = gmm.Mixture(jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)))
+  f_FxN, w_N, centres_KxD = jnp.zeros((f, n)), jnp.zeros(n), jnp.zeros((k, d))
+  em_one = lambda m, f, w: gmm.em_step_fused(m, f, w, cfg.reg_covar)  # noqa: E731
+  em = (lambda seeds, devices: _batched(em_one, (mix, f_FxN, w_N), seeds, devices),
+        lambda seeds: expected(gmm.round_work, trips['em_iters'], seeds) / seeds,
+        lambda seeds: sum(gmm.round_sizes(seeds)) / seeds)
+  km = (lambda seeds, devices: _batched(gmm.lloyd_step_fused, (centres_KxD, f_FxN, w_N), seeds,
+                                        devices),
+        lambda seeds: expected(gmm.round_work, trips['kmeans_iters'], seeds) / seeds,
+        lambda seeds: sum(gmm.round_sizes(seeds)) / seeds)
+  return {'EM': em, 'k-means': km}
+
+
+def gaussian_case(trips) -> Case:
+  del trips  # a closed-form fit: no loop but the generations'
+  cfg = gaussian.GaussianConfig(samples=(100,), regimes=('replace',)).validate()
+  sweep = lambda s: dataclasses.replace(cfg.sweep('replace', 100), seeds=s)  # noqa: E731
+  return Case('gaussian', gaussian.family(cfg), sweep, 1 << 14)
+
+
+CASES = {'gmm': gmm_case, 'gaussian': gaussian_case}
+
+
+def trip_counts(seeds: int, generations: int) -> dict[str, np.ndarray]:
+  """Per-run EM and k-means iterations of the paper's GMM protocol, run on this CPU."""
+  cfg = gmm.GMMConfig(seeds=seeds, generations=generations).validate()
+  with tempfile.TemporaryDirectory() as tmp:
+    m = driver.run(gmm.family(cfg), cfg.sweep('replace'), tmp, generations, progress=False)
+  return {k: np.asarray(m[k][1:]).ravel() for k in ('em_iters', 'kmeans_iters')}
+
+
+# ----------------------------------------------------------------------------- compiling
+
+
+def cost(exe) -> dict[str, float]:
+  """flops and bytes accessed of a compiled program, each loop body counted once: XLA's own
+  analysis, or (a compile-only GPU executable has none) the HLO cost analysis of its module."""
+  ca = exe.cost_analysis()
+  if isinstance(ca, list):
+    ca = ca[0]
+  if not ca:
+    from jax._src import xla_bridge  # noqa: PLC0415
+    from jax._src.lib import _jax  # noqa: PLC0415
+    module = exe.runtime_executable().hlo_modules()[0]
+    ca = _jax.hlo_module_cost_analysis(xla_bridge.get_backend('cpu'), module)
+  return {'flops': float(ca.get('flops', 0.0)), 'xla_bytes': float(ca.get('bytes accessed', 0.0)),
+          'bytes': kernel_bytes(exe.as_text())}
+
+
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'bf16': 2, 'f16': 2, 's16': 2, 'u16': 2, 'f32': 4,
+                's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8}
+_NOT_KERNELS = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'while',
+                'conditional', 'call', 'after-all', 'partition-id', 'replica-id', 'iota',
+                'opt-barrier', 'copy-start', 'copy-done'}
+
+
+def _shape_bytes(shape: str) -> int:
+  """Bytes of an HLO shape (an array or a tuple of them), layouts and tiles ignored."""
+  total = 0
+  for dtype, dims in re.findall(r'\b([a-z]+\d*)\[([0-9,]*)\]', shape):
+    total += _DTYPE_BYTES.get(dtype, 4) * int(np.prod([int(x) for x in dims.split(',') if x]))
+  return total
+
+
+def kernel_bytes(hlo: str) -> float:
+  """Bytes an optimised HLO module moves if each kernel (a fusion or an unfused op) reads
+  each of its operands once and writes its result, every loop body counted once.
+
+  XLA's own 'bytes accessed' counts a fused operand once per use inside the fusion (the
+  fused EM step uses each feature row a dozen times, from registers), which overstates
+  what a fused kernel reads several-fold; this is the one-read-per-kernel model. An operand
+  a fusion only slices counts as the slices it reads."""
+  comps, name, fused = {}, None, set()
+  for line in hlo.splitlines():
+    head = re.match(r'^(?:ENTRY )?%(\S+) \(', line)
+    if head:
+      name, comps[head.group(1)] = head.group(1), []
+    elif name and line.strip() and line.strip() != '}':
+      comps[name].append(line)
+    fused.update(re.findall(r'(?:calls|to_apply)=%([\w.-]+)', line))
+  instr = r'\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w-]*)\((.*?)\)(?:, |$)'
+  sliced = {}  # fused computation -> {parameter number: bytes of the slices read of it}
+  for comp in fused & set(comps):
+    parsed = [m.groups() for m in map(lambda l: re.match(instr, l), comps[comp]) if m]
+    params = {out: int(args) for out, _, op, args in parsed if op == 'parameter'}
+    for p_name, number in params.items():
+      users = [(op, shape) for _, shape, op, args in parsed
+               if p_name in re.findall(r'%([\w.-]+)', args)]
+      if users and all(op == 'slice' for op, _ in users):
+        sliced.setdefault(comp, {})[number] = sum(_shape_bytes(sh) for _, sh in users)
+  total = 0.0
+  for comp, lines in comps.items():
+    if comp in fused:
+      continue
+    shapes = {}
+    for line in lines:
+      m = re.match(instr, line)
+      if not m:
+        continue
+      out, shape, op, operands = m.groups()
+      shapes[out] = _shape_bytes(shape)
+      if op in _NOT_KERNELS:
+        continue
+      names = list(dict.fromkeys(re.findall(r'%([\w.-]+)', operands)))
+      calls = re.search(r'calls=%([\w.-]+)', line)
+      partial = sliced.get(calls.group(1), {}) if calls else {}
+      total += shapes[out] + sum(partial.get(i, shapes.get(n, 0)) for i, n in enumerate(names))
+  return total
+
+
+def compile_advance(case: Case, target: str, seeds: int, chunk: int):
+  """(bytes a device needs or None where the compiler refused it, the executable, seconds,
+  the refusal's first line)."""
+  t0 = time.perf_counter()
+  try:
+    _, _, _, advance, _, need = driver.compile_sweep(
+        case.family, case.sweep(seeds), chunk, with_first=False, devices=targets.devices(target))
+  except Exception as e:  # noqa: BLE001  a TPU compiler refuses a program over its HBM
+    text = str(e)
+    if 'RESOURCE_EXHAUSTED' not in text and 'memory' not in text.lower():
+      raise
+    return None, None, time.perf_counter() - t0, text.strip().splitlines()[0][:300]
+  return need, advance.executable, time.perf_counter() - t0, ''
+
+
+def fits(need, target: str) -> bool:
+  t = targets.get(target)
+  return need is not None and need <= t.memory * t.usable
+
+
+def largest(case: Case, target: str, known: dict, log, max_seeds: int, max_compiles: int,
+            chunk: int):
+  """(largest seeds found to fit, smallest found not to, compiles used): sizes in multiples of
+  case.step, each compiled with `chunk` generations (`known`: sizes compiled already);
+  memory is about linear in seeds, so the next size is the line through the two largest
+  fitting sizes, then bisection."""
+  def need(s):
+    if s not in known:
+      known[s] = compile_advance(case, target, s, chunk)
+      n, _, secs, why = known[s]
+      log(f'  {case.name} {target} {s:,} seeds: '
+          + (f'{n / 2**30:.2f} GiB' if n is not None else f'refused ({why[:120]})')
+          + f' ({secs:.0f} s)')
+    return known[s][0]
+
+  t = targets.get(target)
+  have, step, used = t.memory * t.usable, case.step, 0
+  ok = sorted(s for s, v in known.items() if fits(v[0], target))
+  bad = sorted(s for s, v in known.items() if not fits(v[0], target))
+  lo, hi = (ok[-1] if ok else 0), (bad[0] if bad else None)
+  while used < max_compiles:
+    if hi is not None and hi - lo <= max(step, lo // 16):
+      break
+    if lo == 0:
+      guess = max(step, (hi or 2 * step) // 2 // step * step)
+    elif hi is None:
+      small = [s for s in ok if s < lo]
+      per = (need(lo) - need(small[-1])) / (lo - small[-1]) if small else need(lo) / lo
+      guess = lo + int((have - need(lo)) / max(per, 1)) // step * step
+      guess = min(max(guess, lo + step), 16 * lo, max_seeds)
+    else:
+      guess = (lo + hi) // 2 // step * step
+    if guess <= lo or (hi is not None and guess >= hi):
+      break
+    used += 1
+    if fits(need(guess), target):
+      lo, ok = guess, sorted(ok + [guess])
+    else:
+      hi = guess
+    if lo >= max_seeds:
+      break
+  return lo, hi, used
+
+
+def roofline(c: dict, target: str) -> dict[str, float]:
+  t = targets.get(target)
+  flops_s, bytes_s = c['flops'] / t.f32_flops, c['bytes'] / t.bandwidth
+  return {'flops_s': flops_s, 'bytes_s': bytes_s, 'seconds': max(flops_s, bytes_s)}
+
+
+def per_generation(case: Case, target: str, exe, seeds: int, log) -> dict:
+  """One generation's flops and bytes at `seeds`: the chunk program's (loop bodies once) plus,
+  for each loop, (its iterations - 1) x one iteration's."""
+  total = cost(exe)
+  parts = {'program, loop bodies once': dict(total)}
+  for name, (program, iterations, counted) in case.loops.items():
+    one = cost(program(seeds, targets.devices(target)))  # one iteration of every run
+    n, once = iterations(seeds), counted(seeds)
+    parts[f'{name}: {n:.1f} iterations a run ({once:.2f} counted above) x '
+          f'{one["bytes"] / seeds:,.0f} B and {one["flops"] / seeds:,.0f} flop a run'] = {
+        'iterations': n, 'counted': once, **one}
+    for k in ('flops', 'bytes', 'xla_bytes'):
+      total[k] += (n - once) * one[k]
+  log(f'  {case.name} {target} {seeds:,} seeds: {total["bytes"] / 1e9:.3f} GB, '
+      f'{total["flops"] / 1e9:.2f} GFLOP a generation')
+  return {'total': total, 'parts': parts}
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def markdown(rows) -> str:
+  lines = ['| family | target | seeds | memory a device | largest seeds a device | GB a generation '
+           '| GFLOP a generation | roofline ms a generation (bytes, flops) | fits/s at roofline |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    mem = f'{r["need"] / 2**30:.2f} GiB' if r.get('need') is not None else (
+        f'refused: {r.get("refused", "")[:80]}')
+    big = r.get('largest')
+    big = '-' if big is None else (f'{big:,}' + (f' (< {r["over"]:,})' if r.get('over') else
+                                                 ' (search capped)'))
+    g = r.get('generation')
+    if g:
+      rf = g['roofline']
+      cells = [f'{g["total"]["bytes"] / 1e9:.3f}', f'{g["total"]["flops"] / 1e9:.2f}',
+               f'{rf["seconds"] * 1e3:.3f} ({rf["bytes_s"] * 1e3:.3f}, {rf["flops_s"] * 1e3:.3f})',
+               f'{r["seeds"] / rf["seconds"]:,.0f}']
+    else:
+      cells = ['-'] * 4
+    lines.append(f'| {r["family"]} | {r["target"]} | {r["seeds"]:,} | {mem} | {big} | '
+                 + ' | '.join(cells) + ' |')
+  parts = [f'- {r["family"]} {r["target"]}: ' + '; '.join(
+      f'{k} -> {v["bytes"] / 1e9:.3f} GB, {v["flops"] / 1e9:.2f} GFLOP'
+      for k, v in r['generation']['parts'].items()) for r in rows if r.get('generation')]
+  return '\n'.join(lines + ['', 'Parts of each generation\'s estimate:', ''] + parts) + '\n'
+
+
+def write(out: str, rows, info):
+  os.makedirs(out, exist_ok=True)
+  for name, text in (('compiled.md', markdown(rows)),
+                     ('compiled.json', json.dumps({'info': info, 'rows': rows}, indent=1))):
+    path = os.path.join(out, name)
+    with open(path + '.tmp', 'w') as f:
+      f.write(text)
+    os.replace(path + '.tmp', path)
+
+
+def main(argv):
+  del argv
+  if not FLAGS.out:
+    raise app.UsageError('--out is required')
+  logging.set_verbosity(logging.WARNING)  # the CPU run's checkpoint chatter
+  log = lambda line: print(line, flush=True)  # noqa: E731
+  for t in FLAGS.targets:
+    why = targets.available(t)
+    if why:
+      raise app.UsageError(f'cannot compile for {t}: {why}')
+  info = {'jax': jax.__version__, 'seeds': FLAGS.seeds, 'chunk': FLAGS.chunk}
+  trips = None
+  if 'gmm' in FLAGS.families:
+    log(f'trip counts: the GMM protocol on this CPU, {FLAGS.trip_seeds} seeds x '
+        f'{FLAGS.trip_generations} generations')
+    trips = trip_counts(FLAGS.trip_seeds, FLAGS.trip_generations)
+    info['trips'] = {k: {'median': float(np.median(v)), 'mean': float(np.mean(v)),
+                         'p99.9': float(np.quantile(v, 0.999)), 'max': int(np.max(v)),
+                         'n': int(v.size)} for k, v in trips.items()}
+    log(f'  {info["trips"]}')
+  rows = []
+  for fam in FLAGS.families:
+    case = CASES[fam](trips)
+    for t in FLAGS.targets:
+      log(f'{fam} on {t}')
+      row = {'family': fam, 'target': t, 'seeds': FLAGS.seeds}
+      need, exe, secs, why = compile_advance(case, t, FLAGS.seeds, FLAGS.chunk)
+      row.update(need=need, compile_s=secs, refused=why)
+      log(f'  {fam} {t} {FLAGS.seeds:,} seeds, chunk {FLAGS.chunk}: '
+          + (f'{need / 2**30:.2f} GiB' if need is not None else f'refused ({why[:200]})')
+          + f' ({secs:.0f} s)')
+      rows.append(row)
+      if exe is not None:
+        gen = per_generation(case, t, exe, FLAGS.seeds, log)
+        gen['roofline'] = roofline(gen['total'], t)
+        row['generation'] = gen
+      write(FLAGS.out, rows, info)
+      if FLAGS.largest:
+        known = {FLAGS.seeds: (need, exe, secs, why)}
+        row['largest'], row['over'], _ = largest(case, t, known, log, FLAGS.max_seeds,
+                                                 FLAGS.max_compiles, FLAGS.chunk)
+        write(FLAGS.out, rows, info)
+  print(markdown(rows))
+
+
+if __name__ == '__main__':
+  app.run(main)
