@@ -19,12 +19,13 @@ one a run spends its time in) through driver.compile_sweep(devices=...) and repo
   roofline    max(flops / peak, bytes / bandwidth) per generation, from the target's
               published figures (sources in collapse_jax/core/targets.py).
 
-The VAE and OPT (--families=vae,opt; not in the default, as each compile of OPT-125m takes
-20-60 s here and a full run about an hour on 2 cores) are compiled as one step program, as a
-function of its batch, each at its experiment's size (the step cases):
+The VAE and OPT (--families=vae,opt; not in the default: each compile of OPT-125m takes
+20-90 s here, both families about 25 minutes on 2 shared cores at --max_compiles=3) are
+compiled as one step program, as a function of its batch, each at its experiment's size:
 
   VAE         vae.train_step of the protocol's 8 stacked seeds (vmapped), batch 256 each;
-              the largest: the most stacked seeds a device holds.
+              the largest: the most stacked seeds a device holds. And the driver's
+              generation program of those 8 seeds (`VAE generation`): its memory only.
   OPT-125m    opt.OPTConfig's defaults with random weights (nothing is downloaded), for each of
               --dtypes (opt.OPTConfig.dtype, the compute dtype: parameters and AdamW's state
               stay float32): the fine-tuning step (opt.make_train_step, AdamW, dropout on) on
@@ -99,6 +100,7 @@ class Case:
   work: tuple = ('fits', 1)  # (what it makes, how many a call makes per unit of size)
   extra: object = None  # (size, devices, exe) -> [(label, times, executable)]: loop bodies
   peak: str = 'f32_flops'  # the Target field of the roofline's arithmetic peak
+  memory_only: bool = False  # its memory at `size` alone: no cost figures, no search
 
 
 def gmm_case(trips) -> Case:
@@ -173,12 +175,28 @@ def vae_step(seeds: int, devices):
   return step.lower(*_on((*state, x_SxBxD, _key(seeds)), devices)).compile()
 
 
+def vae_data(cfg: vae.VAEConfig) -> dict:
+  """The shapes of what vae.family reads: MNIST's 60,000 training and the test images, and
+  the digit classifier's parameters."""
+  classifier = jax.eval_shape(conv_vae.Classifier().init, jax.random.key(0),
+                              jnp.zeros((1, conv_vae.PIXELS)))['params']
+  images = lambda n: jax.ShapeDtypeStruct((n, conv_vae.PIXELS), jnp.float32)  # noqa: E731
+  return {'train': images(60_000), 'test': images(cfg.test_images), 'classifier': classifier}
+
+
 def vae_case(trips, seeds: int = 0) -> list[Case]:
-  """The VAE's train step of the protocol's 8 stacked seeds (or `seeds`)."""
+  """The VAE's train step of the protocol's 8 stacked seeds (or `seeds`), and (at the
+  protocol's size only) the driver's generation program: 30 epochs of fresh batches, the
+  samples and the evaluation; its loops run thousands of steps, so no cost figures."""
   del trips
   cfg = vae.VAEConfig().validate()
-  return [Case('VAE train step', None, None, 8, program=vae_step, size=seeds or cfg.seeds,
-               unit='seeds', per='step', work=('images', cfg.batch))]
+  step = Case('VAE train step', None, None, 8, program=vae_step, size=seeds or cfg.seeds,
+              unit='seeds', per='step', work=('images', cfg.batch))
+  if seeds:
+    return [step]
+  sweep = lambda s: dataclasses.replace(cfg.sweep('replace'), seeds=s)  # noqa: E731
+  return [step, Case('VAE generation', vae.family(cfg, vae_data(cfg)), sweep, 8, size=cfg.seeds,
+                     memory_only=True)]
 
 
 BLOCK = 64  # tokens of a fine-tuning block and of a prompt (lm.LMConfig's block)
@@ -579,12 +597,12 @@ def main(argv):
           + (f'{need / 2**30:.2f} GiB' if need is not None else f'refused ({why[:200]})')
           + f' ({secs:.0f} s)')
       rows.append(row)
-      if exe is not None:
+      if exe is not None and not case.memory_only:
         gen = (per_generation if case.program is None else per_step)(case, t, exe, size, log)
         gen['roofline'] = roofline(gen['total'], t, case.peak)
         row['generation'] = gen
       write(FLAGS.out, rows, info)
-      if FLAGS.largest:
+      if FLAGS.largest and not case.memory_only:
         known = {size: (need, exe, secs, why)}
         row['largest'], row['over'], _ = largest(case, t, known, log, FLAGS.max_seeds,
                                                  FLAGS.max_compiles, FLAGS.chunk)
