@@ -2,6 +2,7 @@
 
   python -m benchmarks.compiled --out=runs/compiled                   # GMM and Gaussian, 4 targets
   python -m benchmarks.compiled --out=/tmp/c --families=gmm --targets=v5e,h100 --seeds=4096
+  python -m benchmarks.compiled --out=/tmp/c --families=vae,opt --targets=h100,v5e --max_compiles=3
 
 Needs the `compile` extra (libtpu and the CUDA plugin; Python 3.12+). For each family and
 target (collapse_jax.core.targets) it compiles the driver's chunk program (`advance`, the
@@ -18,6 +19,24 @@ one a run spends its time in) through driver.compile_sweep(devices=...) and repo
   roofline    max(flops / peak, bytes / bandwidth) per generation, from the target's
               published figures (sources in collapse_jax/core/targets.py).
 
+The VAE and OPT (--families=vae,opt; not in the default: each compile of OPT-125m takes
+20-90 s here, both families about 25 minutes on 2 shared cores at --max_compiles=3) are
+compiled as one step program, as a function of its batch, each at its experiment's size:
+
+  VAE         vae.train_step of the protocol's 8 stacked seeds (vmapped), batch 256 each;
+              the largest: the most stacked seeds a device holds. And the driver's
+              generation program of those 8 seeds (`VAE generation`): its memory only.
+  OPT-125m    opt.OPTConfig's defaults with random weights (nothing is downloaded), for each of
+              --dtypes (opt.OPTConfig.dtype, the compute dtype: parameters and AdamW's state
+              stay float32): the fine-tuning step (opt.make_train_step, AdamW, dropout on) on
+              lm.LMConfig's batch of 128 blocks x 64 tokens, and opt.beam_search (5 beams, 64
+              new tokens) of its gen_batch of 64 prompts x 64 tokens; the largest: blocks or
+              prompts. The layers run in scans, which the cost analysis counts once: each call's
+              flops and bytes add the other layers from a standalone compile of one layer
+              (forward and backward for the step, the prompt's forward for the search), and
+              the search's other decode steps as (the program at 64 new tokens - at 1) x 62.
+              The roofline of a bfloat16 case uses the target's bf16 (matrix) peak.
+
 What this proves: the program compiles for the target and fits its memory. What it does not:
 its time, which only a run on the device measures (kernel launches, latency and the
 occupancy of small batches are not in a roofline). DIR/compiled.md and DIR/compiled.json
@@ -29,6 +48,7 @@ import os
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # compile-only targets; never look for a device
 
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
@@ -41,14 +61,17 @@ from absl import app, flags, logging  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from collapse_jax.core import driver, targets  # noqa: E402
-from collapse_jax.families import gaussian, gmm  # noqa: E402
+from collapse_jax.families import gaussian, gmm, lm, vae  # noqa: E402
+from collapse_jax.nets import conv_vae, opt  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Directory for compiled.md and compiled.json.')
-flags.DEFINE_list('families', ['gmm', 'gaussian'], 'Families: gmm, gaussian.')
+flags.DEFINE_list('families', ['gmm', 'gaussian'], 'Families: gmm, gaussian, vae, opt.')
 flags.DEFINE_list('targets', ['v5e', 'v6e', 'h100', 'h200'],
                   f'Targets: {", ".join(targets.TARGETS)}.')
-flags.DEFINE_integer('seeds', 4096, 'Seeds of the memory and cost figures.')
+flags.DEFINE_integer('seeds', 4096, 'Seeds of the GMM\'s and Gaussian\'s memory and cost figures '
+                     '(the VAE and OPT use their experiments\' sizes).')
+flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'OPT compute dtypes (parameters float32).')
 flags.DEFINE_integer('chunk', 10, 'Generations in the compiled chunk program.')
 flags.DEFINE_integer('max_seeds', 1 << 20, 'The search for the largest batch stops here.')
 flags.DEFINE_integer('max_compiles', 5, 'Compiles the search for the largest batch may use.')
@@ -69,6 +92,15 @@ class Case:
   sweep: object  # seeds -> driver.Sweep
   step: int  # seed counts searched are multiples of this
   loops: dict = dataclasses.field(default_factory=dict)
+  # A step case (VAE, OPT): not a driver sweep but one program as a function of its batch.
+  program: object = None  # (size, devices) -> the executable; None: the driver's chunk program
+  size: int = 0  # the batch of the memory and cost figures (0: --seeds)
+  unit: str = 'seeds'  # what `size` counts
+  per: str = 'generation'  # what one call of the program is
+  work: tuple = ('fits', 1)  # (what it makes, how many a call makes per unit of size)
+  extra: object = None  # (size, devices, exe) -> [(label, times, executable)]: loop bodies
+  peak: str = 'f32_flops'  # the Target field of the roofline's arithmetic peak
+  memory_only: bool = False  # its memory at `size` alone: no cost figures, no search
 
 
 def gmm_case(trips) -> Case:
@@ -119,7 +151,149 @@ def gaussian_case(trips) -> Case:
   return Case('gaussian', gaussian.family(cfg), sweep, 1 << 14)
 
 
-CASES = {'gmm': gmm_case, 'gaussian': gaussian_case}
+def _on(tree, devices):
+  """The shapes of `tree` (arrays or shapes) placed on the target's one device."""
+  sharding = NamedSharding(driver.mesh(devices=devices), PartitionSpec())
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding),
+                      tree)
+
+
+def _key(*lead):
+  return jax.eval_shape(lambda: jax.random.split(jax.random.key(0), lead) if lead
+                        else jax.random.key(0))
+
+
+def vae_step(seeds: int, devices):
+  """vae.train_step of `seeds` stacked runs (vmapped, the state donated, each its own batch of
+  the protocol's 256 images), as the driver's generation program runs it every step."""
+  cfg = vae.VAEConfig().validate().train
+  model, tx = conv_vae.VAE(cfg.latent), cfg.optimizer()
+  state = jax.eval_shape(jax.vmap(lambda k: (lambda p: (p, tx.init(p)))(vae.init(model, k))),
+                         _key(seeds))
+  x_SxBxD = jax.ShapeDtypeStruct((seeds, cfg.batch, conv_vae.PIXELS), jnp.float32)
+  step = jax.jit(jax.vmap(functools.partial(vae.train_step, model, tx)), donate_argnums=(0, 1))
+  return step.lower(*_on((*state, x_SxBxD, _key(seeds)), devices)).compile()
+
+
+def vae_data(cfg: vae.VAEConfig) -> dict:
+  """The shapes of what vae.family reads: MNIST's 60,000 training and the test images, and
+  the digit classifier's parameters."""
+  classifier = jax.eval_shape(conv_vae.Classifier().init, jax.random.key(0),
+                              jnp.zeros((1, conv_vae.PIXELS)))['params']
+  images = lambda n: jax.ShapeDtypeStruct((n, conv_vae.PIXELS), jnp.float32)  # noqa: E731
+  return {'train': images(60_000), 'test': images(cfg.test_images), 'classifier': classifier}
+
+
+def vae_case(trips, seeds: int = 0) -> list[Case]:
+  """The VAE's train step of the protocol's 8 stacked seeds (or `seeds`), and (at the
+  protocol's size only) the driver's generation program: 30 epochs of fresh batches, the
+  samples and the evaluation; its loops run thousands of steps, so no cost figures."""
+  del trips
+  cfg = vae.VAEConfig().validate()
+  step = Case('VAE train step', None, None, 8, program=vae_step, size=seeds or cfg.seeds,
+              unit='seeds', per='step', work=('images', cfg.batch))
+  if seeds:
+    return [step]
+  sweep = lambda s: dataclasses.replace(cfg.sweep('replace'), seeds=s)  # noqa: E731
+  return [step, Case('VAE generation', vae.family(cfg, vae_data(cfg)), sweep, 8, size=cfg.seeds,
+                     memory_only=True)]
+
+
+BLOCK = 64  # tokens of a fine-tuning block and of a prompt (lm.LMConfig's block)
+
+
+def opt_params(config: opt.OPTConfig):
+  return jax.eval_shape(lambda k: opt.init(config, k), jax.random.key(0))
+
+
+def opt_train(config: opt.OPTConfig, batch: int, devices):
+  """opt.make_train_step (AdamW, dropout on, the state donated) on batch x 64 tokens."""
+  tx = opt.optimizer(opt.TrainConfig(), 1000)
+  params = opt_params(config)
+  ids_BxL = jax.ShapeDtypeStruct((batch, BLOCK), jnp.int32)
+  args = (params, jax.eval_shape(tx.init, params), ids_BxL, _key())
+  return opt.make_train_step(config, tx).lower(*_on(args, devices)).compile()
+
+
+def _layer(config: opt.OPTConfig, batch: int, deterministic: bool, cache_length: int = 0):
+  """(opt.Layer, its parameters, x_BxSxE, allowed_BxSxK, its cache) on batch x 64 tokens."""
+  layer = opt.Layer(config, deterministic)
+  x_BxSxE = jax.ShapeDtypeStruct((batch, BLOCK, config.hidden_size), config.dtype)
+  allowed = jax.ShapeDtypeStruct((batch, BLOCK, cache_length or BLOCK), jnp.bool_)
+  h, d = config.num_attention_heads, config.head_dim
+  cache = None if not cache_length else (
+      jax.ShapeDtypeStruct((batch, h, d, cache_length), config.dtype),
+      jax.ShapeDtypeStruct((batch, h, cache_length, d), config.dtype))
+  params = jax.eval_shape(lambda k, x, a, c: layer.init({'params': k, 'dropout': k}, x, c, a, 0),
+                          _key(), x_BxSxE, allowed, cache)['params']
+  return layer, params, x_BxSxE, allowed, cache
+
+
+def opt_layer_train(config: opt.OPTConfig, batch: int, devices):
+  """One decoder layer forward and backward (dropout on): the body of the train step's two
+  scans over layers, which its cost analysis counts once each."""
+  layer, params, x_BxSxE, allowed, _ = _layer(config, batch, False)
+
+  def forward_backward(p, x, allowed, key):
+    def forward(p, x):
+      return layer.apply({'params': p}, x, None, allowed, 0, rngs={'dropout': key})[0]
+    y, back = jax.vjp(forward, p, x)
+    return back(y)
+  args = _on((params, x_BxSxE, allowed, _key()), devices)
+  return jax.jit(forward_backward).lower(*args).compile()
+
+
+def opt_search(config: opt.OPTConfig, new_tokens: int, prompts: int, devices):
+  """opt.beam_search: 5 beams, `prompts` prompts of 64 tokens, `new_tokens` new tokens."""
+  prompt_BxT = jax.ShapeDtypeStruct((prompts, BLOCK), jnp.int32)
+  params, prompt_BxT, mask_BxT = _on((opt_params(config), prompt_BxT, prompt_BxT), devices)
+  return opt.beam_search.lower(config, params, prompt_BxT, mask_BxT, new_tokens,
+                               beams=lm.LMConfig().beams).compile()
+
+
+def opt_layer_prefill(config: opt.OPTConfig, prompts: int, devices):
+  """One decoder layer on the prompts into its cache: the body of the prompt's scan over
+  layers, which the search's cost analysis counts once."""
+  layer, params, x_BxSxE, allowed, cache = _layer(config, prompts, True, BLOCK)
+  run = lambda p, x, a, c: layer.apply({'params': p}, x, c, a, 0)  # noqa: E731
+  return jax.jit(run).lower(*_on((params, x_BxSxE, allowed, cache), devices)).compile()
+
+
+def opt_cases(dtypes, shape: dict | None = None, lm_cfg: lm.LMConfig | None = None) -> list[Case]:
+  """OPT-125m's shape (opt.OPTConfig's defaults, or `shape`'s fields; random weights: nothing
+  downloaded): the fine-tuning step at lm.LMConfig's batch and the beam search of its
+  gen_batch prompts, for each compute dtype (opt.OPTConfig.dtype; parameters stay float32)."""
+  cfg, cases, name = lm_cfg or lm.LMConfig(), [], 'a small OPT' if shape else 'OPT-125m'
+  n = cfg.new_tokens
+  for dtype in dtypes:
+    config = opt.OPTConfig(**{**(shape or {}), 'dtype': dtype})
+    layers = config.num_hidden_layers
+    peak = 'f32_flops' if dtype == 'float32' else 'bf16_flops'
+
+    def train_extra(b, devices, exe, c=config):
+      return [(f'layer forward and backward x {layers - 1} more layers', layers - 1,
+               opt_layer_train(c, b, devices))]
+
+    def search_extra(b, devices, exe, c=config):
+      """The decode scan's body, counted once in the program: the program at n new tokens
+      less at 1 (no scan), times the n - 2 steps not yet counted; and the prompt's layers."""
+      one = opt_search(c, 1, b, devices)
+      return [(f'decode step x {n - 2} more (program at {n} new tokens)', n - 2, exe),
+              (f'less the program at 1 new token, x {n - 2}', -(n - 2), one),
+              (f'prompt layer x {layers - 1} more layers', layers - 1,
+               opt_layer_prefill(c, b, devices))]
+    cases += [
+        Case(f'{name} fine-tuning {dtype}', None, None, 8, size=cfg.batch, unit='blocks',
+             program=functools.partial(opt_train, config), per='step',
+             work=('tokens', BLOCK), extra=train_extra, peak=peak),
+        Case(f'{name} beam search {dtype}', None, None, 8, size=cfg.gen_batch, unit='prompts',
+             program=lambda b, d, c=config: opt_search(c, n, b, d), per='call',
+             work=('new tokens', n), extra=search_extra, peak=peak)]
+  return cases
+
+
+CASES = {'gmm': gmm_case, 'gaussian': gaussian_case, 'vae': vae_case,
+         'opt': lambda trips: opt_cases(FLAGS.dtypes)}
 
 
 def trip_counts(seeds: int, generations: int) -> dict[str, np.ndarray]:
@@ -214,6 +388,10 @@ def compile_advance(case: Case, target: str, seeds: int, chunk: int):
   the refusal's first line)."""
   t0 = time.perf_counter()
   try:
+    if case.program is not None:
+      exe = case.program(seeds, targets.devices(target))
+      need = driver.needed_bytes(exe)
+      return need, exe, time.perf_counter() - t0, ''
     _, _, _, advance, _, need = driver.compile_sweep(
         case.family, case.sweep(seeds), chunk, with_first=False, devices=targets.devices(target))
   except Exception as e:  # noqa: BLE001  a TPU compiler refuses a program over its HBM
@@ -239,7 +417,7 @@ def largest(case: Case, target: str, known: dict, log, max_seeds: int, max_compi
     if s not in known:
       known[s] = compile_advance(case, target, s, chunk)
       n, _, secs, why = known[s]
-      log(f'  {case.name} {target} {s:,} seeds: '
+      log(f'  {case.name} {target} {s:,} {case.unit}: '
           + (f'{n / 2**30:.2f} GiB' if n is not None else f'refused ({why[:120]})')
           + f' ({secs:.0f} s)')
     return known[s][0]
@@ -273,9 +451,9 @@ def largest(case: Case, target: str, known: dict, log, max_seeds: int, max_compi
   return lo, hi, used
 
 
-def roofline(c: dict, target: str) -> dict[str, float]:
+def roofline(c: dict, target: str, peak: str = 'f32_flops') -> dict[str, float]:
   t = targets.get(target)
-  flops_s, bytes_s = c['flops'] / t.f32_flops, c['bytes'] / t.bandwidth
+  flops_s, bytes_s = c['flops'] / getattr(t, peak), c['bytes'] / t.bandwidth
   return {'flops_s': flops_s, 'bytes_s': bytes_s, 'seconds': max(flops_s, bytes_s)}
 
 
@@ -297,6 +475,21 @@ def per_generation(case: Case, target: str, exe, seeds: int, log) -> dict:
   return {'total': total, 'parts': parts}
 
 
+def per_step(case: Case, target: str, exe, size: int, log) -> dict:
+  """One call's flops and bytes at `size`: the program's (loop bodies once) plus each extra
+  (label, times, executable) of case.extra times its cost."""
+  total = cost(exe)
+  parts = {'program, loop bodies once': dict(total)}
+  for label, times, extra in (case.extra(size, targets.devices(target), exe) if case.extra else ()):
+    one = cost(extra)
+    parts[label] = {'times': times, **one}
+    for k in ('flops', 'bytes', 'xla_bytes'):
+      total[k] += times * one[k]
+  log(f'  {case.name} {target} {size:,} {case.unit}: {total["bytes"] / 1e9:.3f} GB, '
+      f'{total["flops"] / 1e9:.2f} GFLOP a {case.per}')
+  return {'total': total, 'parts': parts}
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -304,7 +497,9 @@ def markdown(rows) -> str:
   lines = ['| family | target | seeds | memory a device | largest seeds a device | GB a generation '
            '| GFLOP a generation | roofline ms a generation (bytes, flops) | fits/s at roofline |',
            '|---|---|---|---|---|---|---|---|---|']
-  for r in rows:
+  sweeps = [r for r in rows if 'per' not in r]
+  lines = lines if sweeps else []
+  for r in sweeps:
     mem = f'{r["need"] / 2**30:.2f} GiB' if r.get('need') is not None else (
         f'refused: {r.get("refused", "")[:80]}')
     big = r.get('largest')
@@ -323,7 +518,34 @@ def markdown(rows) -> str:
   parts = [f'- {r["family"]} {r["target"]}: ' + '; '.join(
       f'{k} -> {v["bytes"] / 1e9:.3f} GB, {v["flops"] / 1e9:.2f} GFLOP'
       for k, v in r['generation']['parts'].items()) for r in rows if r.get('generation')]
-  return '\n'.join(lines + ['', 'Parts of each generation\'s estimate:', ''] + parts) + '\n'
+  lines += ['', 'Parts of each estimate:', ''] + parts + steps_markdown(rows)
+  return '\n'.join(lines) + '\n'
+
+
+def steps_markdown(rows) -> list[str]:
+  """The step cases' table (VAE, OPT): a row per program and target."""
+  rows = [r for r in rows if 'per' in r]
+  if not rows:
+    return []
+  lines = ['', '| program | target | size | memory a device | largest a device | GB a call '
+           '| GFLOP a call | roofline ms a call (bytes, flops) | made/s at roofline |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    mem = f'{r["need"] / 2**30:.2f} GiB' if r.get('need') is not None else (
+        f'refused: {r.get("refused", "")[:80]}')
+    big = r.get('largest')
+    big = '-' if big is None else (f'{big:,}' + (f' (< {r["over"]:,})' if r.get('over') else
+                                                 ' (search capped)'))
+    g = r.get('generation')
+    cells = ['-'] * 4
+    if g:
+      rf, (what, each) = g['roofline'], r['work']
+      cells = [f'{g["total"]["bytes"] / 1e9:.3f}', f'{g["total"]["flops"] / 1e9:.1f}',
+               f'{rf["seconds"] * 1e3:.2f} ({rf["bytes_s"] * 1e3:.2f}, {rf["flops_s"] * 1e3:.2f})',
+               f'{r["seeds"] * each / rf["seconds"]:,.0f} {what}']
+    lines.append(f'| {r["family"]} ({r["per"]}) | {r["target"]} | {r["seeds"]:,} {r["unit"]} '
+                 f'| {mem} | {big} | ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def write(out: str, rows, info):
@@ -357,24 +579,31 @@ def main(argv):
                          'n': int(v.size)} for k, v in trips.items()}
     log(f'  {info["trips"]}')
   rows = []
+  cases = []
   for fam in FLAGS.families:
-    case = CASES[fam](trips)
+    made = CASES[fam](trips)
+    cases += made if isinstance(made, list) else [made]
+  for case in cases:
+    size = case.size or FLAGS.seeds
     for t in FLAGS.targets:
-      log(f'{fam} on {t}')
-      row = {'family': fam, 'target': t, 'seeds': FLAGS.seeds}
-      need, exe, secs, why = compile_advance(case, t, FLAGS.seeds, FLAGS.chunk)
+      log(f'{case.name} on {t}')
+      row = {'family': case.name, 'target': t, 'seeds': size}
+      if case.program is not None:
+        row.update(per=case.per, unit=case.unit, work=case.work)
+      need, exe, secs, why = compile_advance(case, t, size, FLAGS.chunk)
       row.update(need=need, compile_s=secs, refused=why)
-      log(f'  {fam} {t} {FLAGS.seeds:,} seeds, chunk {FLAGS.chunk}: '
+      log(f'  {case.name} {t} {size:,} {case.unit}'
+          + (f', chunk {FLAGS.chunk}' if case.program is None else '') + ': '
           + (f'{need / 2**30:.2f} GiB' if need is not None else f'refused ({why[:200]})')
           + f' ({secs:.0f} s)')
       rows.append(row)
-      if exe is not None:
-        gen = per_generation(case, t, exe, FLAGS.seeds, log)
-        gen['roofline'] = roofline(gen['total'], t)
+      if exe is not None and not case.memory_only:
+        gen = (per_generation if case.program is None else per_step)(case, t, exe, size, log)
+        gen['roofline'] = roofline(gen['total'], t, case.peak)
         row['generation'] = gen
       write(FLAGS.out, rows, info)
-      if FLAGS.largest:
-        known = {FLAGS.seeds: (need, exe, secs, why)}
+      if FLAGS.largest and not case.memory_only:
+        known = {size: (need, exe, secs, why)}
         row['largest'], row['over'], _ = largest(case, t, known, log, FLAGS.max_seeds,
                                                  FLAGS.max_compiles, FLAGS.chunk)
         write(FLAGS.out, rows, info)

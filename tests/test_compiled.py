@@ -158,3 +158,37 @@ def test_the_largest_batch_search_brackets_the_capacity(monkeypatch):
   lo, hi, used = compiled.largest(case, 'h100', {}, lambda line: None, 1 << 20, 8, 1)
   assert lo <= 59_900 < hi and hi - lo <= max(1024, lo // 16), (lo, hi)
   assert used == len(compiles) <= 8
+
+
+def _matmul_params(config) -> int:
+  """Weights a token multiplies by in the layers' matmuls and the logits' (biases aside)."""
+  e, f = config.hidden_size, config.ffn_dim
+  return config.num_hidden_layers * (4 * e * e + 2 * e * f) + config.vocab_size * e
+
+
+@pytest.mark.heavy  # twelve compiles for two compile-only targets
+@pytest.mark.parametrize('target,dtype', [('v5e', 'bfloat16'), ('h100', 'float32')])
+def test_vae_and_opt_steps_compile_within_the_target_and_count_every_layer(target, dtype):
+  targets = _targets()
+  from benchmarks import compiled  # noqa: PLC0415
+  from collapse_jax.families import lm  # noqa: PLC0415
+  from collapse_jax.nets import opt  # noqa: PLC0415
+  shape = dict(opt.TINY, vocab_size=512)  # 2 layers: the layer scans must be counted twice
+  lm_cfg = lm.LMConfig(batch=4, gen_batch=2, new_tokens=4)
+  cases = compiled.vae_case(None, 2) + compiled.opt_cases((dtype,), shape, lm_cfg)
+  t = targets.get(target)
+  for case in cases:
+    need, exe, _, why = compiled.compile_advance(case, target, case.size, 1)
+    assert exe is not None and 0 < need < t.memory * t.usable, (case.name, need, why)
+    flops = compiled.per_step(case, target, exe, case.size, lambda line: None)['total']['flops']
+    if 'OPT' not in case.name:
+      continue
+    # a lower bound: each token's matmuls, 2 flops a weight (6 in training: forward, and the
+    # backward's two); attention, norms and the optimiser come on top, far less at this size
+    p = _matmul_params(opt.OPTConfig(**shape))
+    if 'fine-tuning' in case.name:
+      bound = 6 * p * lm_cfg.batch * compiled.BLOCK
+    else:  # the prompts once (no logits but the last), then each beam's tokens after the first
+      prompt = 2 * (p - shape['vocab_size'] * shape['hidden_size']) * compiled.BLOCK
+      bound = lm_cfg.gen_batch * (prompt + 2 * p * lm_cfg.beams * (lm_cfg.new_tokens - 1))
+    assert bound <= flops <= 1.6 * bound, (case.name, flops, bound)
