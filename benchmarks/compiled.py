@@ -493,6 +493,16 @@ def per_step(case: Case, target: str, exe, size: int, log) -> dict:
 # ----------------------------------------------------------------------------- the report
 
 
+def _memory_and_largest(r) -> tuple[str, str]:
+  """A row's memory cell (or the compiler's refusal) and its largest-batch cell."""
+  mem = f'{r["need"] / 2**30:.2f} GiB' if r.get('need') is not None else (
+      f'refused: {r.get("refused", "")[:80]}')
+  big = r.get('largest')
+  big = '-' if big is None else (f'{big:,}' + (f' (< {r["over"]:,})' if r.get('over') else
+                                               ' (search capped)'))
+  return mem, big
+
+
 def markdown(rows) -> str:
   lines = ['| family | target | seeds | memory a device | largest seeds a device | GB a generation '
            '| GFLOP a generation | roofline ms a generation (bytes, flops) | fits/s at roofline |',
@@ -500,11 +510,7 @@ def markdown(rows) -> str:
   sweeps = [r for r in rows if 'per' not in r]
   lines = lines if sweeps else []
   for r in sweeps:
-    mem = f'{r["need"] / 2**30:.2f} GiB' if r.get('need') is not None else (
-        f'refused: {r.get("refused", "")[:80]}')
-    big = r.get('largest')
-    big = '-' if big is None else (f'{big:,}' + (f' (< {r["over"]:,})' if r.get('over') else
-                                                 ' (search capped)'))
+    mem, big = _memory_and_largest(r)
     g = r.get('generation')
     if g:
       rf = g['roofline']
@@ -531,11 +537,7 @@ def steps_markdown(rows) -> list[str]:
            '| GFLOP a call | roofline ms a call (bytes, flops) | made/s at roofline |',
            '|---|---|---|---|---|---|---|---|---|']
   for r in rows:
-    mem = f'{r["need"] / 2**30:.2f} GiB' if r.get('need') is not None else (
-        f'refused: {r.get("refused", "")[:80]}')
-    big = r.get('largest')
-    big = '-' if big is None else (f'{big:,}' + (f' (< {r["over"]:,})' if r.get('over') else
-                                                 ' (search capped)'))
+    mem, big = _memory_and_largest(r)
     g = r.get('generation')
     cells = ['-'] * 4
     if g:
