@@ -22,6 +22,7 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(ROOT, '.pytest_c
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
@@ -48,6 +49,21 @@ def run_fresh(module: str, *args: str, devices: int = 0, timeout: int = 600):
     env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def assert_gmm_matches_scikit_learn(mix, x_NxD, seed: int):
+  """A fitted 2-component mixture equals scikit-learn's GaussianMixture on the same data
+  (the paper's protocol: tol 1e-5, max_iter 2000) to 1e-3; returns the reference, fitted."""
+  from sklearn.mixture import GaussianMixture  # noqa: PLC0415 (read by the GMM tests alone)
+  from collapse_jax.families import gmm  # noqa: PLC0415
+  mix = gmm.canonical(mix)
+  ref = GaussianMixture(2, tol=1e-5, max_iter=2000, random_state=seed).fit(
+      np.asarray(x_NxD, np.float64))
+  order = np.argsort(ref.means_[:, 0])
+  np.testing.assert_allclose(mix.means, ref.means_[order], atol=1e-3)
+  np.testing.assert_allclose(mix.covs, ref.covariances_[order], atol=1e-3)
+  np.testing.assert_allclose(mix.weights, ref.weights_[order], atol=1e-3)
+  return ref
 
 
 def _shares_a_fixture(item) -> bool:

@@ -24,6 +24,21 @@ def _resolved(relative, reference_N, tol=1e-4):
   return err <= tol, err
 
 
+def _assert_resolved(cases, atol=None):
+  """Each case's (Relative scores, float64 values): the gaps resolved (_resolved) and, with
+  atol, the values themselves float64's to rtol 1e-5."""
+  for name, (got, want) in cases.items():
+    ok, err = _resolved(got, want)
+    assert ok, (name, err)
+    if atol is not None:
+      np.testing.assert_allclose(got.values_N, want, rtol=1e-5, atol=atol, err_msg=name)
+
+
+def _reward64(x_NxD, target_D):
+  """-|x - target|^2 in float64."""
+  return _float64(lambda x, t: -jnp.sum((x - t) ** 2, 1), x_NxD, target_D)
+
+
 def _float64(fn, *args):
   """fn on float64 copies of its arguments (the same code, in double precision)."""
   with jax.enable_x64(True):
@@ -53,11 +68,8 @@ def test_gaussian_scores_resolve_candidates_far_narrower_than_the_scorer(d, cent
                 _float64(lambda x: gaussian.true_log_density(x, 0.0, 1.0), x_NxD)),
       'self': (fam.log_density(model, x_NxD), _float64(gaussian.log_density, model, x_NxD)),
       'gen0': (fam.log_density(model0, x_NxD), _float64(gaussian.log_density, model0, x_NxD)),
-      'reward': (fam.reward(x_NxD), _float64(lambda x: -jnp.sum((x - 0.7) ** 2, 1), x_NxD))}
-  for name, (got, want) in cases.items():
-    ok, err = _resolved(got, want)
-    assert ok, (name, err)
-    np.testing.assert_allclose(got.values_N, want, rtol=1e-5, atol=1e-5, err_msg=name)
+      'reward': (fam.reward(x_NxD), _reward64(x_NxD, np.full(d, 0.7, np.float32)))}
+  _assert_resolved(cases, atol=1e-5)
 
 
 def test_plain_float32_scores_tie_where_relative_ones_do_not():
@@ -87,12 +99,8 @@ def test_gmm_scores_resolve_a_model_at_its_variance_floor(centre):
   cases = {'truth': (fam.true_log_density(x_NxD), _float64(gmm.log_prob, true, x_NxD)),
            'self': (fam.log_density(model, x_NxD), _float64(gmm.log_prob, model, x_NxD)),
            'gen0': (fam.log_density(true, x_NxD), _float64(gmm.log_prob, true, x_NxD)),
-           'reward': (fam.reward(x_NxD),
-                      _float64(lambda x, t: -jnp.sum((x - t) ** 2, 1), x_NxD, target))}
-  for name, (got, want) in cases.items():
-    ok, err = _resolved(got, want)
-    assert ok, (name, err)
-    np.testing.assert_allclose(got.values_N, want, rtol=1e-5, atol=1e-4, err_msg=name)
+           'reward': (fam.reward(x_NxD), _reward64(x_NxD, target))}
+  _assert_resolved(cases, atol=1e-4)
 
 
 @pytest.mark.parametrize('target', ['blobs', 'circles'])
@@ -111,11 +119,8 @@ def test_kde_scores_resolve_a_collapsed_kde(target, spread):
   cases = {'truth': (fam.true_log_density(x_NxD),
                      _float64(lambda x: truth.log_density(x, noise), x_NxD)),
            'self': (fam.log_density(params, x_NxD), _float64(kde.log_density, params, x_NxD)),
-           'reward': (fam.reward(x_NxD),
-                      _float64(lambda x, t: -jnp.sum((x - t) ** 2, 1), x_NxD, target_D))}
-  for name, (got, want) in cases.items():
-    ok, err = _resolved(got, want)
-    assert ok, (name, err)
+           'reward': (fam.reward(x_NxD), _reward64(x_NxD, target_D))}
+  _assert_resolved(cases)
 
 
 @pytest.mark.parametrize('name', ['ring', 'moons'])
