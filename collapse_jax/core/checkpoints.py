@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 
+import orbax.checkpoint as ocp
 import tqdm
 
 MANIFEST = 'MANIFEST.sha256'  # inside a sealed directory
@@ -146,3 +147,20 @@ def recover(directory: str) -> None:
     shutil.rmtree(path + '.damaged', ignore_errors=True)
     os.rename(path, path + '.damaged')
     warn(f'checkpoint step {step} at {path} is damaged ({why}); moved to {path}.damaged, {then}')
+
+
+def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
+  """The checkpoints of `directory`, once its latest steps that fail their digests are moved
+  aside (every process waits for that); `keep` steps are kept."""
+  from collapse_jax.core import driver  # noqa: PLC0415 (driver imports this module)
+  directory = os.path.abspath(directory)
+  recover(directory)
+  driver.barrier(f'{directory} recovered')
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
+  return ocp.CheckpointManager(directory, options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, args) -> None:
+  """Saves `step` and seals it once committed: a step without its digest is not trusted."""
+  manager.save(step, args=args)
+  seal(os.path.join(str(manager.directory), str(step)))

@@ -569,15 +569,6 @@ def _check_finite(metrics, g0, sweep, seed_B, fraction_B, below=()):
           f'(regime {sweep.regime}, {column.replace("_", " ")} {fraction_B[b]:g})')
 
 
-def _manager(directory):
-  """The sweep's checkpoints, once the latest steps that fail their digests are moved aside."""
-  directory = os.path.abspath(directory)
-  checkpoints.recover(directory)
-  barrier(f'{directory} recovered')
-  options = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(directory, options=options)
-
-
 def default_width(family: Family, runs_per_device: int, platform: str | None = None) -> int:
   """Runs vectorised together: all of a device's, except one at a time on a CPU
   for families that ask for it (there one run already fills the vector units).
@@ -626,7 +617,7 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
   generations repeat its metrics.
   """
   b = len(sweep.runs()[0])
-  manager = _manager(directory)
+  manager = checkpoints.manager(directory)
   step = manager.latest_step()
   if step == sweep.generations:  # finished: read the metrics back, compile nothing
     saved = manager.restore(step, args=ocp.args.Composite(history=ocp.args.StandardRestore()))
@@ -676,10 +667,9 @@ def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_ever
           v[step + 1:] = v[step]
         bar.update(sweep.generations - step)
         step = sweep.generations
-      manager.save(step, args=ocp.args.Composite(
+      checkpoints.save(manager, step, ocp.args.Composite(
           state=ocp.args.StandardSave({'const': const_B, 'carry': carry_B}),
           history=ocp.args.StandardSave(metrics)))
-      checkpoints.seal(os.path.join(str(manager.directory), str(step)))  # after the commit
       bar.update(done)
   manager.wait_until_finished()
   return {k: v[:, :b] for k, v in metrics.items()}

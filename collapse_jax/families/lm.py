@@ -313,10 +313,7 @@ def fine_tune(cfg: LMConfig, config, params_S, ids_SxNxL, valid_NxL, keys, direc
   params = _replicated(params_S)
   state = {'params': params, 'opt': _replicated(jax.vmap(tx.init)(params)), 'best': params,
            'losses': np.full((seeds, cfg.epochs), np.nan, np.float32)}
-  checkpoints.recover(os.path.abspath(directory))  # a damaged epoch: this generation starts again
-  driver.barrier(f'{directory} recovered')
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
-      max_to_keep=1, enable_async_checkpointing=False))
+  manager = checkpoints.manager(directory, keep=1)  # a damaged epoch is moved aside, then redone
   done = manager.latest_step() or 0
   if done:  # onto the same shardings
     state = manager.restore(done, args=ocp.args.StandardRestore(
@@ -342,9 +339,8 @@ def fine_tune(cfg: LMConfig, config, params_S, ids_SxNxL, valid_NxL, keys, direc
     better_S = losses[:, epoch] <= np.nanmin(losses, axis=1)
     best = jax.tree.map(lambda b, p: jnp.where(better_S.reshape(-1, *[1] * (p.ndim - 1)), p, b),
                         best, params)  # new buffers: the step donates params'
-    manager.save(epoch + 1, args=ocp.args.StandardSave(
+    checkpoints.save(manager, epoch + 1, ocp.args.StandardSave(
         {'params': params, 'opt': opt_state, 'best': best, 'losses': losses}))
-    checkpoints.seal(os.path.join(os.path.abspath(directory), str(epoch + 1)))
   bar.close()
   manager.close()
   return best, losses
