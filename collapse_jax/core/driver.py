@@ -7,6 +7,9 @@ all devices, runs generations with `lax.scan` in chunks, and checkpoints with
 Orbax between chunks. Keys come from `fold_in(run_key, generation)`, so a
 resumed run draws exactly the numbers an uninterrupted one draws.
 
+What a family gives the driver is in protocol (Family, Sweep); where the runs go and the
+memory they need, in placement; checkpoints sealed with their digests, in checkpoints.
+
 Shapes in names: B runs in the batch, N samples, P pool rows, D dimensions.
 """
 
