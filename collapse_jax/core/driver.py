@@ -24,7 +24,6 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
 from collapse_jax.core import checkpoints, placement, protocol, regimes
-from collapse_jax.core.protocol import Family, Sweep, WithData
 
 
 # ---------------------------------------------------------------- one run
@@ -34,7 +33,7 @@ def _keys(seed):
   return data_key, ref_key, run_key
 
 
-def _first_generation(family: Family, sweep: Sweep, seed, value):
+def _first_generation(family: protocol.Family, sweep: protocol.Sweep, seed, value):
   """Generation 0 of one run: fit the original data. Returns const, carry, metrics."""
   data_key, ref_key, run_key = _keys(seed)
   _, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, 0), 3)
@@ -65,7 +64,7 @@ def _first_generation(family: Family, sweep: Sweep, seed, value):
                                                     x0_NxD, jnp.ones(n), {}, fit_key)}
 
 
-def _draws_candidates(family: Family, sweep: Sweep) -> bool:
+def _draws_candidates(family: protocol.Family, sweep: protocol.Sweep) -> bool:
   """Whether a generation draws its synthetic training data from the previous model itself
   (more or fewer rows than it evaluates, or to score them) rather than reusing those samples."""
   reg = regimes.get(sweep.regime)
@@ -90,7 +89,7 @@ def _score_metrics(family, sweep, const, params, synth_NxD, x_RxD, w_R, policy_m
           'pass_rate': jnp.float32(policy_metrics.get('pass_rate', 1.0))}
 
 
-def _generation(family: Family, sweep: Sweep, const, carry, g):
+def _generation(family: protocol.Family, sweep: protocol.Sweep, const, carry, g):
   """Generation g >= 1 of one run: build the training set, fit, sample, measure."""
   _, _, run_key = _keys(const['seed'])
   train_key, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, g), 3)
@@ -142,7 +141,8 @@ def _generation(family: Family, sweep: Sweep, const, carry, g):
 
 # ---------------------------------------------------------------- compiled programs
 
-def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int, devices=None):
+def programs(family: protocol.Family | protocol.WithData, sweep: protocol.Sweep, chunk: int,
+             width: int, devices=None):
   """The two compiled programs of a sweep: generation 0, and `chunk` generations.
 
   Each device advances its own runs independently (shard_map), `width` runs
@@ -227,8 +227,8 @@ def _check_finite(metrics, g0, sweep, seed_B, fraction_B, below=()):
           f'(regime {sweep.regime}, {column.replace("_", " ")} {fraction_B[b]:g})')
 
 
-def compile_sweep(family: Family | WithData, sweep: Sweep, chunk: int, width: int | None = None,
-                  with_first: bool = True, devices=None):
+def compile_sweep(family: protocol.Family | protocol.WithData, sweep: protocol.Sweep, chunk: int,
+                  width: int | None = None, with_first: bool = True, devices=None):
   """A sweep's runs placed on the devices and its two programs compiled ahead of time:
   ((seed_B, fraction_B), runs per device, first, advance, the abstract (const_B, carry_B,
   metrics0) of generation 0 with the runs' sharding, the bytes a device needs).
@@ -252,8 +252,8 @@ def compile_sweep(family: Family | WithData, sweep: Sweep, chunk: int, width: in
   return (seed_B, fraction_B), per_device, first, advance, shapes, max(need_first, need_advance)
 
 
-def run(family: Family | WithData, sweep: Sweep, directory: str, checkpoint_every: int,
-        progress: bool = True, width: int | None = None,
+def run(family: protocol.Family | protocol.WithData, sweep: protocol.Sweep, directory: str,
+        checkpoint_every: int, progress: bool = True, width: int | None = None,
         settled: Callable[[dict[str, np.ndarray]], bool] | None = None
         ) -> dict[str, np.ndarray]:
   """Runs (or resumes, or reloads) a sweep; returns metrics, each (G+1) x B x ...

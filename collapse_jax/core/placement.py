@@ -8,8 +8,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from collapse_jax.core.protocol import Family, Sweep
-from collapse_jax.core.validation import ConfigError
+from collapse_jax.core import protocol, validation
 
 
 def mesh(axis: str = 'runs', devices=None) -> Mesh:
@@ -80,12 +79,12 @@ def check_memory(need: int, per_device: int, shared: int, runs: int) -> str:
           f'{_bytes(need)} of {_bytes(have)} per device')
   if need > have:
     fit = int((have - shared) // per_run) * jax.device_count()
-    raise ConfigError('seeds', f'{line}: does not fit; about {max(fit, 0)} runs (seeds x real '
-                      'fractions) would, or use more devices')
+    raise validation.ConfigError('seeds', f'{line}: does not fit; about {max(fit, 0)} runs (seeds '
+                                 'x real fractions) would, or use more devices')
   return line
 
 
-def placed_runs(sweep: Sweep, devices=None):
+def placed_runs(sweep: protocol.Sweep, devices=None):
   """Seeds and fractions, padded to a multiple of the device count by repeating
   the last run, sharded over the devices; and the runs per device.
 
@@ -105,7 +104,8 @@ def placed_runs(sweep: Sweep, devices=None):
                for x in (seed_B, fraction_B)), len(seed_B) // count
 
 
-def default_width(family: Family, runs_per_device: int, platform: str | None = None) -> int:
+def default_width(family: protocol.Family, runs_per_device: int,
+                  platform: str | None = None) -> int:
   """Runs vectorised together: all of a device's, except one at a time on a CPU
   for families that ask for it (there one run already fills the vector units).
   `platform`: the devices' ('cpu', 'tpu', 'gpu'); default: this process's."""
