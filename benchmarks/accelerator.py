@@ -14,7 +14,7 @@ machine in the same run.
             GaussianMixture refitted in a Python loop on a few seeds and generations, and the
             protocol in NumPy vectorised over seeds (benchmarks.numpy_gmm); both ratios.
   gmm_max   the largest GMM seed count one device holds, from compile-only memory figures
-            (driver.compile_sweep's bytes against driver.device_memory()): doubling, several
+            (driver.compile_sweep's bytes against placement.device_memory()): doubling, several
             doublings at once where the bytes per seed so far say they fit, then bisection;
             then the generation-fits/s of a short run at that size.
   gaussian  the 1-D Gaussian (M = 100, replace) at 1,000,000 seeds x 1,000 generations: warm
@@ -60,7 +60,7 @@ from absl import app, flags
 
 from benchmarks import gaussian_throughput, gmm_throughput, opt_throughput, timing, vae_throughput
 from collapse_jax import data
-from collapse_jax.core import cli, driver, results
+from collapse_jax.core import cli, driver, files, placement, protocol, validation
 from collapse_jax.data import mnist
 from collapse_jax.families import gaussian, gmm, lm, vae
 from collapse_jax.nets import conv_vae, opt
@@ -201,9 +201,9 @@ class Report:
   def write(self, finished: bool = False):
     data = {**self.info, 'smoke': self.smoke, 'finished': finished,
             'wall_s': time.perf_counter() - self.t0, 'parts': list(self.parts.values())}
-    results.write_text(os.path.join(self.out, 'accelerator.json'),
-                       json.dumps(data, indent=1) + '\n')
-    results.write_text(os.path.join(self.out, 'accelerator.md'), self.markdown(data))
+    files.write_text(os.path.join(self.out, 'accelerator.json'),
+                     json.dumps(data, indent=1) + '\n')
+    files.write_text(os.path.join(self.out, 'accelerator.md'), self.markdown(data))
 
   def markdown(self, data) -> str:
     v = data['versions']
@@ -250,7 +250,7 @@ def _info(parts) -> dict:
   return {'command': ' '.join(['python -m benchmarks.accelerator'] + sys.argv[1:]),
           'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
           'device': {'kind': device.device_kind, 'platform': device.platform,
-                     'count': jax.device_count(), 'memory_gib': driver.device_memory() / 2**30},
+                     'count': jax.device_count(), 'memory_gib': placement.device_memory() / 2**30},
           'versions': _versions(),
           'flags': {'out': FLAGS.out, 'parts': list(parts), 'smoke': FLAGS.smoke,
                     'jax_default_matmul_precision': str(jax.config.jax_default_matmul_precision),
@@ -324,7 +324,7 @@ def _largest_seeds(s: Sizes, log):
   first = s.max_first_seeds
   compiled = compiled_for(first)
   have = (int(s.max_memory_of_first * need[first]) if s.max_memory_of_first
-          else driver.device_memory())
+          else placement.device_memory())
   best = (first, compiled) if need[first] <= have else (0, None)
 
   def fits(seeds: int) -> bool:
@@ -419,7 +419,7 @@ def _mnist_or_random(cfg: vae.VAEConfig):
     train_x, _ = mnist.load('train', directory)
     test_x, _ = mnist.load('test', directory)
     what = 'MNIST'
-  except driver.ConfigError:
+  except validation.ConfigError:
     rng = np.random.default_rng(0)
     train_x, test_x = (rng.integers(0, 256, (n, conv_vae.PIXELS), np.uint8) / np.float32(255)
                        for n in (60_000, 10_000))
@@ -481,8 +481,8 @@ def _vae_generation_seconds(cfg: vae.VAEConfig, data):
   compiling its program too would double the cost)."""
   fam = vae.family(cfg, data)
   sweep = cfg.sweep('replace')
-  (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
-  width = driver.default_width(driver.concrete(fam), per_device)
+  (seed_B, fraction_B), per_device = placement.placed_runs(sweep)
+  width = placement.default_width(protocol.concrete(fam), per_device)
   first, advance = driver.programs(fam, sweep, 1, width)
   const_B, carry_B, _ = jax.eval_shape(first, seed_B, fraction_B)
 
@@ -597,7 +597,7 @@ def _lm_generation(s: Sizes, add, config, params, shape: str):
     return cold - warm, warm
 
   keys = jax.random.split(jax.random.key(0), together)
-  prompts = driver.place(ids(cfg.gen_batch), 'data')
+  prompts = placement.place(ids(cfg.gen_batch), 'data')
   gen_compile_s, gen_s = twice(lambda: lm.continue_prompts(cfg, config, params_S, prompts, keys))
   blocks = ids(cfg.eval_batch)
   nll_compile_s, nll_s = twice(lambda: lm.block_nll(config, params_S, blocks, cfg.eval_batch))
@@ -640,10 +640,10 @@ def main(argv):
     parts = [p.strip() for p in FLAGS.parts if p.strip()]
     unknown = [p for p in parts if p not in RUNNERS]
     if unknown or not parts:
-      raise driver.ConfigError('parts', f'must name some of {", ".join(PARTS)}; '
-                               f'got {", ".join(unknown) or "none"}')
-    out = driver.writable_dir('out', FLAGS.out)
-  except driver.ConfigError as e:
+      raise validation.ConfigError('parts', f'must name some of {", ".join(PARTS)}; '
+                                   f'got {", ".join(unknown) or "none"}')
+    out = validation.writable_dir('out', FLAGS.out)
+  except validation.ConfigError as e:
     cli.fail(e)
   sizes = SMOKE if FLAGS.smoke else Sizes()
   if FLAGS.smoke and not jax.config.jax_compilation_cache_dir:

@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from collapse_jax.core import driver, targets  # noqa: E402
+from collapse_jax.core import driver, placement, targets  # noqa: E402
 from collapse_jax.families import gaussian, gmm, lm, vae  # noqa: E402
 from collapse_jax.nets import conv_vae, opt  # noqa: E402
 
@@ -89,7 +89,7 @@ class Case:
   function of the seeds, the iterations a generation's batch of that many seeds runs)."""
   name: str
   family: object
-  sweep: object  # seeds -> driver.Sweep
+  sweep: object  # seeds -> protocol.Sweep
   step: int  # seed counts searched are multiples of this
   loops: dict = dataclasses.field(default_factory=dict)
   # A step case (VAE, OPT): not a driver sweep but one program as a function of its batch.
@@ -111,7 +111,7 @@ def gmm_case(trips) -> Case:
 
 def _batched(fn, shapes, seeds: int, devices):
   """jax.vmap(fn) compiled for `devices` on `seeds` runs of arguments of these shapes."""
-  mesh = driver.mesh(devices=devices)
+  mesh = placement.mesh(devices=devices)
   sharding = NamedSharding(mesh, PartitionSpec('runs'))
   args = jax.tree.map(lambda a: jax.ShapeDtypeStruct((seeds,) + a.shape, a.dtype,
                                                      sharding=sharding), shapes)
@@ -164,7 +164,7 @@ def gaussian_case(trips) -> Case:
 
 def _on(tree, devices):
   """The shapes of `tree` (arrays or shapes) placed on the target's one device."""
-  sharding = NamedSharding(driver.mesh(devices=devices), PartitionSpec())
+  sharding = NamedSharding(placement.mesh(devices=devices), PartitionSpec())
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype, sharding=sharding),
                       tree)
 
@@ -401,7 +401,7 @@ def compile_advance(case: Case, target: str, seeds: int, chunk: int):
   try:
     if case.program is not None:
       exe = case.program(seeds, targets.devices(target))
-      need = driver.needed_bytes(exe)
+      need = placement.needed_bytes(exe)
       return need, exe, time.perf_counter() - t0, ''
     _, _, _, advance, _, need = driver.compile_sweep(
         case.family, case.sweep(seeds), chunk, with_first=False, devices=targets.devices(target))

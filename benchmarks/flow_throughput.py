@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from collapse_jax.core import cli, driver
+from collapse_jax.core import cli, validation
 from collapse_jax.families import flow
 from collapse_jax.nets import mlp
 
@@ -138,10 +138,10 @@ def main(argv):
   try:
     for flag in ('steps', 'hidden', 'layers', 'batch', 'rows', 'repeats'):
       if FLAGS[flag].value < 1:
-        raise driver.ConfigError(flag, f'must be at least 1, got {FLAGS[flag].value}')
+        raise validation.ConfigError(flag, f'must be at least 1, got {FLAGS[flag].value}')
     if FLAGS.seeds < 0:
-      raise driver.ConfigError('seeds', f'must be non-negative, got {FLAGS.seeds}')
-  except driver.ConfigError as e:
+      raise validation.ConfigError('seeds', f'must be non-negative, got {FLAGS.seeds}')
+  except validation.ConfigError as e:
     cli.fail(e)
   cfg = flow.TrainConfig(hidden=FLAGS.hidden, layers=FLAGS.layers, steps=FLAGS.steps,
                          batch=FLAGS.batch, lr=flow.SMALL['lr'])

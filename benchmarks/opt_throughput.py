@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from collapse_jax.core import cli, driver
+from collapse_jax.core import cli, validation
 from collapse_jax.nets import opt
 
 FLAGS = flags.FLAGS
@@ -181,10 +181,11 @@ def validate():
             ('train_seeds', all(s.isdigit() and int(s) >= 1 for s in FLAGS.train_seeds))]
   for flag, ok in checks:
     if not ok:
-      raise driver.ConfigError(flag, 'is out of range (sizes and train_seeds positive; train_steps, '
-                               'prompts, warmup >= 0; gen_warmup_tokens at most new_tokens)')
+      raise validation.ConfigError(flag, 'is out of range (sizes and train_seeds positive; '
+                                   'train_steps, prompts, warmup >= 0; gen_warmup_tokens at most '
+                                   'new_tokens)')
   if max(FLAGS.block, FLAGS.prompt_len + FLAGS.new_tokens) > opt.OPTConfig().max_position_embeddings:
-    raise driver.ConfigError('block', 'blocks and prompt + new tokens must fit 2048 positions')
+    raise validation.ConfigError('block', 'blocks and prompt + new tokens must fit 2048 positions')
 
 
 def run(config, params, model, directory: str, device: str):
@@ -253,7 +254,7 @@ def main(argv):
   del argv
   try:
     validate()
-  except driver.ConfigError as e:
+  except validation.ConfigError as e:
     cli.fail(e)
   import torch  # noqa: PLC0415
 

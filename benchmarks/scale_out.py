@@ -19,7 +19,7 @@ import jax
 from absl import app, flags
 
 from benchmarks import timing
-from collapse_jax.core import driver
+from collapse_jax.core import driver, placement
 from collapse_jax.families import gmm
 
 flags.DEFINE_list('devices_list', ['1', '2'], 'CPU device counts to time; empty to skip.')
@@ -50,8 +50,8 @@ def largest(chunk: int, max_seeds: int) -> int:
   while seeds <= max_seeds:
     need, per_device = bytes_needed(seeds, chunk)
     print(f'  {seeds:>9,} seeds: {need / 2**30:8.3f} GiB per device of '
-          f'{driver.device_memory() / 2**30:.1f}', flush=True)
-    if need > driver.device_memory():
+          f'{placement.device_memory() / 2**30:.1f}', flush=True)
+    if need > placement.device_memory():
       break
     fits, seeds = seeds, seeds * 2
   return fits

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.core import driver
+from collapse_jax.core import driver, placement, protocol
 
 
 def clocked(fn):
@@ -16,13 +16,13 @@ def clocked(fn):
   return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def sweep_times(family, sweep: driver.Sweep, chunk: int):
+def sweep_times(family, sweep: protocol.Sweep, chunk: int):
   """(compile seconds, warm wall seconds, warm CPU seconds of this process) of generation 0
   and every chunk after it, run twice through the driver's compiled programs; compile is
   cold - warm. CPU seconds tell more than wall seconds on a shared machine."""
-  (seed_B, fraction_B), per_device = driver.placed_runs(sweep)
+  (seed_B, fraction_B), per_device = placement.placed_runs(sweep)
   first, advance = driver.programs(family, sweep, chunk,
-                                   driver.default_width(driver.concrete(family), per_device))
+                                   placement.default_width(protocol.concrete(family), per_device))
 
   def loop():
     const_B, carry_B, _ = first(seed_B, fraction_B)
@@ -35,12 +35,12 @@ def sweep_times(family, sweep: driver.Sweep, chunk: int):
   return cold - warm, warm, warm_cpu
 
 
-def sweep_seconds(family, sweep: driver.Sweep, chunk: int):
+def sweep_seconds(family, sweep: protocol.Sweep, chunk: int):
   """(compile seconds, warm seconds): sweep_times' wall clock."""
   return sweep_times(family, sweep, chunk)[:2]
 
 
-def compile_seconds(family, sweep: driver.Sweep, chunk: int, width: int | None = None):
+def compile_seconds(family, sweep: protocol.Sweep, chunk: int, width: int | None = None):
   """(seconds, driver.compile_sweep's result): a sweep's two programs compiled ahead of time,
   with the bytes a device needs to run them (the result's last item)."""
   t0 = time.perf_counter()

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from collapse_jax.core import cli, driver
+from collapse_jax.core import cli, validation
 from collapse_jax.families import vae
 from collapse_jax.nets import conv_vae
 
@@ -137,8 +137,8 @@ def main(argv):
                      ('repeats', FLAGS.repeats >= 1),
                      ('seeds_list', all(s >= 1 for s in seeds_list))]:
       if not ok:
-        raise driver.ConfigError(flag, 'must be positive')
-  except driver.ConfigError as e:
+        raise validation.ConfigError(flag, 'must be positive')
+  except validation.ConfigError as e:
     cli.fail(e)
   cfg = vae.TrainConfig(batch=FLAGS.batch)
   x_KxBxD = jax.random.uniform(jax.random.key(1), (FLAGS.steps, cfg.batch, conv_vae.PIXELS))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from collapse_jax.core import cli, driver, regimes, results
+from collapse_jax.core import cli, driver, files, protocol, regimes, results, validation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,15 +30,15 @@ class PoissonConfig(regimes.Options):  # Options: verify's, curate's, ... flags 
   checkpoint_every: int = 50
   first_seed: int = 0
 
-  def sweep(self, regime: str) -> driver.Sweep:
-    return driver.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                        self.first_seed, **self.sweep_fields(self.regimes))
+  def sweep(self, regime: str) -> protocol.Sweep:
+    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
+                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'PoissonConfig':
-    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                          self.real_fractions)
-    driver.check_fields(self, [('rate', self.rate > 0, 'must be positive')])
-    driver.validate_options(self, family(self))
+    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+                              self.real_fractions)
+    validation.check_fields(self, [('rate', self.rate > 0, 'must be positive')])
+    validation.validate_options(self, family(self))
     return self
 
 
@@ -47,7 +47,7 @@ def log_pmf(rate, x_Nx1):
   return k_N * jnp.log(rate) - rate - jax.scipy.special.gammaln(k_N + 1)
 
 
-def family(cfg: PoissonConfig) -> driver.Family:
+def family(cfg: PoissonConfig) -> protocol.Family:
   """Every function is for one run; x is N x 1 counts as float32, the rate a scalar."""
   sample = lambda rate, key, n: jax.random.poisson(key, rate, (n, 1)).astype(jnp.float32)  # noqa: E731
 
@@ -59,7 +59,7 @@ def family(cfg: PoissonConfig) -> driver.Family:
     return {'rate': rate, 'rate_error': rate - cfg.rate, 'drift': rate - ref['rate0'],
             'distinct': jnp.sum(jnp.bincount(synth_Nx1[:, 0].astype(jnp.int32), length=64) > 0)}
 
-  return driver.Family(
+  return protocol.Family(
       draw_real=lambda key, n: sample(cfg.rate, key, n), fit=fit, sample=sample,
       reference=lambda rate0, key: {'rate0': rate0}, evaluate=evaluate,
       log_density=log_pmf, true_log_density=lambda x_Nx1: log_pmf(cfg.rate, x_Nx1),
@@ -68,14 +68,14 @@ def family(cfg: PoissonConfig) -> driver.Family:
 
 def run(cfg: PoissonConfig, workdir: str, progress: bool = True, log=print):
   cfg.validate()
-  driver.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                'experiment': 'poisson'})
+  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
+                                    'experiment': 'poisson'})
   sweeps = [(cfg.sweep(r), driver.run(family(cfg), cfg.sweep(r),
                                       os.path.join(workdir, 'checkpoints', r),
                                       cfg.checkpoint_every, progress)) for r in cfg.regimes]
   results.write_csv(results.long_table(sweeps), os.path.join(workdir, 'metrics.csv'))
   text = results.summary(results.over_seeds(sweeps), ('rate', 'distinct'), generations=(1, 10))
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
 
 

@@ -50,7 +50,7 @@ def _fake_sizes(monkeypatch, need):
 def test_largest_seeds_doubles_then_bisects(monkeypatch):
   have = 1000 + 100 * 1000  # exactly 1,000 seeds fit
   _fake_sizes(monkeypatch, lambda seeds: 1000 + 100 * seeds)
-  monkeypatch.setattr(accelerator.driver, 'device_memory', lambda: have)
+  monkeypatch.setattr(accelerator.placement, 'device_memory', lambda: have)
   sizes = accelerator.Sizes(max_first_seeds=4, max_search_s=1e9)
   seeds, _, need, _, hi, stopped = accelerator._largest_seeds(sizes, lambda line: None)
   assert 1000 * 15 / 16 <= seeds <= 1000 and seeds % 2 == 0
@@ -60,7 +60,7 @@ def test_largest_seeds_doubles_then_bisects(monkeypatch):
 
 def test_largest_seeds_halves_when_the_first_does_not_fit(monkeypatch):
   _fake_sizes(monkeypatch, lambda seeds: 100 * seeds)
-  monkeypatch.setattr(accelerator.driver, 'device_memory', lambda: 100 * 700)
+  monkeypatch.setattr(accelerator.placement, 'device_memory', lambda: 100 * 700)
   sizes = accelerator.Sizes(max_first_seeds=4096, max_search_s=1e9)
   seeds, *_ = accelerator._largest_seeds(sizes, lambda line: None)
   assert 700 * 15 / 16 <= seeds <= 700

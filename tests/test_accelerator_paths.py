@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from collapse_jax.core import driver, linalg
+from collapse_jax.core import driver, linalg, placement
 from collapse_jax.families import gmm, lm
 from collapse_jax.nets import opt
 
@@ -24,14 +24,14 @@ def on_an_accelerator(monkeypatch):
 
 def test_an_accelerator_vectorises_a_devices_runs_and_a_cpu_does_not(on_an_accelerator):
   em = gmm.family(gmm.GMMConfig(seeds=2, generations=1).validate())
-  assert em.one_at_a_time_on_cpu and driver.default_width(em, 7) == 7
+  assert em.one_at_a_time_on_cpu and placement.default_width(em, 7) == 7
   assert lm.seeds_at_once(lm.LMConfig(seeds=3)) == 3
   assert lm.seeds_at_once(lm.LMConfig(seeds=3, parallel_seeds=2)) == 2
 
 
 def test_a_cpu_runs_em_and_the_language_models_seeds_one_at_a_time():
   em = gmm.family(gmm.GMMConfig(seeds=2, generations=1).validate())
-  assert driver.default_width(em, 7) == 1
+  assert placement.default_width(em, 7) == 1
   assert lm.seeds_at_once(lm.LMConfig(seeds=3)) == 1
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from collapse_jax.core import checkpoints, driver
+from collapse_jax.core import checkpoints, driver, protocol
 from collapse_jax.families import lm, vae
 from collapse_jax.nets import conv_vae, opt
 from conftest import run_experiment
@@ -81,7 +81,7 @@ def test_the_digest_names_what_changed(tmp_path):
 
 # ---------------------------------------------------------------- the driver
 
-SWEEP = driver.Sweep('replace', seeds=2, generations=6, samples=50)  # steps 4 and 6 are kept
+SWEEP = protocol.Sweep('replace', seeds=2, generations=6, samples=50)  # steps 4 and 6 are kept
 
 
 def _gaussian_family():
@@ -91,7 +91,7 @@ def _gaussian_family():
     mu = w_N @ x_NxD[:, 0] / jnp.sum(w_N)
     return {'mu': mu, 'sd': jnp.sqrt(w_N @ (x_NxD[:, 0] - mu) ** 2 / jnp.sum(w_N))}, {}
 
-  return driver.Family(
+  return protocol.Family(
       draw_real=lambda key, n: 1.0 + 2.0 * jax.random.normal(key, (n, 1)),
       fit=fit,
       sample=lambda p, key, n: p['mu'] + p['sd'] * jax.random.normal(key, (n, 1)),

@@ -153,7 +153,7 @@ def test_programs_compile_for_a_tpu_and_a_gpu_within_the_drivers_prediction(name
       held = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes[:2]))
       assert need >= held, (target, need, held)  # it holds at least the runs' state
       needs.append(need)
-    # driver.check_memory's model, bytes proportional to the runs a device holds, must not
+    # placement.check_memory's model, bytes proportional to the runs a device holds, must not
     # underestimate: twice the runs need more bytes, and at most twice as many (tiles and
     # fixed buffers make small batches cost more per run, never less)
     assert needs[0] < needs[1] <= 2 * needs[0], (target, needs)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from collapse_jax import data
-from collapse_jax.core import driver
+from collapse_jax.core import validation
 from collapse_jax.data import mnist
 from conftest import ROOT, run_experiment
 
@@ -174,7 +174,7 @@ def test_require_names_the_missing_parts(tmp_path):
   (tmp_path / 'wikitext-2-raw-v1').mkdir()
   shutil.copy(data.DATASETS['wikitext'].files(data.require('wikitext', parts=('test',)), 'test')[0],
               tmp_path / 'wikitext-2-raw-v1')
-  with pytest.raises(driver.ConfigError) as raised:
+  with pytest.raises(validation.ConfigError) as raised:
     data.require('wikitext', str(tmp_path))
   assert str(raised.value).startswith('--data_dir: WikiText-2 (train, validation) not found in ')
   assert data.require('wikitext', str(tmp_path), parts=('test',)) == str(

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax.core import driver
+from collapse_jax.core import driver, validation
 from collapse_jax.families import discrete
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -90,7 +90,7 @@ def test_tail_is_the_least_likely_outcomes_within_the_mass():
     (dict(outcomes=1), 'outcomes'), (dict(tail=1.5), 'tail'), (dict(samples=(0,)), 'samples'),
     (dict(regimes=('replace', 'keep')), 'regime'), (dict(generations=0), 'generations')])
 def test_bad_configs_name_their_flag(change, flag):
-  with pytest.raises(driver.ConfigError, match=f'--{flag}'):
+  with pytest.raises(validation.ConfigError, match=f'--{flag}'):
     discrete.DiscreteConfig(**change).validate()
 
 def test_run_stops_at_absorption_and_writes_its_tables(tmp_path):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax.core import driver, regimes
+from collapse_jax.core import driver, protocol, regimes, validation
 
 
 def _gaussian_family(calls=None):
@@ -23,7 +23,7 @@ def _gaussian_family(calls=None):
     var = w_N @ (x_NxD[:, 0] - mu) ** 2 / jnp.sum(w_N)
     return {'mu': mu, 'sd': jnp.sqrt(var)}, {'rows': jnp.sum(w_N)}
 
-  return driver.Family(
+  return protocol.Family(
       draw_real=lambda key, n: 1.0 + 2.0 * jax.random.normal(key, (n, 1)),
       fit=fit,
       sample=lambda p, key, n: p['mu'] + p['sd'] * jax.random.normal(key, (n, 1)),
@@ -32,8 +32,8 @@ def _gaussian_family(calls=None):
 
 
 def _sweep(regime='replace', generations=7, fractions=(0.0,)):
-  return driver.Sweep(regime, seeds=3, generations=generations, samples=50,
-                      real_fractions=fractions)
+  return protocol.Sweep(regime, seeds=3, generations=generations, samples=50,
+                        real_fractions=fractions)
 
 
 # ---------------------------------------------------------------- regimes
@@ -130,7 +130,7 @@ def test_a_batch_too_big_for_a_device_is_refused_before_running(tmp_path, monkey
   assert calls and os.listdir(tmp_path / "fits")  # it ran and checkpointed
   monkeypatch.setenv('COLLAPSE_JAX_DEVICE_MEMORY', '2000')
   calls.clear()
-  with pytest.raises(driver.ConfigError, match=r'does not fit; about \d+ runs') as e:
+  with pytest.raises(validation.ConfigError, match=r'does not fit; about \d+ runs') as e:
     _run(tmp_path / 'too_big', sweep, calls=calls)
   assert e.value.flag == 'seeds' and '\n' not in str(e.value)
   assert not os.listdir(tmp_path / 'too_big')  # no checkpoint: nothing ran
@@ -143,10 +143,10 @@ def test_nonfinite_metrics_name_generation_and_seed():
 
 
 def test_changed_flags_refuse_to_resume(tmp_path):
-  driver.check_config(str(tmp_path), {'seeds': 4, 'tol': 1e-5})
-  driver.check_config(str(tmp_path), {'seeds': 4, 'tol': 1e-5})  # same: fine
-  with pytest.raises(driver.ConfigError, match='--seeds'):
-    driver.check_config(str(tmp_path), {'seeds': 8, 'tol': 1e-5})
+  validation.check_config(str(tmp_path), {'seeds': 4, 'tol': 1e-5})
+  validation.check_config(str(tmp_path), {'seeds': 4, 'tol': 1e-5})  # same: fine
+  with pytest.raises(validation.ConfigError, match='--seeds'):
+    validation.check_config(str(tmp_path), {'seeds': 8, 'tol': 1e-5})
   assert json.load(open(tmp_path / 'config.json')) == {'seeds': 4, 'tol': 1e-5}
 
 
@@ -157,8 +157,8 @@ def test_changed_flags_refuse_to_resume(tmp_path):
     (dict(real_fractions=(0.5,)), 'real_fraction')])  # replace alone takes no fraction
 def test_validation_names_the_flag(kwargs, flag):
   args = dict(seeds=2, generations=2, samples=10, regimes=('replace',), real_fractions=(0.0,))
-  with pytest.raises(driver.ConfigError, match=f'--{flag}:'):
-    driver.validate_sweep(**{**args, **kwargs})
+  with pytest.raises(validation.ConfigError, match=f'--{flag}:'):
+    validation.validate_sweep(**{**args, **kwargs})
 
 
 def test_shared_data_gives_the_closures_results(tmp_path):
@@ -172,7 +172,7 @@ def test_shared_data_gives_the_closures_results(tmp_path):
         jax.random.randint(key, (n, 1), 0, data['t'].shape[0])])
 
   sweep = _sweep(generations=3)
-  shared = driver.run(driver.WithData(make, {'t': table}), sweep, str(tmp_path / 'a'), 3,
+  shared = driver.run(protocol.WithData(make, {'t': table}), sweep, str(tmp_path / 'a'), 3,
                       progress=False)
   closed = driver.run(make({'t': table}), sweep, str(tmp_path / 'b'), 3, progress=False)
   for k in closed:

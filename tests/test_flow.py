@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax.core import driver, regimes, results, sampling
+from collapse_jax.core import regimes, results, sampling, validation
 from collapse_jax.families import flow
 from conftest import run_experiment
 
@@ -272,7 +272,7 @@ def test_the_command_line_runs_the_loop_which_resumes_exactly(tmp_path, command_
     (dict(regimes=('fresh',), real_fractions=(1.5,)), 'real_fraction'),
     (dict(regimes=('verify',), score='gen1'), 'score')])
 def test_bad_configs_name_their_flag(change, flag):
-  with pytest.raises(driver.ConfigError, match=f'--{flag}') as e:
+  with pytest.raises(validation.ConfigError, match=f'--{flag}') as e:
     flow.FlowConfig(**change).validate()
   assert '\n' not in str(e.value)
 

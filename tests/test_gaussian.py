@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import linalg, stats
 
-from collapse_jax.core import driver
+from collapse_jax.core import driver, validation
 from collapse_jax.families import gaussian
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -166,7 +166,7 @@ def test_wasserstein_distance_is_exact_near_the_truth(d):
     (dict(regimes=('replace', 'keep')), 'regime'), (dict(real_fractions=(0.5,)), 'real_fraction'),
     (dict(seeds=0), 'seeds')])
 def test_bad_configs_name_their_flag(change, flag):
-  with pytest.raises(driver.ConfigError, match=f'--{flag}'):
+  with pytest.raises(validation.ConfigError, match=f'--{flag}'):
     gaussian.GaussianConfig(**change).validate()
 
 

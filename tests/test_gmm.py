@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.mixture import GaussianMixture
 
-from collapse_jax.core import driver, results
+from collapse_jax.core import results, validation
 from conftest import assert_gmm_matches_scikit_learn
 from collapse_jax.families import gmm
 
@@ -201,7 +201,7 @@ def test_tail_thresholds_match_the_chi_square_region():
     (dict(true_covs=((1.0, 0.5, 0.0, 1.0),)), 'true_covs'),  # not symmetric
 ])
 def test_config_validation_names_the_flag(fields, flag):
-  with pytest.raises(driver.ConfigError, match=f'--{flag}'):
+  with pytest.raises(validation.ConfigError, match=f'--{flag}'):
     gmm.GMMConfig(**fields).validate()
 
 

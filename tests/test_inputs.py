@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from collapse_jax.core import driver
+from collapse_jax.core import driver, validation
 from collapse_jax.data import mnist, wikitext
 from collapse_jax.families import discrete
 from conftest import run_experiment
@@ -24,49 +24,49 @@ def _one_line(raised, flag: str) -> str:
 
 @needs_proc
 def test_workdir_that_cannot_be_created_is_refused():
-  with pytest.raises(driver.ConfigError) as raised:
-    driver.check_config('/proc/nope/run', {'seeds': 1})
+  with pytest.raises(validation.ConfigError) as raised:
+    validation.check_config('/proc/nope/run', {'seeds': 1})
   assert 'cannot create directory /proc/nope/run' in _one_line(raised, 'workdir')
 
 
 @needs_proc
 def test_workdir_that_cannot_be_written_is_refused():
-  with pytest.raises(driver.ConfigError) as raised:
-    driver.check_config('/proc/self', {'seeds': 1})  # a directory, writable by no one
+  with pytest.raises(validation.ConfigError) as raised:
+    validation.check_config('/proc/self', {'seeds': 1})  # a directory, writable by no one
   assert 'cannot write in /proc/self' in _one_line(raised, 'workdir')
 
 
 def test_a_file_in_the_way_is_refused_naming_the_flag(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  with pytest.raises(driver.ConfigError) as raised:
-    driver.check_config(str(blocker), {'seeds': 1})
+  with pytest.raises(validation.ConfigError) as raised:
+    validation.check_config(str(blocker), {'seeds': 1})
   assert 'exists and is not a directory' in _one_line(raised, 'workdir')
-  with pytest.raises(driver.ConfigError) as raised:
-    driver.check_config(str(blocker / 'run'), {'seeds': 1})
+  with pytest.raises(validation.ConfigError) as raised:
+    validation.check_config(str(blocker / 'run'), {'seeds': 1})
   assert 'cannot create directory' in _one_line(raised, 'workdir')
-  with pytest.raises(driver.ConfigError) as raised:
-    driver.writable_dir('classifier_cache', str(blocker))
+  with pytest.raises(validation.ConfigError) as raised:
+    validation.writable_dir('classifier_cache', str(blocker))
   _one_line(raised, 'classifier_cache')
 
 
 def test_a_usable_workdir_is_made_and_left_with_only_the_config(tmp_path):
   workdir = tmp_path / 'a' / 'b'
-  driver.check_config(str(workdir), {'seeds': 1})
+  validation.check_config(str(workdir), {'seeds': 1})
   assert os.listdir(workdir) == ['config.json']  # the write probe is gone
-  driver.check_config(str(workdir), {'seeds': 1})  # and the run resumes there
+  validation.check_config(str(workdir), {'seeds': 1})  # and the run resumes there
 
 
 def test_an_unreadable_config_json_names_the_workdir(tmp_path):
   (tmp_path / 'config.json').write_text('{"seeds": 1')
-  with pytest.raises(driver.ConfigError) as raised:
-    driver.check_config(str(tmp_path), {'seeds': 1})
+  with pytest.raises(validation.ConfigError) as raised:
+    validation.check_config(str(tmp_path), {'seeds': 1})
   assert 'config.json' in _one_line(raised, 'workdir')
 
 
 @pytest.mark.parametrize('probs', [(0.5, float('nan')), (0.5, float('inf')), (1e308, 1e308)])
 def test_probabilities_that_are_not_finite_are_refused(probs):
-  with pytest.raises(driver.ConfigError) as raised:
+  with pytest.raises(validation.ConfigError) as raised:
     discrete.DiscreteConfig(probs=probs).validate()
   _one_line(raised, 'probs')
 
@@ -96,19 +96,19 @@ def test_probabilities_not_summing_to_one_are_divided_by_their_sum_with_a_note(
 
 def test_unreadable_mnist_files_name_the_flag(tmp_path):
   (tmp_path / 'train-images-idx3-ubyte').mkdir()  # a directory where the file should be
-  with pytest.raises(driver.ConfigError) as raised:
+  with pytest.raises(validation.ConfigError) as raised:
     mnist.load('train', str(tmp_path))
   assert 'cannot read' in _one_line(raised, 'mnist_dir')
   (tmp_path / 'train-images-idx3-ubyte').rmdir()
   (tmp_path / 'train-images-idx3-ubyte.gz').write_bytes(b'not gzip')
-  with pytest.raises(driver.ConfigError) as raised:
+  with pytest.raises(validation.ConfigError) as raised:
     mnist.load('train', str(tmp_path))
   assert 'cannot read' in _one_line(raised, 'mnist_dir')
 
 
 def test_unreadable_wikitext_file_names_the_flag(tmp_path):
   (tmp_path / 'wiki.valid.raw').write_bytes(b'\xff\xfe not utf-8\n')
-  with pytest.raises(driver.ConfigError) as raised:
+  with pytest.raises(validation.ConfigError) as raised:
     wikitext.read_split('validation', str(tmp_path))
   assert 'cannot read' in _one_line(raised, 'data_dir')
 

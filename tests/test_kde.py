@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 from sklearn.neighbors import KernelDensity
 
-from collapse_jax.core import driver, regimes, results, sampling
+from collapse_jax.core import driver, regimes, results, sampling, validation
 from collapse_jax.families import kde
 from conftest import run_experiment
 
@@ -190,14 +190,14 @@ def test_mmd_is_unbiased_and_near_zero_for_the_truth():
     (dict(real_fractions=(0.5,)), 'real_fraction'),
     (dict(keep_fractions=(0.0,), regimes=('verify',), target='blobs'), 'keep_fraction')])
 def test_bad_configs_name_their_flag(change, flag):
-  with pytest.raises(driver.ConfigError, match=f'^--{flag}:'):
+  with pytest.raises(validation.ConfigError, match=f'^--{flag}:'):
     kde.KDEConfig(**change).validate()
 
 
 @pytest.mark.parametrize('target, score', [('moons', None), ('swiss_roll', 'truth'),
                                            ('moons', 'noisy')])
 def test_targets_without_an_exact_density_refuse_the_truth_score(target, score):
-  with pytest.raises(driver.ConfigError, match='^--score:.*no closed form') as e:
+  with pytest.raises(validation.ConfigError, match='^--score:.*no closed form') as e:
     kde.KDEConfig(target=target, regimes=('verify',), score=score).validate()
   assert '\n' not in str(e.value)
   kde.KDEConfig(target=target, regimes=('verify',), score='self').validate()  # these remain

@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
 
-from collapse_jax.core import driver, results
+from collapse_jax.core import results, validation
 from collapse_jax.families import lm
 from collapse_jax.nets import opt
 
@@ -142,7 +142,7 @@ def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, dat
   def out_of_memory(*args, **kwargs):
     raise lm.jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 2.3GiB')
   monkeypatch.setattr(lm, 'fine_tune', out_of_memory)
-  with pytest.raises(driver.ConfigError) as e:
+  with pytest.raises(validation.ConfigError) as e:
     lm.run(dataclasses.replace(CFG, seeds=5, parallel_seeds=5), str(tmp_path), progress=False,
            log=quiet)
   assert e.value.flag == 'parallel_seeds' and '--parallel_seeds=2' in str(e.value)
@@ -223,9 +223,9 @@ def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, da
   shutil.rmtree(tmp_path / 'verify_0.5' / 'seed_0' / 'gen_01')
   lm.run(cfg, str(tmp_path), progress=False, log=quiet)
   assert (tmp_path / 'metrics.csv').read_text() == first
-  with pytest.raises(driver.ConfigError, match='--decoding'):
+  with pytest.raises(validation.ConfigError, match='--decoding'):
     dataclasses.replace(cfg, decoding='beam').validate()
-  with pytest.raises(driver.ConfigError, match="--score: 'truth' is not a score"):
+  with pytest.raises(validation.ConfigError, match="--score: 'truth' is not a score"):
     dataclasses.replace(cfg, score='truth').validate()
 
 
@@ -298,7 +298,7 @@ def test_the_cosine_schedule_is_cosine_annealing_stepped_once_per_epoch():
 ])
 def test_bad_flags_fail_in_one_line_before_anything_runs(tmp_path, change, flag):
   cfg = dataclasses.replace(CFG, **change)
-  with pytest.raises(driver.ConfigError) as e:
+  with pytest.raises(validation.ConfigError) as e:
     lm.run(cfg, str(tmp_path), progress=False, log=quiet)
   assert e.value.flag == flag and '\n' not in str(e.value)
   assert not os.listdir(tmp_path)

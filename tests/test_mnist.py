@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from collapse_jax import data
-from collapse_jax.core import driver
+from collapse_jax.core import validation
 from collapse_jax.data import mnist
 
 
@@ -38,7 +38,7 @@ def test_written_idx_files_read_back(tmp_path):
 
 
 def test_missing_files_say_both_ways_to_supply_them(tmp_path):
-  with pytest.raises(driver.ConfigError, match='--mnist_dir.*leave it empty'):
+  with pytest.raises(validation.ConfigError, match='--mnist_dir.*leave it empty'):
     mnist.load('train', str(tmp_path))
-  with pytest.raises(driver.ConfigError, match='--mnist_dir.*leave it empty'):
+  with pytest.raises(validation.ConfigError, match='--mnist_dir.*leave it empty'):
     mnist.load('train', str(tmp_path / 'nowhere'))

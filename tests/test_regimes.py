@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from collapse_jax.core import driver, regimes
+from collapse_jax.core import driver, regimes, validation
 from collapse_jax.families import discrete, gaussian, gmm
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -237,21 +237,21 @@ def test_a_curated_chain_follows_the_bradley_terry_law_at_large_m(tmp_path):
     (dict(regimes=('verify',), score='nonsense'), 'score'),
 ])
 def test_bad_regime_settings_name_their_flag(fields, flag):
-  with pytest.raises(driver.ConfigError) as e:
+  with pytest.raises(validation.ConfigError) as e:
     gaussian.GaussianConfig(**fields).validate()
   assert e.value.flag == flag and '\n' not in str(e.value)
 
 
 def test_a_score_the_family_lacks_is_refused():
   family = dataclasses.replace(gaussian.family(gaussian.GaussianConfig()), reward=None)
-  with pytest.raises(driver.ConfigError, match="'reward' is not a score") as e:
-    driver.validate_regime_settings(('curate',), (), 'reward', family)
+  with pytest.raises(validation.ConfigError, match="'reward' is not a score") as e:
+    validation.validate_regime_settings(('curate',), (), 'reward', family)
   assert e.value.flag == 'score'
 
 
 def test_an_unknown_regime_is_refused():
-  with pytest.raises(driver.ConfigError, match='unknown regime') as e:
-    driver.validate_sweep(2, 2, 10, ('verified',), (0.0,))
+  with pytest.raises(validation.ConfigError, match='unknown regime') as e:
+    validation.validate_sweep(2, 2, 10, ('verified',), (0.0,))
   assert e.value.flag == 'regime'
 
 

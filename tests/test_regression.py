@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax.core import driver, regimes, results
+from collapse_jax.core import regimes, results, validation
 from collapse_jax.families import regression
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -204,7 +204,7 @@ def test_the_fit_is_weighted_ridge_and_ignores_padding():
     (dict(regimes=('verify',), ridges=(0.0, 0.1)), 'ridge'),
     (dict(real_fractions=(0.5,)), 'real_fraction'), (dict(keep_fractions=(0.2,)), 'keep_fraction')])
 def test_bad_configs_name_their_flag(change, flag):
-  with pytest.raises(driver.ConfigError, match=f'--{flag}'):
+  with pytest.raises(validation.ConfigError, match=f'--{flag}'):
     regression.RegressionConfig(**change).validate()
 
 

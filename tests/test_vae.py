@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from collapse_jax import data
-from collapse_jax.core import driver, results
+from collapse_jax.core import results, validation
 from collapse_jax.data import mnist
 from collapse_jax.families import vae
 from collapse_jax.nets import conv_vae
@@ -141,11 +141,11 @@ def test_generated_digits_drift_toward_the_latent_centre(tmp_path, cache):
 
 
 def test_bad_configs_name_their_flag():
-  with pytest.raises(driver.ConfigError, match='--eval_images'):
+  with pytest.raises(validation.ConfigError, match='--eval_images'):
     _tiny(eval_images=1000).validate()
-  with pytest.raises(driver.ConfigError, match='--samples'):
+  with pytest.raises(validation.ConfigError, match='--samples'):
     _tiny(samples=32).validate()  # fewer than a batch
-  with pytest.raises(driver.ConfigError, match='--samples'):
+  with pytest.raises(validation.ConfigError, match='--samples'):
     vae.load_data(_tiny(samples=70_000, batch=64))
 
 
@@ -177,8 +177,8 @@ def test_verify_keeps_the_images_generation_0_finds_likeliest(tmp_path, cache):
 
 
 def test_scores_the_vae_has_not_are_refused_in_one_line():
-  with pytest.raises(driver.ConfigError, match="--score: 'truth' is not a score"):
+  with pytest.raises(validation.ConfigError, match="--score: 'truth' is not a score"):
     _tiny(regimes=('verify',), score='truth').validate()
-  with pytest.raises(driver.ConfigError, match='--preferred_digit'):
+  with pytest.raises(validation.ConfigError, match='--preferred_digit'):
     _tiny(preferred_digit=10).validate()
   assert _tiny(regimes=('verify',)).active_score(('verify',)) == 'gen0'

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from collapse_jax import data
-from collapse_jax.core import driver
+from collapse_jax.core.validation import ConfigError  # `validation` here: the fixture, a split
 from collapse_jax.data import wikitext
 
 
@@ -44,7 +44,7 @@ def test_tokenizer_prepends_bos_as_opt_does(tok):
 
 def test_no_tokenizer_is_one_line_naming_the_flag(tmp_path):
   for path in (tmp_path, tmp_path / 'nowhere'):  # an empty directory; a path that is not there
-    with pytest.raises(driver.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
       wikitext.tokenizer(str(path))
     assert str(raised.value).startswith('--tokenizer:') and '\n' not in str(raised.value)
 
@@ -63,7 +63,7 @@ def test_blocks_drop_the_remainder():
   assert ids_BxL.dtype == np.int32
   np.testing.assert_array_equal(ids_BxL, [[0, 1, 2, 3], [4, 5, 6, 7]])
   assert wikitext.blocks(np.arange(130)).shape == (2, 64)
-  with pytest.raises(driver.ConfigError, match='^--block:'):
+  with pytest.raises(ConfigError, match='^--block:'):
     wikitext.blocks(np.arange(63))
 
 
@@ -106,7 +106,7 @@ def test_repeated_ngrams_equals_a_loop_over_blocks(tok, validation):
 
 def test_missing_data_is_one_line_naming_the_flag(tmp_path):
   for directory in (tmp_path / 'nowhere', tmp_path):
-    with pytest.raises(driver.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
       wikitext.read_split('train', str(directory))
     message = str(raised.value)
     assert message.startswith('--data_dir:') and '\n' not in message

@@ -17,6 +17,8 @@ import sys
 import orbax.checkpoint as ocp
 import tqdm
 
+from collapse_jax.core import files, placement
+
 MANIFEST = 'MANIFEST.sha256'  # inside a sealed directory
 SUFFIX = '.sha256'  # beside a sealed file
 
@@ -62,17 +64,11 @@ def _read_digests(path: str) -> dict[str, str]:
   return out
 
 
-def _is_primary() -> bool:
-  from collapse_jax.core import driver  # noqa: PLC0415 (driver imports this module)
-  return driver.is_primary()
-
-
 def seal(path: str) -> None:
   """Writes the digest of a saved directory or file, atomically; from the primary process only."""
-  from collapse_jax.core import results  # noqa: PLC0415 (results imports driver, which imports this)
-  if _is_primary():
+  if placement.is_primary():
     text = ''.join(f'{h}  {f}\n' for f, h in _digests(path).items())
-    results.write_text(_digest_path(path), text)
+    files.write_text(_digest_path(path), text)
 
 
 def damage(path: str) -> str | None:
@@ -101,7 +97,7 @@ def damage(path: str) -> str | None:
 
 def warn(message: str) -> None:
   """One line on stderr, from the primary process, without breaking a progress bar."""
-  if _is_primary():
+  if placement.is_primary():
     tqdm.tqdm.write(message, file=sys.stderr)
 
 
@@ -129,7 +125,7 @@ def recover(directory: str) -> None:
   """Moves aside (to <step>.damaged) the latest steps of an Orbax checkpoint directory
   that fail their digests, each with a message, so the latest step left is intact; from
   the primary process only, before a CheckpointManager opens the directory."""
-  if not _is_primary() or not os.path.isdir(directory):
+  if not placement.is_primary() or not os.path.isdir(directory):
     return
   steps = sorted((int(n) for n in os.listdir(directory)
                   if n.isdigit() and os.path.isdir(os.path.join(directory, n))), reverse=True)
@@ -152,10 +148,9 @@ def recover(directory: str) -> None:
 def manager(directory: str, keep: int = 2) -> ocp.CheckpointManager:
   """The checkpoints of `directory`, once its latest steps that fail their digests are moved
   aside (every process waits for that); `keep` steps are kept."""
-  from collapse_jax.core import driver  # noqa: PLC0415 (driver imports this module)
   directory = os.path.abspath(directory)
   recover(directory)
-  driver.barrier(f'{directory} recovered')
+  placement.barrier(f'{directory} recovered')
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False)
   return ocp.CheckpointManager(directory, options=options)
 

@@ -6,7 +6,7 @@ import sys
 import jax
 from absl import flags, logging
 
-from collapse_jax.core import checkpoints, driver, regimes
+from collapse_jax.core import checkpoints, regimes, validation
 
 
 COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below
@@ -62,7 +62,7 @@ def start_processes(flag_values) -> None:
   """Joins the other processes of a multi-process run, when there are any."""
   if flag_values.coordinator_address:
     if not 0 <= flag_values.process_id < flag_values.num_processes:
-      raise driver.ConfigError('process_id', f'must be in [0, {flag_values.num_processes})')
+      raise validation.ConfigError('process_id', f'must be in [0, {flag_values.num_processes})')
     args = (flag_values.coordinator_address, flag_values.num_processes, flag_values.process_id)
   elif (any(int(os.environ.get(v, '1')) > 1 for v in CLUSTER_SIZE)
         or ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')):
@@ -136,13 +136,13 @@ def main(fv: flags.FlagValues, run, argv: list[str] | None = None) -> None:
   try:
     start_processes(fv)
     run()
-  except (driver.ConfigError, checkpoints.Damaged) as e:
+  except (validation.ConfigError, checkpoints.Damaged) as e:
     fail(e)
 
 
 def preset_config(config_cls, presets: dict[str, dict], preset: str, flag_values, names):
   """The config from a named preset, overridden by the flags given on the command line."""
-  driver.check_choice('preset', preset, presets)
+  validation.check_choice('preset', preset, presets)
   fields = dict(presets[preset])
   for field, flag in names.items():
     if flag_values[flag].present or field not in fields:
@@ -160,14 +160,14 @@ def parse_floats(flag: str, values) -> tuple[float, ...]:
   try:
     return tuple(float(v) for v in values)
   except ValueError as e:
-    raise driver.ConfigError(flag, f'expects numbers separated by commas ({e})') from None
+    raise validation.ConfigError(flag, f'expects numbers separated by commas ({e})') from None
 
 
 def parse_ints(flag: str, values) -> tuple[int, ...]:
   try:
     return tuple(int(v) for v in values)
   except ValueError as e:
-    raise driver.ConfigError(flag, f'expects whole numbers separated by commas ({e})') from None
+    raise validation.ConfigError(flag, f'expects whole numbers separated by commas ({e})') from None
 
 
 def parse_points(flag: str, text: str) -> tuple[tuple[float, ...], ...]:
@@ -175,7 +175,7 @@ def parse_points(flag: str, text: str) -> tuple[tuple[float, ...], ...]:
   try:
     return tuple(tuple(float(v) for v in p.split(',')) for p in text.split(';') if p.strip())
   except ValueError as e:
-    raise driver.ConfigError(flag, f"expects points like '-2,0;2,0' ({e})") from None
+    raise validation.ConfigError(flag, f"expects points like '-2,0;2,0' ({e})") from None
 
 
 def split_cpu(devices: int) -> None:

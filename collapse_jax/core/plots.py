@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from collapse_jax.core import driver, regimes, results  # noqa: E402
+from collapse_jax.core import placement, regimes, results  # noqa: E402
 
 
 def run_label(regime, samples, fraction, with_regime=True, with_samples=False):
@@ -157,7 +157,7 @@ def _finish(fig, path, title):
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  if driver.is_primary():  # one copy of each figure per multi-host run
+  if placement.is_primary():  # one copy of each figure per multi-host run
     fig.savefig(path, dpi=120)
   plt.close(fig)
 

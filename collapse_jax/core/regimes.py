@@ -283,7 +283,7 @@ class Options:
     return self.DEFAULT_SCORE if any(REGIMES[r].scored for r in names if r in REGIMES) else None
 
   def sweep_fields(self, names) -> dict:
-    """driver.Sweep's regime fields for a run of the regimes `names`."""
+    """protocol.Sweep's regime fields for a run of the regimes `names`."""
     return {'settings': self.settings(), 'score': self.active_score(names),
             'noise': self.verifier_noise, 'candidates': self.candidates}
 

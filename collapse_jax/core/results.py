@@ -1,11 +1,12 @@
 """Results as researchers read them: a long-form table, a CSV, a summary."""
 
 import io
+import json
 import os
 
 import numpy as np
 
-from collapse_jax.core import driver, regimes
+from collapse_jax.core import files, regimes
 
 GROUP_COLUMNS = ('regime', 'samples', 'real_fraction')  # what tells sweeps apart
 ID_COLUMNS = GROUP_COLUMNS + ('seed', 'generation')
@@ -45,7 +46,7 @@ def _concatenate(parts) -> dict[str, np.ndarray]:
 def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
   """One row per generation x seed x regime x samples x parameter value, as named columns.
 
-  `sweeps` pairs each driver.Sweep with its metrics, each (G+1) x B; the metric
+  `sweeps` pairs each protocol.Sweep with its metrics, each (G+1) x B; the metric
   columns named in `first` lead, in that order, the rest follow sorted.
   """
   parts = []
@@ -113,20 +114,6 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
   return _concatenate(parts)
 
 
-def write_file(path: str, write, binary: bool = False) -> None:
-  """Writes a file through write(f) into a temporary one, then renames it, so a killed run
-  never leaves half a file; from the primary process only (one file per multi-host run)."""
-  if not driver.is_primary():
-    return
-  with open(path + '.tmp', 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
-    write(f)
-  os.replace(path + '.tmp', path)
-
-
-def write_text(path: str, text: str) -> None:
-  write_file(path, lambda f: f.write(text))
-
-
 def write_csv(table: dict[str, np.ndarray], path: str) -> None:
   """Writes the table as CSV, numbers to 7 significant digits and text columns (regime,
   score) as they are, from the primary process only."""
@@ -139,7 +126,7 @@ def write_csv(table: dict[str, np.ndarray], path: str) -> None:
   def write(f):
     f.write(','.join(table) + '\n')
     f.writelines(','.join(row) + '\n' for row in zip(*columns))
-  write_file(path, write)
+  files.write_file(path, write)
 
 
 def value_column(table, regime: str) -> str:
@@ -228,7 +215,6 @@ def _runs(path: str) -> list[str]:
 
 def _load_run(pd, workdir: str):
   """One run's rows, with its experiment, workdir and scalar settings as columns."""
-  import json  # noqa: PLC0415
   with open(os.path.join(workdir, 'config.json')) as f:
     config = json.load(f)
   experiment = config.get('experiment') or next(

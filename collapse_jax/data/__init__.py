@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from absl import flags
 
-from collapse_jax.core import driver
+from collapse_jax.core import validation
 from collapse_jax.data import mnist, wikitext
 
 ENV = 'COLLAPSE_JAX_DATA'
@@ -111,7 +111,7 @@ class Dataset:
       if part not in missing and part in expected:
         try:
           ok = self.digest(self, folder, part) == expected[part]
-        except (OSError, EOFError, ValueError, zlib.error, driver.ConfigError):  # unreadable
+        except (OSError, EOFError, ValueError, zlib.error, validation.ConfigError):  # unreadable
           ok = False
         damaged += [] if ok else [part]
     return missing, damaged
@@ -336,7 +336,7 @@ def require(name: str, data_dir: str = '', parts=None) -> str:
   _, chosen_by = resolve(data_dir)
   what = dataset.title if len(missing) == len(dataset.parts) else (
       f'{dataset.title} ({", ".join(missing)})')
-  raise driver.ConfigError(
+  raise validation.ConfigError(
       'data_dir', f'{what} not found in {folder} (the data directory, from {chosen_by}); '
       f'fetch it with `python -m collapse_jax.data download {name}`, or pass --data_dir=DIR or '
       f'set ${ENV}=DIR for a DIR holding {dataset.folder}/')

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from collapse_jax.core import driver
+from collapse_jax.core import validation
 
 FILES = {'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
          'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
@@ -41,7 +41,7 @@ def _find(directory: str, name: str) -> str:
     path = os.path.join(directory, candidate)
     if os.path.exists(path):
       return path
-  raise driver.ConfigError('mnist_dir', f'{name}[.gz] is not in {directory}; {HOW}')
+  raise validation.ConfigError('mnist_dir', f'{name}[.gz] is not in {directory}; {HOW}')
 
 
 def _read(directory: str, name: str) -> np.ndarray:
@@ -50,13 +50,14 @@ def _read(directory: str, name: str) -> np.ndarray:
   try:
     return read_idx(path)
   except (OSError, EOFError, ValueError, zlib.error) as e:  # unreadable, truncated, not IDX
-    raise driver.ConfigError('mnist_dir', f'cannot read {path} ({type(e).__name__}: {e})') from None
+    raise validation.ConfigError('mnist_dir',
+                                 f'cannot read {path} ({type(e).__name__}: {e})') from None
 
 
 def load(split: str, directory: str):
   """(images_Nx784 float32 in [0, 1], labels_N int32) of the 'train' or 'test' split."""
   if not os.path.isdir(directory):
-    raise driver.ConfigError('mnist_dir', f'{directory} is not a directory; {HOW}')
+    raise validation.ConfigError('mnist_dir', f'{directory} is not a directory; {HOW}')
   images_file, labels_file = FILES[split]
   images = _read(directory, images_file).reshape(-1, 784)
   labels = _read(directory, labels_file)

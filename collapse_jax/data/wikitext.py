@@ -8,7 +8,7 @@ import os
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from collapse_jax.core import driver
+from collapse_jax.core import validation
 
 SPLITS = ('train', 'validation', 'test')
 RAW_FILES = {'train': 'wiki.train.raw', 'validation': 'wiki.valid.raw', 'test': 'wiki.test.raw'}
@@ -32,7 +32,7 @@ def _read_parquet(paths: list[str]) -> list[str]:
     try:
       rows += pq.read_table(path, columns=['text']).column('text').to_pylist()
     except (OSError, ValueError, KeyError) as e:  # ArrowInvalid is a ValueError
-      raise driver.ConfigError(
+      raise validation.ConfigError(
           'data_dir', f'cannot read the text column of {path} ({_why(e)}); {HOW}') from None
   return rows
 
@@ -43,7 +43,7 @@ def _read_raw(path: str) -> list[str]:
     with open(path, encoding='utf-8') as f:
       return [row if row.strip() else '' for row in f]
   except (OSError, UnicodeDecodeError) as e:
-    raise driver.ConfigError('data_dir', f'cannot read {path} ({_why(e)}); {HOW}') from None
+    raise validation.ConfigError('data_dir', f'cannot read {path} ({_why(e)}); {HOW}') from None
 
 
 def read_split(split: str, directory: str) -> list[str]:
@@ -51,14 +51,14 @@ def read_split(split: str, directory: str) -> list[str]:
   if split not in SPLITS:
     raise ValueError(f'unknown split {split!r}; choose from {", ".join(SPLITS)}')
   if not os.path.isdir(directory):
-    raise driver.ConfigError('data_dir', f'{directory} is not a directory; {HOW}')
+    raise validation.ConfigError('data_dir', f'{directory} is not a directory; {HOW}')
   parquet = sorted(glob.glob(os.path.join(glob.escape(directory), f'{split}-*.parquet')))
   if parquet:
     return _read_parquet(parquet)
   raw = os.path.join(directory, RAW_FILES[split])
   if os.path.isfile(raw):
     return _read_raw(raw)
-  raise driver.ConfigError(
+  raise validation.ConfigError(
       'data_dir', f'neither {split}-*.parquet nor {RAW_FILES[split]} is in {directory}; {HOW}')
 
 
@@ -68,7 +68,7 @@ def tokenizer(path: str):
     from transformers import AutoTokenizer  # noqa: PLC0415 (heavy; only text experiments need it)
     return AutoTokenizer.from_pretrained(path, add_bos_token=True)
   except Exception as e:  # noqa: BLE001 (any failure means: no tokenizer there)
-    raise driver.ConfigError(
+    raise validation.ConfigError(
         'tokenizer', f'cannot load a tokenizer from {path} ({_why(e)})') from None
 
 
@@ -86,7 +86,7 @@ def blocks(ids_N: np.ndarray, length: int = 64) -> np.ndarray:
   """ids_BxL int32: consecutive blocks of `length` tokens, the remainder dropped."""
   ids_N = np.asarray(ids_N).reshape(-1)
   if length < 1 or ids_N.size < length:
-    raise driver.ConfigError(
+    raise validation.ConfigError(
         'block', f'blocks of {length} tokens need at least that many, got {ids_N.size}')
   b = ids_N.size // length
   return ids_N[:b * length].reshape(b, length).astype(np.int32)

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.core import driver, plots, regimes, results
+from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
+                               validation)
 
 
 # ---------------------------------------------------------------- fit and sample
@@ -149,8 +150,8 @@ class DiscreteConfig(regimes.Options):
     return p / p.sum()
 
   def sweep(self, regime: str, samples: int):
-    return driver.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
-                        self.first_seed, **self.sweep_fields(self.regimes))
+    return protocol.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
+                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def reward_per_outcome(self) -> np.ndarray:
     k = len(self.true_probs())
@@ -158,25 +159,25 @@ class DiscreteConfig(regimes.Options):
 
   def validate(self) -> 'DiscreteConfig':
     if not self.samples:
-      raise driver.ConfigError('samples', 'needs at least one sample size')
-    driver.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
-                          self.real_fractions)
+      raise validation.ConfigError('samples', 'needs at least one sample size')
+    validation.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
+                              self.real_fractions)
     p = np.asarray(self.probs, np.float64)
     if self.probs and (len(p) < 2 or not np.all(np.isfinite(p)) or p.min() < 0
                        or not 0 < sum(self.probs) < np.inf):
-      raise driver.ConfigError('probs', 'needs two or more finite, non-negative probabilities '
-                               f'with a positive sum, got {list(self.probs)}')
+      raise validation.ConfigError('probs', 'needs two or more finite, non-negative probabilities '
+                                   f'with a positive sum, got {list(self.probs)}')
     checks = [('outcomes', self.outcomes >= 2, 'must be at least 2'),
               ('zipf_exponent', self.zipf_exponent >= 0, 'must be non-negative'),
               ('tail', 0 < self.tail < 1, 'must be between 0 and 1'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    driver.check_fields(self, checks)
+    validation.check_fields(self, checks)
     if self.rewards and (len(self.rewards) != len(self.true_probs())
                          or not np.all(np.isfinite(self.rewards))):
-      raise driver.ConfigError('rewards', f'needs {len(self.true_probs())} finite values, one '
-                               f'per outcome, got {list(self.rewards)}')
-    driver.validate_options(self, family(self))
+      raise validation.ConfigError('rewards', f'needs {len(self.true_probs())} finite values, one '
+                                   f'per outcome, got {list(self.rewards)}')
+    validation.validate_options(self, family(self))
     return self
 
 
@@ -184,7 +185,7 @@ SMALL = dict(seeds=200, generations=1000, samples=(50,), outcomes=10, checkpoint
 PRESETS = {'paper': {}, 'small': SMALL}
 
 
-def family(cfg: DiscreteConfig) -> driver.Family:
+def family(cfg: DiscreteConfig) -> protocol.Family:
   """The categorical chain as a driver family; counts are its sufficient statistics."""
   p = cfg.true_probs()
   k = len(p)
@@ -192,7 +193,7 @@ def family(cfg: DiscreteConfig) -> driver.Family:
   fit_counts = lambda counts_K, key: (counts_K, {})
   reward_K = jnp.asarray(cfg.reward_per_outcome())
   at = lambda v_K, x_Nx1: v_K[x_Nx1[:, 0].astype(jnp.int32)]  # noqa: E731
-  return driver.Family(
+  return protocol.Family(
       log_density=lambda counts_K, x_Nx1: at(_log_floor(counts_K / jnp.sum(counts_K)), x_Nx1),
       true_log_density=lambda x_Nx1: at(_log_floor(p_K), x_Nx1),
       reward=lambda x_Nx1: at(reward_K, x_Nx1),
@@ -201,7 +202,7 @@ def family(cfg: DiscreteConfig) -> driver.Family:
       sample=sample,
       reference=lambda counts0, key: {},
       evaluate=lambda counts_K, synth, ref: evaluate(counts_K, p_K, tail_K),
-      summary=driver.Summary(lambda x, w: summarise(x, w, k), jnp.add, fit_counts))
+      summary=protocol.Summary(lambda x, w: summarise(x, w, k), jnp.add, fit_counts))
 
 
 def _log_floor(q_K):
@@ -212,7 +213,7 @@ def _log_floor(q_K):
 
 def absorbing(cfg: DiscreteConfig, regime: str) -> bool:
   """Whether an absorbed run stays absorbed: it trains on its own samples only."""
-  return regime in ('replace', 'verify', 'curate') or (regime in driver.FRACTION_REGIMES
+  return regime in ('replace', 'verify', 'curate') or (regime in validation.FRACTION_REGIMES
                                                        and max(cfg.real_fractions) == 0)
 
 
@@ -247,8 +248,8 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   Tables stop at the generation where the last seed was absorbed.
   """
   cfg.validate()
-  driver.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
-  if cfg.probs and abs(sum(cfg.probs) - 1) > 1e-6 and driver.is_primary():
+  validation.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
+  if cfg.probs and abs(sum(cfg.probs) - 1) > 1e-6 and placement.is_primary():
     print(f'note: --probs sum to {sum(cfg.probs):.6g}, not 1; each is divided by that sum',
           file=sys.stderr)
   p = cfg.true_probs()
@@ -328,7 +329,7 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
               + (f', median at generation {np.median(w[w >= 0]):g}' if np.any(w >= 0) else '')
               for r, m, f, w in _absorption_lines(per_seed)]
   text += '\n' + '\n'.join(absorbed)
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return curves
 

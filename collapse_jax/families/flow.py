@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from collapse_jax.core import driver, plots, regimes, results, sampling, scores
+from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
+                               sampling, scores, validation)
 from collapse_jax.nets.mlp import VelocityMLP
 
 DIMS = 2
@@ -472,15 +473,15 @@ class FlowConfig(regimes.Options):
   def reward_point(self) -> np.ndarray:
     return np.asarray(self.reward_target or self.truth().centres_KxD[0], np.float32)
 
-  def sweep(self, regime: str) -> driver.Sweep:
-    return driver.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                        self.first_seed, **self.sweep_fields(self.regimes))
+  def sweep(self, regime: str) -> protocol.Sweep:
+    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
+                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'FlowConfig':
-    driver.check_choice('target', self.target, TARGETS)
-    driver.check_choice('solver', self.solver, SOLVERS)
-    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                          self.real_fractions, min_samples=self.knn + 1)
+    validation.check_choice('target', self.target, TARGETS)
+    validation.check_choice('solver', self.solver, SOLVERS)
+    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+                              self.real_fractions, min_samples=self.knn + 1)
     checks = [('noise', self.noise > 0, 'must be positive'),
               ('noise', self.target != 'moons' or self.noise >= 2 * MOON_SPACING,
                f'must be at least {2 * MOON_SPACING:.2g} for moons (twice the spacing of its '
@@ -505,8 +506,8 @@ class FlowConfig(regimes.Options):
                f'needs {DIMS} coordinates or none'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    driver.check_fields(self, checks)
-    driver.validate_options(self, family(self))
+    validation.check_fields(self, checks)
+    validation.validate_options(self, family(self))
     return self
 
 
@@ -519,12 +520,12 @@ SMALL = dict(seeds=4, generations=8, samples=1000, hidden=48, layers=3, steps=30
 PRESETS = {'paper': {}, 'small': SMALL}
 
 
-def family(cfg: FlowConfig) -> driver.Family:
+def family(cfg: FlowConfig) -> protocol.Family:
   """The flow as a driver family: each fit a whole training run inside the compiled
   program, many runs vmapped together on an accelerator."""
   train, ecfg, tgt = cfg.train, cfg.eval, cfg.truth()
   reward_D = jnp.asarray(cfg.reward_point())
-  return driver.Family(
+  return protocol.Family(
       draw_real=tgt.draw,
       fit=lambda x_RxD, w_R, key: fit(train, x_RxD, w_R, key),
       refit=functools.partial(refit_warm, train) if cfg.warm_start else None,
@@ -566,7 +567,7 @@ def scatter_panels(sweeps, points, tgt: Target, path: str, title: str,
     axes[r, 0].set_ylabel(plots.run_label(sweep.regime, sweep.samples, value), fontsize=8)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  if driver.is_primary():  # one copy per multi-host run
+  if placement.is_primary():  # one copy per multi-host run
     fig.savefig(path, dpi=110)
   plt.close(fig)
 
@@ -585,8 +586,8 @@ def run(cfg: FlowConfig, workdir: str, progress: bool = True, log=print):
   regions covered against generation) and summary.txt.
   """
   cfg.validate()
-  driver.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                'experiment': 'flow'})
+  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
+                                    'experiment': 'flow'})
 
   # -- every regime is one compiled program over seeds x its parameter's values
   fam = family(cfg)
@@ -613,6 +614,6 @@ def run(cfg: FlowConfig, workdir: str, progress: bool = True, log=print):
   plots.scores_against(curves, ('recall', 'recall (diversity)'),
                        os.path.join(workdir, 'tradeoff.png'), title)
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 5, 10, 20))
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return table

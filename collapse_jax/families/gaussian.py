@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from collapse_jax.core import driver, linalg, plots, regimes, results, scores
+from collapse_jax.core import (driver, files, linalg, plots, protocol, regimes, results, scores,
+                               validation)
 
 ESTIMATORS = ('mle', 'unbiased')
 
@@ -453,24 +454,24 @@ class GaussianConfig(regimes.Options):
   per_seed_csv: bool = False
 
   def sweep(self, regime: str, samples: int):
-    return driver.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
-                        self.first_seed, **self.sweep_fields(self.regimes))
+    return protocol.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
+                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'GaussianConfig':
     if self.dims < 1:
-      raise driver.ConfigError('dims', f'must be at least 1, got {self.dims}')
+      raise validation.ConfigError('dims', f'must be at least 1, got {self.dims}')
     if not self.samples:
-      raise driver.ConfigError('samples', 'needs at least one sample size')
-    driver.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
-                          self.real_fractions, min_samples=2)  # a spread needs two
+      raise validation.ConfigError('samples', 'needs at least one sample size')
+    validation.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
+                              self.real_fractions, min_samples=2)  # a spread needs two
     if self.estimator not in ESTIMATORS:
-      raise driver.ConfigError('estimator', f'unknown estimator {self.estimator!r}; choose '
-                               f'from {", ".join(ESTIMATORS)}')
+      raise validation.ConfigError('estimator', f'unknown estimator {self.estimator!r}; choose '
+                                   f'from {", ".join(ESTIMATORS)}')
     checks = [('true_std', self.true_std > 0, 'must be positive'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    driver.check_fields(self, checks)
-    driver.validate_options(self, family(self))
+    validation.check_fields(self, checks)
+    validation.validate_options(self, family(self))
     return self
 
 
@@ -478,18 +479,18 @@ SMALL = dict(seeds=200, generations=100, samples=(10, 100), checkpoint_every=50)
 PRESETS = {'paper': {}, 'small': SMALL}
 
 
-def family(cfg: GaussianConfig) -> driver.Family:
+def family(cfg: GaussianConfig) -> protocol.Family:
   """The Gaussian as a driver family: sufficient statistics for accumulate, under replace a
   refit in the last generation's own coordinates, and both (and the metrics) drawn as the
   statistics of samples rather than the samples where no regime needs the rows."""
   fit_stats = lambda stats, key: fit_summary(stats, cfg.estimator)
-  return driver.Family(
+  return protocol.Family(
       draw_real=lambda key, n: cfg.true_mean + cfg.true_std * jax.random.normal(key, (n, cfg.dims)),
       fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, cfg.estimator),
       sample=sample,
       reference=lambda params0, key: {},
       evaluate=lambda params, synth, ref: evaluate(params, synth, cfg.true_mean, cfg.true_std),
-      summary=driver.Summary(summarise, combine, fit_stats),
+      summary=protocol.Summary(summarise, combine, fit_stats),
       refit=lambda params, key, n: refit(params, key, n, cfg.estimator),
       sample_summary=sample_summary,
       unbounded_below=('log_trace', 'logdet'),
@@ -512,7 +513,7 @@ def run(cfg: GaussianConfig, workdir: str, progress: bool = True, log=print):
   panels.png, w2.png and summary.txt.
   """
   cfg.validate()
-  driver.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
+  validation.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
 
   # -- every regime x M is one compiled program over seeds x real fractions
   fam = family(cfg)
@@ -548,6 +549,6 @@ def run(cfg: GaussianConfig, workdir: str, progress: bool = True, log=print):
                        ('log_trace', 'log trace of the covariance'),
                        os.path.join(workdir, 'tradeoff.png'), title)
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return curves

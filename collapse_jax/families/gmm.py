@@ -21,7 +21,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from collapse_jax.core import driver, plots, regimes, results, scores
+from collapse_jax.core import driver, files, plots, protocol, regimes, results, scores, validation
 
 _LOG_2PI = math.log(2 * math.pi)
 # The precision of every matmul that decides a fit or a sample: float32 products and sums on
@@ -583,8 +583,8 @@ class GMMConfig(regimes.Options):
     return Mixture(*(jnp.asarray(v, jnp.float32) for v in (weights_K, means_KxD, covs_KxDxD)))
 
   def sweep(self, regime: str):
-    return driver.Sweep(regime, self.seeds, self.generations, self.samples,
-                        self.real_fractions, self.first_seed, **self.sweep_fields(self.regimes))
+    return protocol.Sweep(regime, self.seeds, self.generations, self.samples,
+                          self.real_fractions, self.first_seed, **self.sweep_fields(self.regimes))
 
   def target(self) -> np.ndarray:
     """The reward's target point c."""
@@ -593,8 +593,8 @@ class GMMConfig(regimes.Options):
 
   def validate(self) -> 'GMMConfig':
     if self.components < 1:
-      raise driver.ConfigError('components', f'must be at least 1, got {self.components}')
-    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+      raise validation.ConfigError('components', f'must be at least 1, got {self.components}')
+    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
                    self.real_fractions, min_samples=self.components)
     checks = [('tol', self.tol > 0, 'must be positive'),
               ('max_iter', self.max_iter >= 1, 'must be at least 1'),
@@ -603,38 +603,38 @@ class GMMConfig(regimes.Options):
               ('true_std', self.true_std > 0, 'must be positive'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    driver.check_fields(self, checks)
+    validation.check_fields(self, checks)
     self._validate_truth()
     if self.reward_target and len(self.reward_target) != len(self.true_means[0]):
-      raise driver.ConfigError('reward_target', f'needs {len(self.true_means[0])} coordinates, '
-                               f'one per dimension, got {len(self.reward_target)}')
-    driver.validate_options(self, family(self))
+      raise validation.ConfigError('reward_target', f'needs {len(self.true_means[0])} coordinates, '
+                                   f'one per dimension, got {len(self.reward_target)}')
+    validation.validate_options(self, family(self))
     return self
 
   def _validate_truth(self) -> None:
     """The true mixture's flags: matching sizes, weights summing to one, covariances that are
     symmetric and positive definite."""
     if not self.true_means or len({len(m) for m in self.true_means}) != 1:
-      raise driver.ConfigError('true_means', 'needs one or more means of the same dimension')
+      raise validation.ConfigError('true_means', 'needs one or more means of the same dimension')
     k, d = len(self.true_means), len(self.true_means[0])
     w = np.asarray(self.true_weights, np.float64)
     if self.true_weights and (len(w) != k or not np.all(np.isfinite(w)) or np.any(w <= 0)):
-      raise driver.ConfigError('true_weights', f'needs {k} positive weights, one per mean, got '
-                               f'{list(self.true_weights)}')
+      raise validation.ConfigError('true_weights', f'needs {k} positive weights, one per mean, got '
+                                   f'{list(self.true_weights)}')
     if self.true_weights and abs(w.sum() - 1) > 1e-6:
-      raise driver.ConfigError('true_weights', f'sum to {w.sum():.6g}, not 1; divide each by '
-                               'their sum')
+      raise validation.ConfigError('true_weights', f'sum to {w.sum():.6g}, not 1; divide each by '
+                                   'their sum')
     if not self.true_covs:
       return
     if len(self.true_covs) != k or any(len(c) != d * d for c in self.true_covs):
-      raise driver.ConfigError('true_covs', f'needs {k} covariances of {d * d} numbers each '
-                               "(row-major), e.g. '1,0,0,1;2,0.5,0.5,1'")
+      raise validation.ConfigError('true_covs', f'needs {k} covariances of {d * d} numbers each '
+                                   "(row-major), e.g. '1,0,0,1;2,0.5,0.5,1'")
     for c in self.true_covs:
       cov = np.asarray(c, np.float64).reshape(d, d)
       if not (np.all(np.isfinite(cov)) and np.allclose(cov, cov.T)
               and np.all(np.linalg.eigvalsh(cov) > 0)):
-        raise driver.ConfigError('true_covs', f'{list(c)} is not a symmetric positive definite '
-                                 'matrix')
+        raise validation.ConfigError('true_covs', f'{list(c)} is not a symmetric positive definite '
+                                     'matrix')
 
 
 SMALL = dict(seeds=8, generations=100, samples=200, heldout=200, checkpoint_every=25)
@@ -675,12 +675,12 @@ def family(cfg: GMMConfig):
   reference, evaluate = metric_fns(cfg)
   em = cfg.em
   target_D = jnp.asarray(cfg.target())
-  return driver.Family(draw_real=lambda key, n: sample(true, key, n),
-                       fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, key, em),
-                       sample=sample, reference=reference, evaluate=evaluate,
-                       one_at_a_time_on_cpu=True, log_density=log_prob_scores,
-                       true_log_density=lambda x_NxD: log_prob_scores(true, x_NxD),
-                       reward=lambda x_NxD: scores.squared_distance(x_NxD, target_D))
+  return protocol.Family(draw_real=lambda key, n: sample(true, key, n),
+                         fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, key, em),
+                         sample=sample, reference=reference, evaluate=evaluate,
+                         one_at_a_time_on_cpu=True, log_density=log_prob_scores,
+                         true_log_density=lambda x_NxD: log_prob_scores(true, x_NxD),
+                         reward=lambda x_NxD: scores.squared_distance(x_NxD, target_D))
 
 
 SUMMARY_COLUMNS = ('l2sq_gen0', 'total_var', 'heldout_ll', 'tail_mass_99', 'em_iters')
@@ -696,7 +696,7 @@ def run(cfg: GMMConfig, workdir: str, progress: bool = True, log=print):
   only) and summary.txt.
   """
   cfg.validate()
-  driver.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
+  validation.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
 
   # -- every regime is one compiled program over seeds x real fractions
   gmm_family = family(cfg)
@@ -721,6 +721,6 @@ def run(cfg: GMMConfig, workdir: str, progress: bool = True, log=print):
   if len(cfg.true_means[0]) == 2:
     plots.gmm_scatter(table, os.path.join(workdir, 'scatter.png'))
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 200, 1000))
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return table

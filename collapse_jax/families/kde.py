@@ -43,7 +43,8 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from collapse_jax.core import driver, plots, regimes, results, sampling, scores
+from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
+                               sampling, scores, validation)
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -349,15 +350,15 @@ class KDEConfig(regimes.Options):
   def target_noise(self) -> float:
     return self.truth.noise if self.noise is None else self.noise
 
-  def sweep(self, regime: str) -> driver.Sweep:
-    return driver.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                        self.first_seed, **self.sweep_fields(self.regimes))
+  def sweep(self, regime: str) -> protocol.Sweep:
+    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
+                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'KDEConfig':
-    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                          self.real_fractions, min_samples=2)  # a spread and an MMD need two
-    driver.check_choice('target', self.target, TARGETS)
-    driver.check_choice('bandwidth_rule', self.bandwidth_rule, RULES, 'rule')
+    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+                              self.real_fractions, min_samples=2)  # a spread and an MMD need two
+    validation.check_choice('target', self.target, TARGETS)
+    validation.check_choice('bandwidth_rule', self.bandwidth_rule, RULES, 'rule')
     checks = [('bandwidth', self.bandwidth > 0, 'must be positive'),
               ('noise', self.noise is None or self.noise > 0, 'must be positive'),
               ('heldout', self.heldout >= 2, 'must be at least 2'),
@@ -365,14 +366,14 @@ class KDEConfig(regimes.Options):
               ('reward_target', len(self.reward_target) == DIMS, f'needs {DIMS} coordinates'),
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    driver.check_fields(self, checks)
+    validation.check_fields(self, checks)
     score = self.active_score(self.regimes)
     if score in ('truth', 'noisy') and self.truth.log_density is None:
       exact = ', '.join(t for t, v in TARGETS.items() if v.log_density is not None)
-      raise driver.ConfigError('score', f'{score!r} needs the true density, which the '
-                               f'{self.target} target has in no closed form (only {exact} '
-                               'have one); pass --score=self, gen0 or reward')
-    driver.validate_options(self, family(self))
+      raise validation.ConfigError('score', f'{score!r} needs the true density, which the '
+                                   f'{self.target} target has in no closed form (only {exact} '
+                                   'have one); pass --score=self, gen0 or reward')
+    validation.validate_options(self, family(self))
     return self
 
 
@@ -380,13 +381,13 @@ SMALL = dict(seeds=200, generations=100, samples=250, heldout=250, checkpoint_ev
 PRESETS = {'paper': {}, 'small': SMALL}
 
 
-def fit_rows(cfg: KDEConfig, sweep: driver.Sweep) -> int:
+def fit_rows(cfg: KDEConfig, sweep: protocol.Sweep) -> int:
   """The rows a KDE stores in this sweep: the most its fit sees, N at generation 0 and the
   regime's training set after (a pool, N plus candidates, ...), read off the regime's own
   policy by shape alone."""
   n = sweep.samples
   reg = regimes.get(sweep.regime)
-  pool = driver.pool_rows(family(cfg), sweep, n)
+  pool = protocol.pool_rows(family(cfg), sweep, n)
   rows = lambda m: jax.ShapeDtypeStruct((m, DIMS), jnp.float32)  # noqa: E731
   scores_C = jax.ShapeDtypeStruct((sweep.candidate_rows(),), jnp.float32) if reg.scored else None
 
@@ -399,7 +400,7 @@ def fit_rows(cfg: KDEConfig, sweep: driver.Sweep) -> int:
   return max(n, shape.shape[0])
 
 
-def family(cfg: KDEConfig, rows: int | None = None) -> driver.Family:
+def family(cfg: KDEConfig, rows: int | None = None) -> protocol.Family:
   """The KDE as a driver family, storing `rows` points (default: N, enough for the regimes
   whose training set is N rows; run() passes fit_rows)."""
   truth, noise = cfg.truth, cfg.target_noise
@@ -423,7 +424,7 @@ def family(cfg: KDEConfig, rows: int | None = None) -> driver.Family:
       out['truth_ll'] = jnp.mean(true_log_density(synth_NxD))
     return out
 
-  return driver.Family(
+  return protocol.Family(
       draw_real=lambda key, n: draw_target(truth, key, n, noise),
       fit=lambda x_RxD, w_R, key: fit(x_RxD, w_R, cfg.bandwidth_rule, cfg.bandwidth, rows),
       sample=sample, reference=reference, evaluate=evaluate,
@@ -434,7 +435,7 @@ def family(cfg: KDEConfig, rows: int | None = None) -> driver.Family:
 
 # ---------------------------------------------------------------- figures
 
-def replace_chain(fam: driver.Family, seed, n: int, generations: int):
+def replace_chain(fam: protocol.Family, seed, n: int, generations: int):
   """One run under `replace` as the driver draws it, in a scan of the family's own fit and
   sample: the keys split(key(seed), 3) into data, reference and run keys, generation g's
   fit and sample keys split(fold_in(run_key, g), 3)[1:] (tests/test_kde.py checks it
@@ -508,7 +509,7 @@ def _rule_label(cfg: KDEConfig) -> str:
 
 def _save(fig, path):
   fig.tight_layout()
-  if driver.is_primary():
+  if placement.is_primary():
     fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -528,8 +529,8 @@ def run(cfg: KDEConfig, workdir: str, progress: bool = True, log=print):
   tradeoff.png (with a score) and summary.txt.
   """
   cfg.validate()
-  driver.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                'experiment': 'kde'})
+  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
+                                    'experiment': 'kde'})
 
   # -- every regime is one compiled program over seeds x its parameter's values
   sweeps = []
@@ -568,6 +569,6 @@ def run(cfg: KDEConfig, workdir: str, progress: bool = True, log=print):
   plots.scores_against(curves, ('spread', 'spread (trace of covariance)'),
                        os.path.join(workdir, 'tradeoff.png'), title)
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return curves

@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.core import driver, plots, regimes, results
+from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
+                               validation)
 
 INPUTS = ('fresh', 'same')
 METRICS = ('test_error', 'param_error', 'label_var')
@@ -329,19 +330,19 @@ class RegressionConfig(regimes.Options):
   checkpoint_every: int = 50
   first_seed: int = 0
 
-  def sweep(self, regime: str) -> driver.Sweep:
-    return driver.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                        self.first_seed, **self.sweep_fields(self.regimes))
+  def sweep(self, regime: str) -> protocol.Sweep:
+    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
+                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'RegressionConfig':
-    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                          self.real_fractions, min_samples=2)
+    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+                              self.real_fractions, min_samples=2)
     if not self.ridges:
-      raise driver.ConfigError('ridge', 'needs at least one value')
+      raise validation.ConfigError('ridge', 'needs at least one value')
     for r in self.ridges:
       if not r >= 0:
-        raise driver.ConfigError('ridge', f'{r} is negative; a penalty is at least 0 (0: OLS)')
-    driver.check_choice('inputs', self.inputs, INPUTS)
+        raise validation.ConfigError('ridge', f'{r} is negative; a penalty is at least 0 (0: OLS)')
+    validation.check_choice('inputs', self.inputs, INPUTS)
     checks = [('dims', self.dims >= 1, 'must be at least 1'),
               ('samples', min(self.ridges) > 0 or self.samples > self.dims,
                f'must exceed --dims={self.dims} for ordinary least squares (--ridge=0)'),
@@ -350,11 +351,11 @@ class RegressionConfig(regimes.Options):
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative'),
               ('design_seed', self.design_seed >= 0, 'must be non-negative')]
-    driver.check_fields(self, checks)
+    validation.check_fields(self, checks)
     if len(self.ridges) > 1 and any(regimes.get(r).scored for r in self.regimes):
-      raise driver.ConfigError('ridge', 'verify and curate rank whole samples, which carry one '
-                               'label per penalty: give them one --ridge value')
-    driver.validate_options(self, family(self))
+      raise validation.ConfigError('ridge', 'verify and curate rank whole samples, which carry one '
+                                   'label per penalty: give them one --ridge value')
+    validation.validate_options(self, family(self))
     return self
 
 
@@ -363,7 +364,7 @@ SMALL = dict(seeds=1000, generations=50, samples=50, dims=10, ridges=(0.0, 0.1),
 PRESETS = {'paper': {}, 'small': SMALL}
 
 
-def family(cfg: RegressionConfig) -> driver.Family:
+def family(cfg: RegressionConfig) -> protocol.Family:
   """The regression as a driver family: running statistics for accumulate, and under
   replace with fresh inputs a refit drawn as sufficient statistics."""
   lam_P = spectrum(cfg.dims, cfg.alpha)
@@ -374,14 +375,14 @@ def family(cfg: RegressionConfig) -> driver.Family:
   truth_LxP = np.tile(w_star_P, (len(cfg.ridges), 1))
   fit_stats = lambda stats, key: fit_statistics(stats, ridge_L)  # noqa: E731
   refitting = cfg.inputs == 'fresh' and cfg.samples >= cfg.dims + 2  # Bartlett needs T >= K + 1
-  return driver.Family(
+  return protocol.Family(
       draw_real=lambda key, n: labelled(truth_LxP, key, n, scale_P, cfg.noise, x_TxP),
       fit=lambda xy_NxD, w_N, key: fit_statistics(statistics(xy_NxD, w_N, cfg.dims), ridge_L),
       sample=lambda params, key, n: labelled(params['w'], key, n, scale_P, cfg.noise, x_TxP),
       reference=lambda params0, key: {},
       evaluate=lambda params, synth_NxD, ref: evaluate(params, w_star_P, lam_P),
-      summary=driver.Summary(lambda xy_NxD, w_N: statistics(xy_NxD, w_N, cfg.dims), combine,
-                             fit_stats),
+      summary=protocol.Summary(lambda xy_NxD, w_N: statistics(xy_NxD, w_N, cfg.dims), combine,
+                               fit_stats),
       refit=(lambda params, key, n: refit(params, key, n, scale_P, cfg.noise, ridge_L))
       if refitting else None,
       log_density=lambda params, xy_NxD: log_likelihood(params['w'], xy_NxD, cfg.noise),
@@ -456,7 +457,7 @@ def draw(curves, path: str, title: str):
                         title_fontsize=7)
   fig.suptitle(title)
   fig.tight_layout()
-  if driver.is_primary():
+  if placement.is_primary():
     fig.savefig(path, dpi=120)
   plt.close(fig)
 
@@ -478,8 +479,8 @@ def run(cfg: RegressionConfig, workdir: str, progress: bool = True, log=print):
   forms), errors.png, tradeoff.png with a score, and summary.txt.
   """
   cfg.validate()
-  driver.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                'experiment': 'regression'})
+  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
+                                    'experiment': 'regression'})
 
   # -- every regime is one compiled program over seeds x its values x the penalties
   fam = family(cfg)
@@ -506,6 +507,6 @@ def run(cfg: RegressionConfig, workdir: str, progress: bool = True, log=print):
           {k: v[curves['ridge'] == np.float32(ridge)] for k, v in curves.items()}, METRICS,
           generations=(1, 10, 100))
       for ridge in cfg.ridges)
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return curves

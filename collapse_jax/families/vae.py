@@ -15,7 +15,8 @@ import optax
 from flax import traverse_util
 
 from collapse_jax import data
-from collapse_jax.core import checkpoints, driver, plots, regimes, results
+from collapse_jax.core import (checkpoints, driver, files, plots, protocol, regimes, results,
+                               validation)
 from collapse_jax.data import mnist
 from collapse_jax.nets.conv_vae import PIXELS, VAE, Classifier, neg_elbo_B
 
@@ -252,12 +253,12 @@ class VAEConfig(regimes.Options):
     return TrainConfig(self.latent, self.epochs, self.batch, self.lr, self.weight_decay)
 
   def sweep(self, regime: str):
-    return driver.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                        self.first_seed, **self.sweep_fields(self.regimes))
+    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
+                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'VAEConfig':
-    driver.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                          self.real_fractions, min_samples=self.batch)
+    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
+                              self.real_fractions, min_samples=self.batch)
     checks = [('latent', self.latent >= 1, 'must be at least 1'),
               ('epochs', self.epochs >= 1, 'must be at least 1'),
               ('batch', self.batch >= 1, 'must be at least 1'),
@@ -269,8 +270,8 @@ class VAEConfig(regimes.Options):
               ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
               ('first_seed', self.first_seed >= 0, 'must be non-negative'),
               ('preferred_digit', 0 <= self.preferred_digit <= 9, 'must be a digit, 0 to 9')]
-    driver.check_fields(self, checks)
-    driver.validate_options(self, family(self, None).make(None))
+    validation.check_fields(self, checks)
+    validation.validate_options(self, family(self, None).make(None))
     return self
 
 
@@ -285,8 +286,8 @@ def load_data(cfg: VAEConfig):
   train_x, train_y = mnist.load('train', directory)
   test_x, _ = mnist.load('test', directory)
   if cfg.samples > train_x.shape[0]:
-    raise driver.ConfigError('samples', f'MNIST has {train_x.shape[0]} training images, '
-                             f'got {cfg.samples}')
+    raise validation.ConfigError('samples', f'MNIST has {train_x.shape[0]} training images, '
+                                 f'got {cfg.samples}')
   return {'train': jnp.asarray(train_x), 'test': jnp.asarray(test_x[:cfg.test_images]),
           'classifier': cached_classifier(cfg.classifier_cache, train_x, train_y)}
 
@@ -302,17 +303,17 @@ def cached_classifier(path: str, images_NxD, labels_N):
   params = train_classifier(jnp.asarray(images_NxD), jnp.asarray(labels_N), jax.random.key(0))
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   flat = {'/'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
-  results.write_file(path, lambda f: np.savez(f, **flat), binary=True)
+  files.write_file(path, lambda f: np.savez(f, **flat), binary=True)
   checkpoints.seal(path)
   return params
 
 
-def family(cfg: VAEConfig, data) -> driver.WithData:
+def family(cfg: VAEConfig, data) -> protocol.WithData:
   """The VAE as a driver family reading MNIST as shared data."""
   def make(data):  # data None: the functions unread, to see which scores there are
     def draw_real(key, n):
       return data['train'][jax.random.permutation(key, data['train'].shape[0])[:n]]
-    return driver.Family(
+    return protocol.Family(
         draw_real=draw_real,
         fit=lambda x_NxD, w_N, key: fit(cfg.train, x_NxD, w_N, key, cfg.samples),
         refit=(lambda params, key, n: fit_fresh(cfg.train, params, key, n))
@@ -324,7 +325,7 @@ def family(cfg: VAEConfig, data) -> driver.WithData:
         log_density=lambda params, x_NxD: elbo(cfg.latent, params, x_NxD),
         reward=lambda x_NxD: digit_log_prob(data['classifier'], cfg.preferred_digit, x_NxD),
         one_at_a_time_on_cpu=True)  # vmapped convolutions cost more than a loop there
-  return driver.WithData(make, data)
+  return protocol.WithData(make, data)
 
 
 SUMMARY_COLUMNS = ('latent_std', 'test_nelbo', 'class_entropy_bits', 'train_loss')
@@ -342,7 +343,7 @@ def run(cfg: VAEConfig, workdir: str, progress: bool = True, log=print):
   cfg.validate()
   data = load_data(cfg)  # a missing dataset fails here, before anything is written
   where = {'data_dir', 'mnist_dir', 'classifier_cache'}  # where things are, not what the run is
-  driver.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
+  validation.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
       dataclasses.asdict(cfg))).items() if k not in where})
 
   # -- every regime is one compiled program over seeds x real fractions, a generation per call
@@ -368,6 +369,6 @@ def run(cfg: VAEConfig, workdir: str, progress: bool = True, log=print):
                     f'{cfg.regimes[0]}, seed {cfg.first_seed}')
   plots.latent_hists(curves, HIST_BINS, HIST_RANGE, os.path.join(workdir, 'latent_hist.png'))
   text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 5, 10))
-  results.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
+  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
   log(text)
   return table
