@@ -111,10 +111,13 @@ def gmm_case(trips) -> Case:
 
 def _batched(fn, shapes, seeds: int, devices):
   """jax.vmap(fn) compiled for `devices` on `seeds` runs of arguments of these shapes."""
-  sharding = NamedSharding(placement.mesh(devices=devices), PartitionSpec('runs'))
+  mesh = placement.mesh(devices=devices)
+  sharding = NamedSharding(mesh, PartitionSpec('runs'))
   args = jax.tree.map(lambda a: jax.ShapeDtypeStruct((seeds,) + a.shape, a.dtype,
                                                      sharding=sharding), shapes)
-  return jax.jit(jax.vmap(fn)).lower(*args).compile()
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # the GPU a Pallas kernel is for
+    lowered = jax.jit(jax.vmap(fn)).lower(*args)
+  return lowered.compile()
 
 
 def expected(work, trips_R, seeds: int, draws: int = 16) -> float:
@@ -128,13 +131,21 @@ def gmm_loops(cfg: gmm.GMMConfig, trips) -> dict:
   run, those the program's cost analysis counts once per run). Both run in rounds (what
   gmm.round_work counts) with an accelerator's fused steps; iterations drawn from those
   measured on this CPU. The one-iteration programs read the whole feature array where the
-  fused steps read only its D coordinate rows: their bytes are an upper bound."""
+  fused steps read only its D coordinate rows: their bytes are an upper bound. EM's step is
+  the one gmm.em picks for the target: the Triton kernel on an NVIDIA GPU, given the
+  coordinate rows (as EM's loop holds them), the fused step elsewhere."""
   d, k, n = 2, cfg.components, cfg.samples
   f = 1 + d + d * (d + 1) // 2
   mix = gmm.Mixture(jnp.zeros(k), jnp.zeros((k, d)), jnp.zeros((k, d, d)))
   f_FxN, w_N, centres_KxD = jnp.zeros((f, n)), jnp.zeros(n), jnp.zeros((k, d))
-  em_one = lambda m, f, w: gmm.em_step_fused(m, f, w, cfg.reg_covar)  # noqa: E731
-  em = (lambda seeds, devices: _batched(em_one, (mix, f_FxN, w_N), seeds, devices),
+
+  def em_program(seeds, devices):
+    if devices[0].platform == 'gpu':
+      one = lambda m, x, w: gmm.em_step_triton(m, x, w, cfg.reg_covar)  # noqa: E731
+      return _batched(one, (mix, f_FxN[1:1 + d], w_N), seeds, devices)
+    one = lambda m, f, w: gmm.em_step_fused(m, f, w, cfg.reg_covar)  # noqa: E731
+    return _batched(one, (mix, f_FxN, w_N), seeds, devices)
+  em = (em_program,
         lambda seeds: expected(gmm.round_work, trips['em_iters'], seeds) / seeds,
         lambda seeds: sum(gmm.round_sizes(seeds)) / seeds)
   km = (lambda seeds, devices: _batched(gmm.lloyd_step_fused, (centres_KxD, f_FxN, w_N), seeds,
@@ -521,8 +532,10 @@ def markdown(rows) -> str:
       cells = ['-'] * 4
     lines.append(f'| {r["family"]} | {r["target"]} | {r["seeds"]:,} | {mem} | {big} | '
                  + ' | '.join(cells) + ' |')
+  def added(v):  # a loop's iterations beyond those its program counts; the program itself
+    return v.get('iterations', 1) - v.get('counted', 0)
   parts = [f'- {r["family"]} {r["target"]}: ' + '; '.join(
-      f'{k} -> {v["bytes"] / 1e9:.3f} GB, {v["flops"] / 1e9:.2f} GFLOP'
+      f'{k} -> {added(v) * v["bytes"] / 1e9:.3f} GB, {added(v) * v["flops"] / 1e9:.2f} GFLOP'
       for k, v in r['generation']['parts'].items()) for r in rows if r.get('generation')]
   lines += ['', 'Parts of each estimate:', ''] + parts + steps_markdown(rows)
   return '\n'.join(lines) + '\n'

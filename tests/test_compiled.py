@@ -77,13 +77,31 @@ def test_fused_em_step_is_em_step_to_float32_rounding():
   np.testing.assert_allclose(bound_a, bound_b, rtol=1e-6)
 
 
+@pytest.mark.parametrize('k,d,n', [(2, 2, 500), (3, 3, 129)])
+def test_triton_em_step_is_em_step_to_float32_rounding(k, d, n):
+  # run as plain JAX here (interpret); N not a power of two: the kernel's block is masked
+  rng = np.random.default_rng(k)
+  x = rng.normal(size=(n, d)).astype(np.float32) * np.linspace(0.5, 2.0, d, dtype=np.float32)
+  w_N = jnp.asarray(rng.uniform(0.5, 1.5, n).astype(np.float32))
+  f_FxN = gmm.features(jnp.asarray(x - x.mean(0)))
+  covs = np.stack([np.eye(d) * (1 + c) + 0.1 * (1 - np.eye(d)) for c in range(k)])
+  start = gmm.Mixture(jnp.full(k, 1 / k), jnp.asarray(rng.normal(size=(k, d)), jnp.float32),
+                      jnp.asarray(covs, jnp.float32))
+  a, bound_a = jax.jit(gmm.em_step, static_argnums=3)(start, f_FxN, w_N, 1e-6)
+  b, bound_b = jax.jit(lambda m, x, w: gmm.em_step_triton(m, x, w, 1e-6, interpret=True))(
+      start, f_FxN[1:1 + d], w_N)
+  for u, v in zip(a, b):
+    np.testing.assert_allclose(u, v, rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(bound_a, bound_b, rtol=1e-6)
+
+
 @pytest.mark.heavy  # a fit compiled
-@pytest.mark.parametrize('seed', [0, 1])
-def test_fused_fit_matches_scikit_learn(seed):
+@pytest.mark.parametrize('seed,fused', [(0, True), (1, True), (0, 'triton')])
+def test_fused_fit_matches_scikit_learn(seed, fused):
   rng = np.random.default_rng(seed)
   x = np.concatenate([rng.normal(size=(300, 2)) * [1.0, 0.5] + [-4, 1],
                       rng.normal(size=(700, 2)) * [0.7, 1.2] + [3, -2]]).astype(np.float32)
-  mix, info = jax.jit(lambda x, k: gmm.fit(x, jnp.ones(len(x)), k, CFG, fused=True))(
+  mix, info = jax.jit(lambda x, k: gmm.fit(x, jnp.ones(len(x)), k, CFG, fused=fused))(
       x, jax.random.key(seed))
   assert_gmm_matches_scikit_learn(mix, x, seed)
   assert bool(info['converged'])
@@ -127,8 +145,11 @@ def test_programs_compile_for_a_tpu_and_a_gpu_within_the_drivers_prediction(name
       _, per_device, first, advance, shapes, need = driver.compile_sweep(fam, s, 2,
                                                                          devices=devices)
       assert per_device == s.seeds and first.executable and advance.executable
+      text = advance.executable.as_text()
       if devices[0].platform == 'tpu':  # compiled for the TPU: its tiled layouts
-        assert ':T(' in advance.executable.as_text()
+        assert ':T(' in text
+      if name == 'gmm':  # EM's step on an NVIDIA GPU: the one-pass Triton kernel
+        assert ('xla.gpu.triton' in text) == (devices[0].platform == 'gpu'), target
       held = sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(shapes[:2]))
       assert need >= held, (target, need, held)  # it holds at least the runs' state
       needs.append(need)

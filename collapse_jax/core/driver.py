@@ -190,15 +190,24 @@ def programs(family: Family | WithData, sweep: Sweep, chunk: int, width: int, de
   held = data if devices is None else jax.tree.map(  # a compile-only target holds shapes only
       lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype,
                                      sharding=NamedSharding(runs_mesh, replicated)), data)
-  run_first.compiled = lambda *args: _ahead(first, held, args, lambda out: out)
-  run_advance.compiled = lambda *args: _ahead(advance, held, args, _swap)
+  # A compile-only device is not this process's: kernels that ask which GPU they are lowered
+  # for (Pallas) learn it from the mesh's abstract device.
+  target = None if devices is None else runs_mesh.abstract_mesh
+  run_first.compiled = lambda *args: _ahead(first, held, args, lambda out: out, target)
+  run_advance.compiled = lambda *args: _ahead(advance, held, args, _swap, target)
   return run_first, run_advance
 
 
-def _ahead(jitted, data, args, finish):
+def _ahead(jitted, data, args, finish, target=None):
   """(the compiled program as a function of args, the bytes a device needs to run it); the
-  function's `executable` is XLA's, for its memory and cost analyses and its HLO."""
-  exe = jitted.lower(*args, data).compile()
+  function's `executable` is XLA's, for its memory and cost analyses and its HLO. target:
+  the abstract mesh of compile-only devices, lowered under."""
+  if target is None:
+    exe = jitted.lower(*args, data).compile()
+  else:
+    with jax.sharding.use_abstract_mesh(target):
+      lowered = jitted.lower(*args, data)
+    exe = lowered.compile()
   call = lambda *a: finish(exe(*a, data))  # noqa: E731
   call.executable = exe
   return call, placement.needed_bytes(exe)

@@ -18,6 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 from collapse_jax.core import driver, files, plots, protocol, regimes, results, scores, validation
 
@@ -233,7 +235,7 @@ def lloyd_step_fused(centres_KxD, f_FxN, w_N):
   return jnp.where(count_K > 0, m_KxF[:, 1:] / jnp.maximum(count_K, 1e-30), centres_KxD)
 
 
-def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig, fused: bool | None = None):
+def kmeans_onehot(xc_NxD, f_FxN, w_N, key, cfg: EMConfig, fused: bool | str | None = None):
   """Lloyd iterations from k-means++ until centres move less than tol.
 
   Returns the one-hot assignment KxN and the number of iterations. fused: which Lloyd
@@ -308,6 +310,57 @@ def em_step_fused(mix: Mixture, f_FxN, w_N, reg_covar: float):
   return _from_moments(jnp.stack(sums[:k * f]).reshape(k, f), d, reg_covar), bound
 
 
+def _em_sums_kernel(n: int, k: int, a_ref, *refs):
+  """em_step_fused's sums for one run, in one pass: each sample is read once, from registers
+  on; the block is N rounded up to a power of two, the samples past N masked out.
+  refs: each coordinate's row, the weights, then the sums."""
+  *x_refs, w_ref, out_ref = refs
+  d, block = len(x_refs), w_ref.shape[0]
+  valid = jax.lax.broadcasted_iota(jnp.int32, (block,), 0) < n
+  x = [pl_triton.load(x_ref, mask=valid, other=0.0) for x_ref in x_refs]
+  w = pl_triton.load(w_ref, mask=valid, other=0.0)
+  i, j = np.triu_indices(d)
+  rows = [None] + x + [x[a] * x[b] for a, b in zip(i, j)]
+  f = len(rows)
+  logp = [a_ref[c * f] + sum(a_ref[c * f + m] * rows[m] for m in range(1, f)) for c in range(k)]
+  top = functools.reduce(jnp.maximum, logp)
+  p = [jnp.exp(lp - top) for lp in logp]
+  norm = sum(p)
+  scale = w / norm
+  for c in range(k):
+    r = p[c] * scale
+    out_ref[c * f] = jnp.sum(r)
+    for m in range(1, f):
+      out_ref[c * f + m] = jnp.sum(r * rows[m])
+  out_ref[k * f] = jnp.sum(w * (top + jnp.log(norm)))
+  out_ref[k * f + 1] = jnp.sum(w)
+
+
+def em_step_triton(mix: Mixture, x_DxN, w_N, reg_covar: float, interpret: bool = False):
+  """em_step_fused as one Pallas (Triton) kernel a run, for NVIDIA GPUs: XLA splits the fused
+  step in two kernels (the responsibilities written out and read back, about 65 KB a
+  run-iteration at N = 1,000); this one reads the coordinates and weights once (12 KB).
+  Takes the D coordinate rows of the centred data. Same sums as em_step_fused, in another
+  order: equal to float32 rounding. interpret: run the kernel as plain JAX (any backend)."""
+  a_KxF = _log_density_coefs(mix)
+  k, f = a_KxF.shape
+  d, n = x_DxN.shape
+  coefs = 1 << (k * f - 1).bit_length()  # Triton's blocks are powers of two
+  sums = 1 << (k * f + 1).bit_length()
+  block = 1 << (n - 1).bit_length()
+  a_C = jnp.zeros(coefs, a_KxF.dtype).at[:k * f].set(a_KxF.reshape(-1))
+  out = pl.pallas_call(
+      functools.partial(_em_sums_kernel, n, k),
+      out_shape=jax.ShapeDtypeStruct((sums,), x_DxN.dtype),
+      in_specs=[pl.BlockSpec((coefs,), lambda: (0,))]
+      + [pl.BlockSpec((None, block), functools.partial(lambda e: (e, 0), e)) for e in range(d)]
+      + [pl.BlockSpec((block,), lambda: (0,))],
+      out_specs=pl.BlockSpec((sums,), lambda: (0,)),
+      interpret=interpret)(a_C, *[x_DxN] * d, w_N)
+  bound = out[k * f] / out[k * f + 1]
+  return _from_moments(out[:k * f].reshape(k, f), d, reg_covar), bound
+
+
 # Under vmap, EM and k-means iterate in rounds: a round runs a batch of runs until at most the next
 # round's size still iterate, which then continue alone. Sizes shrink by ROUND_SHRINK down
 # to ROUND_MIN, so the work is about proportional to each run's own iterations instead of
@@ -358,21 +411,28 @@ def _rounds(step, running, state_B, data_B):
   return state_B
 
 
-def em(mix: Mixture, f_FxN, w_N, cfg: EMConfig, fused: bool | None = None):
+def em(mix: Mixture, f_FxN, w_N, cfg: EMConfig, fused: bool | str | None = None):
   """EM from `mix` until the bound changes by less than tol: (mix, iterations, converged).
 
-  fused: em_step_fused (True) or em_step (False); None: em_step on a CPU, the fused
-  step on an accelerator (chosen when the program is lowered for its platform).
+  fused: em_step (False), em_step_fused (True), em_step_triton ('triton'; run as plain JAX
+  where the backend is not a GPU's); None: by the platform the program is lowered for,
+  em_step on a CPU, em_step_triton on an NVIDIA GPU, em_step_fused on others.
   """
+  r = cfg.reg_covar
+  steps = {  # each (mix, features, weights, coordinates) -> (mix, bound)
+      False: lambda m, f, w, x: em_step(m, f, w, r),
+      True: lambda m, f, w, x: em_step_fused(m, f, w, r),
+      'triton': lambda m, f, w, x: em_step_triton(m, x, w, r,
+                                                  interpret=jax.default_backend() != 'gpu')}
+
   def step_one(state, data):
     mix, lower_bound, it, _ = state
-    f_FxN, w_N = data
     if fused is None:
       mix, new_bound = jax.lax.platform_dependent(
-          mix, f_FxN, w_N, cpu=lambda *a: em_step(*a, cfg.reg_covar),
-          default=lambda *a: em_step_fused(*a, cfg.reg_covar))
+          mix, *data, cpu=steps[False], default=steps[True],
+          cuda=lambda m, f, w, x: em_step_triton(m, x, w, r))
     else:
-      mix, new_bound = (em_step_fused if fused else em_step)(mix, f_FxN, w_N, cfg.reg_covar)
+      mix, new_bound = steps[fused](mix, *data)
     return mix, new_bound, it + 1, jnp.abs(new_bound - lower_bound) < cfg.tol
 
   def running_one(state):
@@ -380,7 +440,8 @@ def em(mix: Mixture, f_FxN, w_N, cfg: EMConfig, fused: bool | None = None):
     return (~converged) & (it < cfg.max_iter)
 
   init = (mix, jnp.array(-jnp.inf, f_FxN.dtype), jnp.array(0), jnp.array(False))
-  mix, _, iters, converged = iterate(step_one, running_one, init, (f_FxN, w_N))
+  x_DxN = f_FxN[1:1 + mix.means.shape[-1]]  # the Triton step's, sliced once, not each iteration
+  mix, _, iters, converged = iterate(step_one, running_one, init, (f_FxN, w_N, x_DxN))
   return mix, iters, converged
 
 
@@ -408,7 +469,7 @@ def iterate(step_one, running_one, init, data):
   return loop(init, data)
 
 
-def fit(x_NxD, w_N, key, cfg: EMConfig, fused: bool | None = None):
+def fit(x_NxD, w_N, key, cfg: EMConfig, fused: bool | str | None = None):
   """EM from a k-means start; returns the mixture and its iteration counts.
 
   The data are centred on their weighted mean first, which keeps the moment
