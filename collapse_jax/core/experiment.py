@@ -69,6 +69,12 @@ class SweepConfig(regimes.Options):
     return {**fields, 'experiment': experiment}
 
 
+def per_seed_csv():
+  """The field of a config whose per-seed table is optional (large for many seeds)."""
+  return setting(False, 'Also write metrics.csv, one row per seed and generation (large: about '
+                 '80 MB per million rows).')
+
+
 def _json(value):
   return [_json(v) for v in value] if isinstance(value, (tuple, list)) else value
 

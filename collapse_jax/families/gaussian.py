@@ -452,8 +452,7 @@ class GaussianConfig(experiment.SweepConfig):
   reward_target: float = setting(1.0, '--score=reward: the reward is -|x - c|^2 for c this '
                                  'value in every dimension.')
   checkpoint_every: int = 250
-  per_seed_csv: bool = setting(False, 'Also write metrics.csv, one row per seed and generation '
-                               '(large: about 80 MB per million rows).')
+  per_seed_csv: bool = experiment.per_seed_csv()
 
   def validate(self) -> 'GaussianConfig':
     if self.dims < 1:
