@@ -93,14 +93,16 @@ def _parse(flag: str, kind, value):
 REGIME_FIELDS = {'regimes', 'real_fractions'} | {f.name for f in dataclasses.fields(regimes.Options)}
 
 
-def config_from_flags(fv: flags.FlagValues, config_cls, presets: dict[str, dict]):
-  """The config of --preset, overridden by the flags given on the command line. A preset's
-  regimes come with their settings: --regime given, the regimes' settings are the flags'."""
+def config_from_flags(fv: flags.FlagValues, config_cls, presets: dict[str, dict], by_hand=()):
+  """The config of --preset, overridden by the flags given on the command line (those of its
+  documented fields, and `by_hand`: fields whose flags of the same name the experiment
+  defined itself). A preset's regimes come with their settings: --regime given, the
+  regimes' settings are the flags'."""
   validation.check_choice('preset', fv.preset, presets)
   fields = dict(presets[fv.preset])
-  kinds = config_fields(config_cls)
-  if 'regimes' in kinds and fv[settings.flag_name(config_cls, 'regimes')].present:
+  if fv['regime'].present:
     fields = {k: v for k, v in fields.items() if k not in REGIME_FIELDS}
+  kinds = {**config_fields(config_cls), **{name: None for name in by_hand}}
   for name, kind in kinds.items():
     flag = _doc(config_cls, name).get('flag') or name
     if fv[flag].present:
