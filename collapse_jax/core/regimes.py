@@ -304,7 +304,3 @@ class Options:
     return {'settings': self.settings(), 'score': self.active_score(names),
             'noise': self.verifier_noise, 'candidates': self.candidates}
 
-
-OPTION_FLAGS = {'keep_fractions': 'keep_fraction', 'reward_scales': 'reward_scale',
-                'synthetic_ratios': 'synthetic_ratio', 'age_decays': 'age_decay',
-                'score': 'score', 'candidates': 'candidates', 'verifier_noise': 'verifier_noise'}
