@@ -1,4 +1,5 @@
-"""What every experiment's command line shares: presets, list flags, one-line errors."""
+"""What every experiment's command line shares: a flag per config field, presets, one-line
+errors, the CPU split into devices and the processes of a multi-process run."""
 
 import dataclasses
 import os
@@ -22,10 +23,10 @@ def define_flags(fv: flags.FlagValues, config_cls, workdir: str, presets: dict[s
   flags.DEFINE_string('workdir', workdir, 'Where checkpoints, tables and figures go; '
                       'rerunning with the same flags resumes there.', flag_values=fv)
   if preset_help is None:
-    others = '; '.join(f'{name}: {fields}' for name, fields in presets.items() if name != 'paper')
-    preset_help = (f"paper: the authors' released code's protocol, in every experiment (for "
-                   f'one the paper does not have, its defaults), as below; {others}. Flags '
-                   'given explicitly override the preset.')
+    others = ''.join(f'; {name}: {fields}' for name, fields in presets.items() if name != 'paper')
+    preset_help = ("paper: the authors' released code's protocol, in every experiment (for one "
+                   f'the paper does not have, its defaults), as below{others}. Flags given '
+                   'explicitly override the preset.')
   flags.DEFINE_enum('preset', next(iter(presets)), list(presets), preset_help, flag_values=fv)
   defaults = config_cls()
   for name, kind in config_fields(config_cls).items():
