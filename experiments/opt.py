@@ -8,9 +8,14 @@ on text it generated itself (64-token prompts, 64 new tokens, 5-beam search).
   python -m experiments.opt --preset=tiny --decoding=sample --regime=replace,verify,curate \
       --keep_fraction=0.5 --score=gen0   # blocks ranked by the generation-0 model's likelihood
 
+verify and curate rank generated blocks by their log-likelihood under --score=gen0 or self;
+they, and augment above 1, need --decoding=sample.
+
 WikiText-2 and, for --preset=tiny, OPT's tokenizer come from the data directory (--data_dir, else
 $COLLAPSE_JAX_DATA, else ~/.cache/collapse_jax); python -m collapse_jax.data download fills it.
 """
+
+import dataclasses
 
 from absl import flags
 
@@ -20,15 +25,14 @@ from collapse_jax.families import lm
 
 _D = lm.LMConfig()
 FLAGS = flags.FlagValues()
-flags.DEFINE_string('workdir', 'runs/opt', 'Where checkpoints, tables and figures go; rerunning '
-                    'with the same flags resumes there.', flag_values=FLAGS)
-flags.DEFINE_enum('preset', 'official', list(lm.PRESETS), "official: the authors' released "
-                  'main.py (5 epochs, no original data, AdamW at 2e-5 with weight decay 0.01, '
-                  'cosine to 1e-6 stepped per epoch, batch 128, repetition penalty 3), as below; '
-                  "the paper's text, with the Hugging Face Trainer's optimiser and no repetition "
-                  'penalty: paper: ' + str(lm.PRESETS['paper']) + '; keep10: '
-                  + str(lm.PRESETS['keep10']) + '; tiny: ' + str(lm.PRESETS['tiny'])
-                  + '. Flags given explicitly override the preset.', flag_values=FLAGS)
+# The flags every experiment shares (--seeds, --regime, --keep_fraction, ..., --cpu_devices),
+# from the config's fields; the language model's own below.
+cli.define_flags(FLAGS, lm.LMConfig, 'runs/opt', lm.PRESETS, preset_help=(
+    "official: the authors' released main.py (5 epochs, no original data, AdamW at 2e-5 with "
+    'weight decay 0.01, cosine to 1e-6 stepped per epoch, batch 128, repetition penalty 3), as '
+    "below; the paper's text, with the Hugging Face Trainer's optimiser and no repetition "
+    'penalty: paper: ' + str(lm.PRESETS['paper']) + '; keep10: ' + str(lm.PRESETS['keep10'])
+    + '; tiny: ' + str(lm.PRESETS['tiny']) + '. Flags given explicitly override the preset.'))
 flags.DEFINE_string('model', _D.model, "Hub name or local Hugging Face OPT directory; 'tiny': "
                     'a small randomly initialised OPT.', flag_values=FLAGS)
 flags.DEFINE_string('tokenizer', _D.tokenizer, 'Tokenizer directory or hub name (default: the '
@@ -39,23 +43,10 @@ flags.DEFINE_enum('train_split', _D.train_split, ['train', 'validation', 'test']
                   flag_values=FLAGS)
 flags.DEFINE_enum('valid_split', _D.valid_split, ['train', 'validation', 'test'],
                   'Data that chooses the best epoch.', flag_values=FLAGS)
-flags.DEFINE_integer('seeds', _D.seeds, 'Independent runs.', flag_values=FLAGS)
-flags.DEFINE_integer('first_seed', _D.first_seed, 'Seeds are first_seed, first_seed + 1, ...',
-                     flag_values=FLAGS)
 flags.DEFINE_integer('parallel_seeds', _D.parallel_seeds, 'Seeds trained and decoded at once, '
                      'vmapped (0: all, but one at a time on a CPU, where that is faster); lower '
                      'it when they do not fit in memory. A run may resume with another value.',
                      flag_values=FLAGS)
-flags.DEFINE_integer('generations', _D.generations, 'Generations after the first.',
-                     flag_values=FLAGS)
-flags.DEFINE_list('regime', list(_D.regimes), 'Comma-separated regimes: replace, accumulate, '
-                  'accumulate-subsample, mix, fresh, verify, curate, augment (verify and curate '
-                  'rank generated blocks by their log-likelihood under --score=gen0 or self; '
-                  'they and augment above 1 need --decoding=sample).', flag_values=FLAGS)
-flags.DEFINE_list('real_fraction', [str(f) for f in _D.real_fractions],
-                  'Comma-separated fractions of original blocks, for mix and fresh.',
-                  flag_values=FLAGS)
-cli.define_regime_flags(FLAGS, _D)
 flags.DEFINE_integer('epochs', _D.epochs, 'Fine-tuning epochs per generation (the best is kept).',
                      flag_values=FLAGS)
 flags.DEFINE_integer('batch', _D.batch, 'Blocks per training step, over all devices.',
@@ -98,35 +89,28 @@ flags.DEFINE_string('prompt', _D.prompt, 'The prompt whose continuation is kept 
                     flag_values=FLAGS)
 flags.DEFINE_enum('dtype', _D.dtype, ['float32', 'bfloat16'], 'Compute dtype (bfloat16 for accelerators).',
                   flag_values=FLAGS)
-flags.DEFINE_integer('cpu_devices', 0, 'On a CPU, split it into this many devices (0: one).',
-                     flag_values=FLAGS)
-cli.define_process_flags(FLAGS)
 
-_FIELDS = {f: f for f in ('model', 'tokenizer', 'data_dir', 'train_split', 'valid_split', 'seeds',
-                          'first_seed', 'parallel_seeds', 'generations', 'epochs', 'batch', 'learning_rate',
-                          'weight_decay', 'warmup_steps', 'schedule', 'min_learning_rate',
-                          'block', 'new_tokens', 'beams',
-                          'repetition_penalty', 'decoding', 'temperature', 'top_k', 'top_p',
-                          'from_previous', 'train_blocks', 'eval_blocks',
-                          'eval_batch', 'gen_batch', 'prompt', 'dtype')}
+_FIELDS = ('model', 'tokenizer', 'data_dir', 'train_split', 'valid_split', 'parallel_seeds',
+           'epochs', 'batch', 'learning_rate', 'weight_decay', 'warmup_steps', 'schedule',
+           'min_learning_rate', 'block', 'new_tokens', 'beams', 'repetition_penalty', 'decoding',
+           'temperature', 'top_k', 'top_p', 'from_previous', 'train_blocks', 'eval_blocks',
+           'eval_batch', 'gen_batch', 'prompt', 'dtype')  # the flags defined above, by hand
+
+
+def config():
+  """The config of --preset and the flags given; a preset's fraction of original data stays
+  with --regime where the regimes given still take one."""
+  cfg = cli.config_from_flags(FLAGS, lm.LMConfig, lm.PRESETS, _FIELDS)
+  preset = lm.PRESETS[FLAGS.preset]
+  if (FLAGS['regime'].present and not FLAGS['real_fraction'].present
+      and 'real_fractions' in preset and set(cfg.regimes) & {'mix', 'fresh'}):
+    cfg = dataclasses.replace(cfg, real_fractions=preset['real_fractions'])
+  return cfg
 
 
 def main(argv=None):
   """Runs the experiment with command line `argv` (default: sys.argv)."""
-
-  def run():
-    cfg = cli.preset_config(lm.LMConfig, lm.PRESETS, FLAGS.preset, FLAGS, _FIELDS)
-    fields = dict(vars(cfg))
-    if FLAGS['regime'].present or 'regimes' not in lm.PRESETS[FLAGS.preset]:
-      fields['regimes'] = tuple(FLAGS.regime)
-    if FLAGS['real_fraction'].present or 'real_fractions' not in lm.PRESETS[FLAGS.preset]:
-      fields['real_fractions'] = cli.parse_floats('real_fraction', FLAGS.real_fraction)
-    elif not set(fields['regimes']) & {'mix', 'fresh'}:
-      fields['real_fractions'] = (0.0,)  # the preset's fraction, for regimes that take none
-    options = cli.regime_fields(FLAGS, lm.LMConfig)
-    fields.update({k: v for k, v in options.items() if k not in ('regimes', 'real_fractions')})
-    lm.run(lm.LMConfig(**fields), FLAGS.workdir)
-  cli.main(FLAGS, run, argv)
+  cli.main(FLAGS, lambda: lm.run(config(), FLAGS.workdir), argv)
 
 
 if __name__ == '__main__':

@@ -9,34 +9,23 @@ grows by rate / M a generation, E (rate_n - rate)^2 = n rate / M after n fits.
 """
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 from absl import flags
 
-from collapse_jax.core import cli, driver, files, protocol, regimes, results, validation
+from collapse_jax.core import cli, experiment, protocol, validation
+from collapse_jax.core.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
-class PoissonConfig(regimes.Options):  # Options: verify's, curate's, ... flags and score
-  seeds: int = 1000
-  generations: int = 100
+class PoissonConfig(experiment.SweepConfig):  # seeds, generations, regimes, ... and their flags
   samples: int = 20
-  rate: float = 4.0
-  regimes: tuple[str, ...] = ('replace',)
-  real_fractions: tuple[float, ...] = (0.0,)
+  rate: float = setting(4.0, 'The true rate.')
   checkpoint_every: int = 50
-  first_seed: int = 0
-
-  def sweep(self, regime: str) -> protocol.Sweep:
-    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'PoissonConfig':
-    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                              self.real_fractions)
+    self.validate_sweep()
     validation.check_fields(self, [('rate', self.rate > 0, 'must be positive')])
     validation.validate_options(self, family(self))
     return self
@@ -67,32 +56,19 @@ def family(cfg: PoissonConfig) -> protocol.Family:
 
 
 def run(cfg: PoissonConfig, workdir: str, progress: bool = True, log=print):
-  cfg.validate()
-  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                    'experiment': 'poisson'})
-  sweeps = [(cfg.sweep(r), driver.run(family(cfg), cfg.sweep(r),
-                                      os.path.join(workdir, 'checkpoints', r),
-                                      cfg.checkpoint_every, progress)) for r in cfg.regimes]
-  results.write_csv(results.long_table(sweeps), os.path.join(workdir, 'metrics.csv'))
-  text = results.summary(results.over_seeds(sweeps), ('rate', 'distinct'), generations=(1, 10))
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
+  exp = experiment.Experiment('poisson', lambda: family(cfg), summary=('rate', 'distinct'),
+                              generations=(1, 10))
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).table
 
 
-_D = PoissonConfig()
+PRESETS = {'paper': {}}
 FLAGS = flags.FlagValues()
-cli.define_common_flags(FLAGS, _D, 'runs/poisson', {'paper': {}})
-flags.DEFINE_integer('samples', _D.samples, 'Samples each generation is fitted on.',
-                     flag_values=FLAGS)
-flags.DEFINE_float('rate', _D.rate, 'The true rate.', flag_values=FLAGS)
+cli.define_flags(FLAGS, PoissonConfig, 'runs/poisson', PRESETS)
 
 
 def main(argv=None):
   """Runs the experiment with command line `argv` (default: sys.argv)."""
-  def config():
-    fields = {f: FLAGS[f].value for f in cli.COMMON + ('samples', 'rate')}
-    return PoissonConfig(**fields, **cli.regime_fields(FLAGS, PoissonConfig))
-  cli.main(FLAGS, lambda: run(config(), FLAGS.workdir), argv)
+  cli.experiment_main(FLAGS, PoissonConfig, PRESETS, run, argv)
 
 
 if __name__ == '__main__':

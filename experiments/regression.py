@@ -15,43 +15,14 @@ from absl import flags
 from collapse_jax.core import cli
 from collapse_jax.families import regression
 
-_D = regression.RegressionConfig()
 FLAGS = flags.FlagValues()
-cli.define_common_flags(FLAGS, _D, 'runs/regression', regression.PRESETS)
-flags.DEFINE_integer('samples', _D.samples, 'Samples T each generation is fitted on.',
-                     flag_values=FLAGS)
-flags.DEFINE_integer('dims', _D.dims, 'Input dimensions d.', flag_values=FLAGS)
-flags.DEFINE_float('alpha', _D.alpha, "The inputs' spectrum: variances lam_i = i^-alpha "
-                   '(0: isotropic; the scaling-law studies take alpha > 1).', flag_values=FLAGS)
-flags.DEFINE_float('noise', _D.noise,
-                   'Standard deviation sigma of the label noise, real and synthetic.',
-                   flag_values=FLAGS)
-flags.DEFINE_list('ridge', [f'{r:g}' for r in _D.ridges], 'Comma-separated ridge penalties, '
-                  'all in one compiled program (0: ordinary least squares); each fit minimises '
-                  'the mean squared error plus ridge x |w|^2.', flag_values=FLAGS)
-flags.DEFINE_enum('inputs', _D.inputs, list(regression.INPUTS), 'fresh: new inputs every '
-                  'generation; same: one design of T inputs, drawn from --design_seed, for every '
-                  'generation and seed.', flag_values=FLAGS)
-flags.DEFINE_integer('design_seed', _D.design_seed, 'The seed of the design of --inputs=same.',
-                     flag_values=FLAGS)
-flags.DEFINE_float('reward_target', _D.reward_target, '--score=reward: the reward of a sample '
-                   'is -(y - c)^2 for its label y and c this value.', flag_values=FLAGS)
-
-_FIELDS = {f: f for f in cli.COMMON + ('samples', 'dims', 'alpha', 'noise', 'inputs',
-                                        'design_seed', 'reward_target')}
+cli.define_flags(FLAGS, regression.RegressionConfig, 'runs/regression', regression.PRESETS)
 
 
 def main(argv=None):
   """Runs the experiment with command line `argv` (default: sys.argv)."""
-
-  def run():
-    cfg = cli.preset_config(regression.RegressionConfig, regression.PRESETS, FLAGS.preset, FLAGS,
-                            _FIELDS)
-    ridges = FLAGS.ridge if FLAGS['ridge'].present else cfg.ridges
-    regression.run(regression.RegressionConfig(
-        **{**vars(cfg), **cli.regime_fields(FLAGS, regression.RegressionConfig),
-           'ridges': cli.parse_floats('ridge', ridges)}), FLAGS.workdir)
-  cli.main(FLAGS, run, argv)
+  cli.experiment_main(FLAGS, regression.RegressionConfig, regression.PRESETS, regression.run,
+                      argv)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,7 @@
 """docs/extending.md's family: a Poisson rate, under every regime, against its closed form."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -32,3 +34,10 @@ def test_the_rate_is_a_martingale_whose_variance_grows_by_rate_over_m(tmp_path):
   # a generation off by one is rejected
   assert abs(err_GxS[10].mean() - 10 * cfg.rate / cfg.samples) > Z999 * err_GxS[10].std(
       ddof=1) / np.sqrt(cfg.seeds)
+
+
+def test_the_guide_shows_the_whole_family_file():
+  """docs/extending.md's code block is experiments/poisson.py, every line of it."""
+  root = pathlib.Path(__file__).parent.parent
+  guide = (root / 'docs' / 'extending.md').read_text()
+  assert (root / 'experiments' / 'poisson.py').read_text() in guide

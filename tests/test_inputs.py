@@ -57,6 +57,14 @@ def test_a_usable_workdir_is_made_and_left_with_only_the_config(tmp_path):
   validation.check_config(str(workdir), {'seeds': 1})  # and the run resumes there
 
 
+def test_a_config_json_without_the_experiments_name_resumes_but_refuses_other_flags(tmp_path):
+  (tmp_path / 'config.json').write_text('{"seeds": 1}')  # as runs recorded it before the name
+  validation.check_config(str(tmp_path), {'seeds': 1, 'experiment': 'gmm'})
+  with pytest.raises(validation.ConfigError) as raised:
+    validation.check_config(str(tmp_path), {'seeds': 2, 'experiment': 'gmm'})
+  _one_line(raised, 'seeds')
+
+
 def test_an_unreadable_config_json_names_the_workdir(tmp_path):
   (tmp_path / 'config.json').write_text('{"seeds": 1')
   with pytest.raises(validation.ConfigError) as raised:

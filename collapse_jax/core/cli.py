@@ -1,47 +1,120 @@
-"""What every experiment's command line shares: presets, list flags, one-line errors."""
+"""What every experiment's command line shares: a flag per config field, presets, one-line
+errors, the CPU split into devices and the processes of a multi-process run."""
 
+import dataclasses
 import os
 import sys
+import typing
+from typing import Any
 
 import jax
 from absl import flags, logging
 
-from collapse_jax.core import checkpoints, regimes, validation
+from collapse_jax.core import checkpoints, regimes, settings, validation
+from collapse_jax.core.experiment import SweepConfig as SHARED  # the shared fields' documentation
 
 
-COMMON = ('seeds', 'generations', 'checkpoint_every', 'first_seed')  # config fields of the flags below
-
-
-def define_common_flags(fv: flags.FlagValues, defaults, workdir: str,
-                        presets: dict[str, dict]) -> None:
-  """The flags every experiment has, on its own FlagValues `fv`, with `defaults` (a config)
-  as their defaults and `presets` (name -> config fields; 'paper' first, the defaults) as
-  --preset's choices."""
+def define_flags(fv: flags.FlagValues, config_cls, workdir: str, presets: dict[str, dict],
+                 preset_help: str | None = None) -> None:
+  """An experiment's flags on its own FlagValues `fv`: --workdir, --preset (`presets`: name ->
+  config fields, 'paper' first: the defaults), a flag for every documented field of
+  `config_cls` (settings.setting; help, name and choices from there), --cpu_devices and the
+  flags of a multi-process run."""
   flags.DEFINE_string('workdir', workdir, 'Where checkpoints, tables and figures go; '
                       'rerunning with the same flags resumes there.', flag_values=fv)
-  others = '; '.join(f'{name}: {fields}' for name, fields in presets.items() if name != 'paper')
-  flags.DEFINE_enum('preset', 'paper', list(presets), "paper: the paper's protocol as its "
-                    f'released code runs it, as below; {others}. Flags given explicitly '
-                    'override the preset.', flag_values=fv)
-  flags.DEFINE_integer('seeds', defaults.seeds, 'Independent runs, all in one program.',
-                       flag_values=fv)
-  flags.DEFINE_integer('generations', defaults.generations, 'Generations after the first.',
-                       flag_values=fv)
-  flags.DEFINE_list('regime', list(defaults.regimes),
-                    f'Comma-separated regimes: {", ".join(regimes.REGIMES)}.', flag_values=fv)
-  flags.DEFINE_list('real_fraction', [str(f) for f in defaults.real_fractions],
-                    'Comma-separated fractions of real data, for the regimes mix and fresh.',
-                    flag_values=fv)
-  if isinstance(defaults, regimes.Options):
-    define_regime_flags(fv, defaults)
-  flags.DEFINE_integer('checkpoint_every', defaults.checkpoint_every,
-                       'Generations between checkpoints.', flag_values=fv)
+  if preset_help is None:
+    others = ''.join(f'; {name}: {fields}' for name, fields in presets.items() if name != 'paper')
+    preset_help = ("paper: the authors' released code's protocol, in every experiment (for one "
+                   f'the paper does not have, its defaults), as below{others}. Flags given '
+                   'explicitly override the preset.')
+  flags.DEFINE_enum('preset', next(iter(presets)), list(presets), preset_help, flag_values=fv)
+  defaults = config_cls()
+  for name, kind in config_fields(config_cls).items():
+    _define(fv, config_cls, name, kind, getattr(defaults, name))
   flags.DEFINE_integer('cpu_devices', os.cpu_count() or 1, 'On a CPU, split it into this many '
                        'devices so the batch of runs uses every core (0: leave it as it is).',
                        flag_values=fv)
-  flags.DEFINE_integer('first_seed', defaults.first_seed,
-                       'Seeds are first_seed, first_seed + 1, ...', flag_values=fv)
   define_process_flags(fv)
+
+
+def config_fields(config_cls) -> dict[str, Any]:
+  """{field: its type} of the fields of `config_cls` that have a flag: those documented by a
+  settings.setting (in the class or a base, or the shared ones of experiment.SweepConfig)."""
+  hints = typing.get_type_hints(config_cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(config_cls) if _doc(config_cls, f.name)}
+
+
+def _doc(config_cls, name: str) -> dict:
+  return settings.documented(config_cls, name) or settings.documented(SHARED, name)
+
+
+def _define(fv, config_cls, name: str, kind, default) -> None:
+  doc = _doc(config_cls, name)
+  flag, choices = doc.get('flag') or name, doc.get('choices')
+  help_ = doc['help'](config_cls) if callable(doc['help']) else doc['help']
+  base = {t for t in typing.get_args(kind) if t is not type(None)} or {kind}
+  if kind is bool:
+    flags.DEFINE_bool(flag, default, help_, flag_values=fv)
+  elif choices is not None:
+    flags.DEFINE_enum(flag, default, list(choices), help_, flag_values=fv)
+  elif base == {int}:
+    flags.DEFINE_integer(flag, default, help_, flag_values=fv)
+  elif base == {float}:
+    flags.DEFINE_float(flag, default, help_, flag_values=fv)
+  elif base == {str}:
+    flags.DEFINE_string(flag, default, help_, flag_values=fv)
+  elif _is_points(kind):
+    flags.DEFINE_string(flag, ';'.join(','.join(f'{v:g}' for v in p) for p in default), help_,
+                        flag_values=fv)
+  else:  # a tuple of numbers or names
+    flags.DEFINE_list(flag, [f'{v:g}' if isinstance(v, float) else str(v) for v in default],
+                      help_, flag_values=fv)
+
+
+def _is_points(kind) -> bool:
+  """tuple[tuple[float, ...], ...]: points written 'x,y;x,y'."""
+  args = typing.get_args(kind)
+  return typing.get_origin(kind) is tuple and bool(args) and typing.get_origin(args[0]) is tuple
+
+
+def _parse(flag: str, kind, value):
+  """A flag's value as its config field's type."""
+  if typing.get_origin(kind) is not tuple:
+    return value
+  if _is_points(kind):
+    return parse_points(flag, value)
+  item = typing.get_args(kind)[0]
+  if item is float:
+    return parse_floats(flag, value)
+  if item is int:
+    return parse_ints(flag, value)
+  return tuple(value)
+
+
+REGIME_FIELDS = {'regimes', 'real_fractions'} | {f.name for f in dataclasses.fields(regimes.Options)}
+
+
+def config_from_flags(fv: flags.FlagValues, config_cls, presets: dict[str, dict], by_hand=()):
+  """The config of --preset, overridden by the flags given on the command line (those of its
+  documented fields, and `by_hand`: fields whose flags of the same name the experiment
+  defined itself). A preset's regimes come with their settings: --regime given, the
+  regimes' settings are the flags'."""
+  validation.check_choice('preset', fv.preset, presets)
+  fields = dict(presets[fv.preset])
+  if fv['regime'].present:
+    fields = {k: v for k, v in fields.items() if k not in REGIME_FIELDS}
+  kinds = {**config_fields(config_cls), **{name: None for name in by_hand}}
+  for name, kind in kinds.items():
+    flag = _doc(config_cls, name).get('flag') or name
+    if fv[flag].present:
+      fields[name] = _parse(flag, kind, fv[flag].value)
+  return config_cls(**fields)
+
+
+def experiment_main(fv: flags.FlagValues, config_cls, presets: dict[str, dict], run,
+                    argv: list[str] | None = None) -> None:
+  """main() of an experiment whose flags define_flags made: `run(config, workdir)`."""
+  main(fv, lambda: run(config_from_flags(fv, config_cls, presets), fv.workdir), argv)
 
 
 def define_process_flags(fv: flags.FlagValues) -> None:
@@ -73,42 +146,6 @@ def start_processes(flag_values) -> None:
   jax.distributed.initialize(*args)
 
 
-def define_regime_flags(fv: flags.FlagValues, defaults: regimes.Options) -> None:
-  """The flags of the regimes that select, weight or augment synthetic data."""
-  lists = {'keep_fraction': ('keep_fractions', 'verify: the share of candidates kept (draws '
-                             'samples / keep_fraction, keeps the best-scored).'),
-           'reward_scale': ('reward_scales', 'curate: each row chosen among --candidates with '
-                            'probability proportional to exp(reward_scale * score).'),
-           'synthetic_ratio': ('synthetic_ratios', 'augment: all original data plus this many '
-                               'times as many samples of the latest model.'),
-           'age_decay': ('age_decays', "accumulate: each generation's data weighted by "
-                         'age_decay^age.')}
-  for flag, (field, help_) in lists.items():
-    flags.DEFINE_list(flag, [f'{v:g}' for v in getattr(defaults, field)],
-                      f'Comma-separated values, each a group of runs; {help_}', flag_values=fv)
-  flags.DEFINE_enum('score', defaults.score, list(regimes.SCORES),
-                    'What verify and curate rank candidates by: the true density, the '
-                    "model's own, generation 0's, the truth plus N(0, verifier_noise^2), or "
-                    f"the family's reward (default: {defaults.DEFAULT_SCORE}). Given with any "
-                    'regime, every run reports the mean score of its training data and samples.',
-                    flag_values=fv)
-  flags.DEFINE_integer('candidates', defaults.candidates, 'curate: candidates K per kept row.',
-                       flag_values=fv)
-  flags.DEFINE_float('verifier_noise', defaults.verifier_noise, '--score=noisy: the standard '
-                     "deviation of the noise added to the true log density.", flag_values=fv)
-
-
-def regime_fields(flag_values, config_cls=None) -> dict:
-  """The config's regimes and their settings from the flags (those `config_cls` has)."""
-  fields = {'regimes': tuple(flag_values.regime),
-            'real_fractions': parse_floats('real_fraction', flag_values.real_fraction)}
-  if config_cls is not None and issubclass(config_cls, regimes.Options):
-    for field, flag in regimes.OPTION_FLAGS.items():
-      value = flag_values[flag].value
-      fields[field] = parse_floats(flag, value) if isinstance(value, list) else value
-  return fields
-
-
 def main(fv: flags.FlagValues, run, argv: list[str] | None = None) -> None:
   """An experiment's main: its flags `fv` parsed from `argv` (default sys.argv; a test
   passes its own), quiet logs, the CPU split into devices, then `run()`. --help prints the
@@ -138,16 +175,6 @@ def main(fv: flags.FlagValues, run, argv: list[str] | None = None) -> None:
     run()
   except (validation.ConfigError, checkpoints.Damaged) as e:
     fail(e)
-
-
-def preset_config(config_cls, presets: dict[str, dict], preset: str, flag_values, names):
-  """The config from a named preset, overridden by the flags given on the command line."""
-  validation.check_choice('preset', preset, presets)
-  fields = dict(presets[preset])
-  for field, flag in names.items():
-    if flag_values[flag].present or field not in fields:
-      fields[field] = flag_values[flag].value
-  return config_cls(**fields)
 
 
 def fail(error: Exception) -> None:

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from collapse_jax.core import sampling
+from collapse_jax.core.settings import setting
 from collapse_jax.core.scores import relative
 
 SCORES = ('truth', 'self', 'gen0', 'noisy', 'reward')
@@ -262,13 +263,29 @@ class Options:
   a true density sets DEFAULT_SCORE to one it has.
   """
   DEFAULT_SCORE: ClassVar[str] = 'truth'
-  keep_fractions: tuple[float, ...] = (REGIMES['verify'].default,)
-  reward_scales: tuple[float, ...] = (REGIMES['curate'].default,)
-  synthetic_ratios: tuple[float, ...] = (REGIMES['augment'].default,)
-  age_decays: tuple[float, ...] = (REGIMES['accumulate'].default,)
-  score: str | None = None
-  candidates: int = CANDIDATES
-  verifier_noise: float = 1.0
+  keep_fractions: tuple[float, ...] = setting(
+      (REGIMES['verify'].default,), 'Comma-separated values, each a group of runs; verify: the '
+      'share of candidates kept (draws samples / keep_fraction, keeps the best-scored).',
+      flag='keep_fraction')
+  reward_scales: tuple[float, ...] = setting(
+      (REGIMES['curate'].default,), 'Comma-separated values, each a group of runs; curate: each '
+      'row chosen among --candidates with probability proportional to exp(reward_scale * '
+      'score).', flag='reward_scale')
+  synthetic_ratios: tuple[float, ...] = setting(
+      (REGIMES['augment'].default,), 'Comma-separated values, each a group of runs; augment: all '
+      'original data plus this many times as many samples of the latest model.',
+      flag='synthetic_ratio')
+  age_decays: tuple[float, ...] = setting(
+      (REGIMES['accumulate'].default,), "Comma-separated values, each a group of runs; "
+      "accumulate: each generation's data weighted by age_decay^age.", flag='age_decay')
+  score: str | None = setting(
+      None, lambda cls: 'What verify and curate rank candidates by: the true density, the '
+      "model's own, generation 0's, the truth plus N(0, verifier_noise^2), or the family's "
+      f'reward (default: {cls.DEFAULT_SCORE}). Given with any regime, every run reports the '
+      'mean score of its training data and samples.', choices=SCORES)
+  candidates: int = setting(CANDIDATES, 'curate: candidates K per kept row.')
+  verifier_noise: float = setting(1.0, '--score=noisy: the standard deviation of the noise '
+                                  'added to the true log density.')
 
   def settings(self) -> tuple[tuple[str, tuple[float, ...]], ...]:
     return (('keep_fraction', tuple(self.keep_fractions)),
@@ -287,7 +304,3 @@ class Options:
     return {'settings': self.settings(), 'score': self.active_score(names),
             'noise': self.verifier_noise, 'candidates': self.candidates}
 
-
-OPTION_FLAGS = {'keep_fractions': 'keep_fraction', 'reward_scales': 'reward_scale',
-                'synthetic_ratios': 'synthetic_ratio', 'age_decays': 'age_decay',
-                'score': 'score', 'candidates': 'candidates', 'verifier_noise': 'verifier_noise'}

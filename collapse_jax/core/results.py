@@ -36,7 +36,7 @@ def setting_columns(sweep, value_R, shown) -> dict[str, np.ndarray]:
   return cols
 
 
-def _concatenate(parts) -> dict[str, np.ndarray]:
+def stacked(parts) -> dict[str, np.ndarray]:
   """The parts' rows together; a column some parts lack is NaN there."""
   names = list(dict.fromkeys(k for p in parts for k in p))
   fill = lambda p, k: p[k] if k in p else np.full(len(p['regime']), np.nan)  # noqa: E731
@@ -64,7 +64,7 @@ def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
     names = [k for k in first if k in metrics] + sorted(set(metrics) - set(first))
     cols.update({k: metrics[k].reshape(-1) for k in names})
     parts.append(cols)
-  return _concatenate(parts)
+  return stacked(parts)
 
 
 def percentiles(v_GxS, qs):
@@ -111,7 +111,7 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
           part[f'{name}_rms'] = np.sqrt(np.mean(v_GxS**2, axis=1))
       part.update(extra(sweep, fraction) if extra else {})
       parts.append(part)
-  return _concatenate(parts)
+  return stacked(parts)
 
 
 def write_csv(table: dict[str, np.ndarray], path: str) -> None:
@@ -178,7 +178,8 @@ def summary(curves, columns, generations=None) -> str:
 
 # ----------------------------------------------------------------------------- runs read back
 
-# Each experiment by a setting that only its config.json has.
+# config.json names its experiment; one written without the name is known by a setting
+# that only its experiment has.
 EXPERIMENT_KEYS = (('opt', 'beams'), ('vae', 'latent'), ('discrete', 'outcomes'),
                    ('gaussian', 'estimator'), ('gmm', 'components'))
 

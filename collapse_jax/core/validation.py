@@ -129,6 +129,8 @@ def check_config(workdir: str, config: dict[str, Any]) -> None:
     except (OSError, ValueError) as e:  # unreadable, or not JSON
       raise ConfigError('workdir', f'cannot read {path} ({type(e).__name__}: {e}); pass '
                         'another --workdir') from None
+    if 'experiment' not in saved:  # recorded by an older version: the run is the same
+      config = {k: v for k, v in config.items() if k != 'experiment'}
     for key in sorted(set(saved) | set(config)):
       if saved.get(key) != config.get(key):
         raise ConfigError(key, f'is {config.get(key)!r} but the run in {workdir} used '

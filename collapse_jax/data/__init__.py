@@ -34,12 +34,15 @@ from collapse_jax.data import mnist, wikitext
 ENV = 'COLLAPSE_JAX_DATA'
 
 
+DATA_DIR_HELP = ('Where the datasets are (mnist/, wikitext-2-raw-v1/, opt-125m/), or one '
+                 "dataset's own folder; empty: $COLLAPSE_JAX_DATA, else ~/.cache/collapse_jax. "
+                 '`python -m collapse_jax.data status` says what is there, `python -m '
+                 'collapse_jax.data download` fills it.')
+
+
 def define_flag(fv: flags.FlagValues = flags.FLAGS) -> None:
   """--data_dir, for an experiment that reads data (on its flags `fv`)."""
-  flags.DEFINE_string('data_dir', '', 'Where the datasets are (mnist/, wikitext-2-raw-v1/, '
-                      "opt-125m/), or one dataset's own folder; empty: $COLLAPSE_JAX_DATA, else "
-                      '~/.cache/collapse_jax. `python -m collapse_jax.data status` says what is '
-                      'there, `python -m collapse_jax.data download` fills it.', flag_values=fv)
+  flags.DEFINE_string('data_dir', '', DATA_DIR_HELP, flag_values=fv)
 
 
 def resolve(data_dir: str = '') -> tuple[str, str]:

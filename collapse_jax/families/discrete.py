@@ -10,17 +10,17 @@ one column, so the driver's regimes apply unchanged.
 """
 
 import dataclasses
-import json
+import functools
 import math
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
+from collapse_jax.core import (experiment, placement, plots, protocol, results,
                                validation)
+from collapse_jax.core.settings import setting
 
 
 # ---------------------------------------------------------------- fit and sample
@@ -124,23 +124,24 @@ def _compositions(n: int, parts: int):
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class DiscreteConfig(regimes.Options):
+class DiscreteConfig(experiment.SweepConfig):
   """The discrete experiment: a Zipf law over `outcomes` outcomes by default, or
   the probabilities `probs`, re-estimated from M samples until every seed is
   absorbed in one outcome or `generations` is reached."""
-  seeds: int = 1000
   generations: int = 5000
-  samples: tuple[int, ...] = (100,)
-  probs: tuple[float, ...] = ()
-  outcomes: int = 20
-  zipf_exponent: float = 1.0
-  tail: float = 0.1
-  rewards: tuple[float, ...] = ()  # per outcome; empty: i / (K - 1), the rarer the higher
-  regimes: tuple[str, ...] = ('replace',)
-  real_fractions: tuple[float, ...] = (0.0,)
-  checkpoint_every: int = 100
-  first_seed: int = 0
-  per_seed_csv: bool = False
+  samples: tuple[int, ...] = setting((100,), 'Comma-separated sample sizes M: each generation '
+                                     'counts M samples.')
+  probs: tuple[float, ...] = setting(
+      (), 'Comma-separated probabilities of the true distribution (weights are fine: divided by '
+      'their sum, with a note when it is not 1); empty: a Zipf law over --outcomes.')
+  outcomes: int = setting(20, 'Outcomes K of the Zipf law.')
+  zipf_exponent: float = setting(1.0, 'p_i proportional to i^-exponent.')
+  tail: float = setting(0.1, 'The tail: the least likely outcomes holding at most this much of '
+                        'the original probability.')
+  rewards: tuple[float, ...] = setting(
+      (), '--score=reward: the reward of each outcome (empty: i / (K - 1) for outcome i, the '
+      'rarer the higher under a Zipf law).')
+  per_seed_csv: bool = experiment.per_seed_csv()
 
   def true_probs(self) -> np.ndarray:
     if self.probs:
@@ -149,19 +150,12 @@ class DiscreteConfig(regimes.Options):
     p = np.arange(1, self.outcomes + 1, dtype=np.float64) ** -self.zipf_exponent
     return p / p.sum()
 
-  def sweep(self, regime: str, samples: int):
-    return protocol.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
-
   def reward_per_outcome(self) -> np.ndarray:
     k = len(self.true_probs())
     return np.asarray(self.rewards or np.arange(k) / (k - 1), np.float32)
 
   def validate(self) -> 'DiscreteConfig':
-    if not self.samples:
-      raise validation.ConfigError('samples', 'needs at least one sample size')
-    validation.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
-                              self.real_fractions)
+    self.validate_sweep()
     p = np.asarray(self.probs, np.float64)
     if self.probs and (len(p) < 2 or not np.all(np.isfinite(p)) or p.min() < 0
                        or not 0 < sum(self.probs) < np.inf):
@@ -169,9 +163,7 @@ class DiscreteConfig(regimes.Options):
                                    f'with a positive sum, got {list(self.probs)}')
     checks = [('outcomes', self.outcomes >= 2, 'must be at least 2'),
               ('zipf_exponent', self.zipf_exponent >= 0, 'must be non-negative'),
-              ('tail', 0 < self.tail < 1, 'must be between 0 and 1'),
-              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+              ('tail', 0 < self.tail < 1, 'must be between 0 and 1')]
     validation.check_fields(self, checks)
     if self.rewards and (len(self.rewards) != len(self.true_probs())
                          or not np.all(np.isfinite(self.rewards))):
@@ -237,6 +229,69 @@ def extinction(alive_GxBxK):
 SUMMARY_COLUMNS = ('entropy_bits', 'support', 'tail_mass', 'tail_mass_lost')
 
 
+def set_aside(cfg: DiscreteConfig, sweep, metrics):
+  """A sweep cut at the generation where its last seed was absorbed, and its per-seed and
+  per-outcome tables: absorption and extinction."""
+  p, m = cfg.true_probs(), sweep.samples
+  tail = tail_outcomes(p, cfg.tail)
+  shown = results.parameter_columns([s for s, _ in cfg.sweeps()])
+  when_B, where_B = absorption(metrics)
+  last = int(when_B.max()) if absorbing(cfg, sweep.regime) and np.all(when_B >= 0) else sweep.generations
+  sweep = dataclasses.replace(sweep, generations=max(last, 1))
+  extinct_BxK = extinction(metrics.pop('alive'))
+  metrics = {k: v[:sweep.generations + 1] for k, v in metrics.items()}
+  seed_B, fraction_B = sweep.runs()
+  per_seed = {'regime': np.full(len(seed_B), sweep.regime), 'samples': np.full(len(seed_B), m),
+              **results.setting_columns(sweep, fraction_B, shown), 'value': fraction_B,
+              'seed': seed_B, 'absorbed_outcome': where_B, 'absorption_generation': when_B}
+  per_outcome = []
+  for fraction in sweep.fractions:
+    cols_B = fraction_B == np.float32(fraction)
+    ext_SxK = extinct_BxK[cols_B]
+    lost_SxK = ext_SxK >= 0
+    mean_loss = np.where(lost_SxK, ext_SxK, 0).sum(0) / np.maximum(lost_SxK.sum(0), 1)
+    per_outcome.append({
+        'regime': np.full(len(p), sweep.regime), 'samples': np.full(len(p), m),
+        **results.setting_columns(sweep, np.full(len(p), fraction, np.float32), shown),
+        'outcome': np.arange(len(p)),
+        'probability': p, 'tail': tail,
+        'absorbed_frequency': np.bincount(where_B[cols_B][where_B[cols_B] >= 0],
+                                          minlength=len(p)) / cols_B.sum(),
+        'lost_frequency': lost_SxK.mean(0),
+        'lost_at_generation_0': (ext_SxK == 0).mean(0),
+        'lost_at_generation_0_theory': (1 - p) ** m,
+        'mean_loss_generation': np.where(lost_SxK.any(0), mean_loss, np.nan),
+        'mean_loss_generation_theory': loss_time_theory(p, m) - 1})
+  return sweep, metrics, (per_seed, per_outcome)
+
+
+def figures(cfg: DiscreteConfig, out: experiment.Outcome) -> None:
+  """outcomes.csv and absorption.csv; chain.png, diversity.png, absorption.png, tradeoff.png."""
+  outcomes = results.stacked([t for _, per_outcome in out.kept for t in per_outcome])
+  results.write_csv(outcomes, out.path('outcomes.csv'))
+  results.write_csv({k: v for k, v in results.stacked([t for t, _ in out.kept]).items()
+                     if k != 'value'}, out.path('absorption.csv'))
+  title = f'{len(cfg.true_probs())} outcomes re-estimated from their own samples, {cfg.seeds} seeds'
+  plots.curves(out.curves, [('entropy_bits', 'entropy (bits)', False),
+                            ('zeroed', 'outcomes with zero probability', False),
+                            ('tail_mass', f'mass on the original {cfg.tail:.0%} tail', False)],
+               out.path('chain.png'), title)
+  plots.theory_panels(out.curves, [('gini_simpson_mean', 'mean 1 - sum q^2')],
+                      out.path('diversity.png'), title)
+  plots.absorption(outcomes, out.path('absorption.png'), title)
+  plots.scores_against(out.curves, ('entropy_bits', 'entropy (bits)'), out.path('tradeoff.png'),
+                       title)
+
+
+def summary(out: experiment.Outcome) -> str:
+  """The statistics over seeds, and the share of seeds absorbed and when."""
+  text = results.summary(out.curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
+  absorbed = [f'{plots.run_label(r, m, f, with_samples=True)}: {np.mean(w >= 0):.1%} of seeds absorbed'
+              + (f', median at generation {np.median(w[w >= 0]):g}' if np.any(w >= 0) else '')
+              for r, m, f, w in _absorption_lines([t for t, _ in out.kept])]
+  return text + '\n' + '\n'.join(absorbed)
+
+
 def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the discrete experiment in `workdir`; returns the curves.
 
@@ -244,94 +299,30 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   row per generation x regime x M x real fraction, statistics over seeds),
   outcomes.csv (per outcome: original probability, absorption frequency,
   extinction times), absorption.csv (per seed), metrics.csv with
-  --per_seed_csv, chain.png, diversity.png, absorption.png and summary.txt.
+  --per_seed_csv, chain.png, diversity.png, absorption.png, tradeoff.png and summary.txt.
   Tables stop at the generation where the last seed was absorbed.
   """
-  cfg.validate()
-  validation.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
   if cfg.probs and abs(sum(cfg.probs) - 1) > 1e-6 and placement.is_primary():
+    cfg.validate()  # flags wrong in other ways are refused before the note
     print(f'note: --probs sum to {sum(cfg.probs):.6g}, not 1; each is divided by that sum',
           file=sys.stderr)
   p = cfg.true_probs()
-  tail = tail_outcomes(p, cfg.tail)
 
-  # -- every regime x M is one compiled program over seeds x real fractions
-  fam = family(cfg)
-  sweeps, per_seed, per_outcome = [], [], []
-  shown = results.parameter_columns([cfg.sweep(r, m) for r in cfg.regimes for m in cfg.samples])
-  for regime in cfg.regimes:
-    for m in cfg.samples:
-      sweep = cfg.sweep(regime, m)
-      directory = os.path.join(workdir, 'checkpoints', regime, f'M{m}')
-      settled = (lambda mb: bool(np.all(mb['absorbed']))) if absorbing(cfg, regime) else None
-      metrics = driver.run(fam, sweep, directory, cfg.checkpoint_every, progress,
-                           settled=settled)
-      # -- absorption and extinction per seed; tables end where the last seed settled
-      when_B, where_B = absorption(metrics)
-      last = int(when_B.max()) if absorbing(cfg, regime) and np.all(when_B >= 0) else sweep.generations
-      sweep = dataclasses.replace(sweep, generations=max(last, 1))
-      alive_GxBxK = metrics.pop('alive')
-      extinct_BxK = extinction(alive_GxBxK)
-      metrics = {k: v[:sweep.generations + 1] for k, v in metrics.items()}
-      sweeps.append((sweep, metrics))
-      seed_B, fraction_B = sweep.runs()
-      per_seed.append({'regime': np.full(len(seed_B), regime), 'samples': np.full(len(seed_B), m),
-                       **results.setting_columns(sweep, fraction_B, shown), 'value': fraction_B,
-                       'seed': seed_B,
-                       'absorbed_outcome': where_B, 'absorption_generation': when_B})
-      for fraction in sweep.fractions:
-        cols_B = fraction_B == np.float32(fraction)
-        ext_SxK = extinct_BxK[cols_B]
-        lost_SxK = ext_SxK >= 0
-        mean_loss = np.where(lost_SxK, ext_SxK, 0).sum(0) / np.maximum(lost_SxK.sum(0), 1)
-        per_outcome.append({
-            'regime': np.full(len(p), regime), 'samples': np.full(len(p), m),
-            **results.setting_columns(sweep, np.full(len(p), fraction, np.float32), shown),
-            'outcome': np.arange(len(p)),
-            'probability': p, 'tail': tail,
-            'absorbed_frequency': np.bincount(where_B[cols_B][where_B[cols_B] >= 0],
-                                              minlength=len(p)) / cols_B.sum(),
-            'lost_frequency': lost_SxK.mean(0),
-            'lost_at_generation_0': (ext_SxK == 0).mean(0),
-            'lost_at_generation_0_theory': (1 - p) ** m,
-            'mean_loss_generation': np.where(lost_SxK.any(0), mean_loss, np.nan),
-            'mean_loss_generation_theory': loss_time_theory(p, m) - 1})
-
-  # -- tables
   def closed_form(sweep, fraction):
     g1 = sweep.generations + 1
     theory = (gini_simpson_theory(p, sweep.samples, sweep.generations)
               if absorbing(cfg, sweep.regime) else np.full(g1, np.nan))
     return {'gini_simpson_mean_theory': theory}
 
-  curves = results.over_seeds(sweeps, extra=closed_form)
-  results.write_csv(curves, os.path.join(workdir, 'curves.csv'))
-  outcomes = {k: np.concatenate([t[k] for t in per_outcome]) for k in per_outcome[0]}
-  results.write_csv(outcomes, os.path.join(workdir, 'outcomes.csv'))
-  results.write_csv({k: np.concatenate([t[k] for t in per_seed]) for k in per_seed[0]
-                     if k != 'value'}, os.path.join(workdir, 'absorption.csv'))
-  if cfg.per_seed_csv:
-    results.write_csv(results.long_table(sweeps), os.path.join(workdir, 'metrics.csv'))
+  def settled(sweep):
+    return (lambda mb: bool(np.all(mb['absorbed']))) if absorbing(cfg, sweep.regime) else None
 
-  # -- figures and summary
-  title = f'{len(p)} outcomes re-estimated from their own samples, {cfg.seeds} seeds'
-  plots.curves(curves, [('entropy_bits', 'entropy (bits)', False),
-                        ('zeroed', 'outcomes with zero probability', False),
-                        ('tail_mass', f'mass on the original {cfg.tail:.0%} tail', False)],
-               os.path.join(workdir, 'chain.png'), title)
-  plots.theory_panels(curves, [('gini_simpson_mean', 'mean 1 - sum q^2')],
-                      os.path.join(workdir, 'diversity.png'), title)
-  plots.absorption(outcomes, os.path.join(workdir, 'absorption.png'), title)
-  plots.scores_against(curves, ('entropy_bits', 'entropy (bits)'),
-                       os.path.join(workdir, 'tradeoff.png'), title)
-  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  absorbed = [f'{plots.run_label(r, m, f, with_samples=True)}: {np.mean(w >= 0):.1%} of seeds absorbed'
-              + (f', median at generation {np.median(w[w >= 0]):g}' if np.any(w >= 0) else '')
-              for r, m, f, w in _absorption_lines(per_seed)]
-  text += '\n' + '\n'.join(absorbed)
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
-  return curves
+  exp = experiment.Experiment(
+      'discrete', lambda: family(cfg), SUMMARY_COLUMNS, generations=(1, 10, 100, 1000),
+      closed_form=closed_form, curves_csv=True, settled=settled,
+      set_aside=functools.partial(set_aside, cfg), figures=functools.partial(figures, cfg),
+      text=summary)
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).curves
 
 
 def _absorption_lines(per_seed):

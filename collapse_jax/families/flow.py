@@ -20,9 +20,7 @@ Q quadrature points, K regions, D = 2 dimensions.
 
 import dataclasses
 import functools
-import json
 import math
-import os
 from typing import Any, Callable
 
 import jax
@@ -30,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
-                               sampling, scores, validation)
+from collapse_jax.core import experiment, placement, plots, protocol, sampling, scores, validation
+from collapse_jax.core.settings import setting
 from collapse_jax.nets.mlp import VelocityMLP
 
 DIMS = 2
@@ -428,35 +426,43 @@ POINTS = 'points'  # the metric holding each generation's first samples, for the
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class FlowConfig(regimes.Options):
+class FlowConfig(experiment.SweepConfig):
   """The flow experiment; defaults sized for an accelerator (many seeds vmapped, a 4 x 256
   MLP trained 5,000 steps of 512 rows a generation); --preset=small runs on a CPU in
   minutes."""
   seeds: int = 16
   generations: int = 40
-  samples: int = 2000
-  target: str = 'ring'
-  noise: float = 0.1
+  samples: int = setting(2000, 'Samples each generation draws and trains on.')
+  target: str = setting('ring', 'The truth: 8 Gaussians on a ring of radius 2, two moons, or a '
+                        '4 x 4 checkerboard over [-2, 2]^2.', choices=tuple(TARGETS))
+  noise: float = setting(0.1, 'ring: the standard deviation of each Gaussian; moons: of the '
+                         'noise around the half circles (the checkerboard has none).')
   # TrainConfig's fields, flat for the flags
-  hidden: int = TrainConfig.hidden
-  layers: int = TrainConfig.layers
-  time_features: int = TrainConfig.time_features
-  steps: int = TrainConfig.steps
-  batch: int = TrainConfig.batch
-  lr: float = TrainConfig.lr
-  ode_steps: int = TrainConfig.ode_steps
-  solver: str = TrainConfig.solver
-  warm_start: bool = False
+  hidden: int = setting(TrainConfig.hidden, 'Width of the velocity MLP.')
+  layers: int = setting(TrainConfig.layers, 'Hidden layers of the velocity MLP.')
+  time_features: int = setting(TrainConfig.time_features, 'Sinusoidal features of t (even).')
+  steps: int = setting(TrainConfig.steps, 'Adam steps per generation.')
+  batch: int = setting(TrainConfig.batch, 'Rows per step, drawn with probability proportional '
+                       'to their weights.')
+  lr: float = setting(TrainConfig.lr, 'Adam learning rate, decayed along a cosine to a '
+                      'twentieth.')
+  ode_steps: int = setting(TrainConfig.ode_steps, 'Solver steps from noise to a sample (and '
+                           'back, for the log density).')
+  solver: str = setting(TrainConfig.solver, 'The ODE solver.', choices=SOLVERS)
+  warm_start: bool = setting(False, 'Under replace, train each generation on from the previous '
+                             "generation's weights instead of from scratch.")
   # EvalConfig's, under their flags' names
-  eval_samples: int = EvalConfig.rows
-  knn: int = EvalConfig.knn
-  mmd_bandwidth: float = EvalConfig.bandwidth
-  cover_fraction: float = EvalConfig.cover_fraction
-  reward_target: tuple[float, ...] = ()  # the reward -|x - c|^2; empty: c = region 0's centre
-  regimes: tuple[str, ...] = ('replace',)
-  real_fractions: tuple[float, ...] = (0.0,)
+  eval_samples: int = setting(EvalConfig.rows, 'Samples measured per generation (at most '
+                              '--samples), against as many of the truth.')
+  knn: int = setting(EvalConfig.knn, 'k of the k-NN balls of precision and recall.')
+  mmd_bandwidth: float = setting(EvalConfig.bandwidth, 'Bandwidth of the Gaussian kernel of the '
+                                 'MMD.')
+  cover_fraction: float = setting(EvalConfig.cover_fraction, 'A region counts as covered when '
+                                  'it holds at least this share of its true mass (1/8).')
+  reward_target: tuple[float, ...] = setting(
+      (), "--score=reward: the reward is -|x - c|^2 for this point c, 'x,y' (empty: the centre "
+      "of the target's region 0).")
   checkpoint_every: int = 5
-  first_seed: int = 0
 
   @property
   def train(self) -> TrainConfig:
@@ -473,15 +479,10 @@ class FlowConfig(regimes.Options):
   def reward_point(self) -> np.ndarray:
     return np.asarray(self.reward_target or self.truth().centres_KxD[0], np.float32)
 
-  def sweep(self, regime: str) -> protocol.Sweep:
-    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
-
   def validate(self) -> 'FlowConfig':
     validation.check_choice('target', self.target, TARGETS)
     validation.check_choice('solver', self.solver, SOLVERS)
-    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                              self.real_fractions, min_samples=self.knn + 1)
+    self.validate_sweep(min_samples=self.knn + 1)
     checks = [('noise', self.noise > 0, 'must be positive'),
               ('noise', self.target != 'moons' or self.noise >= 2 * MOON_SPACING,
                f'must be at least {2 * MOON_SPACING:.2g} for moons (twice the spacing of its '
@@ -504,8 +505,7 @@ class FlowConfig(regimes.Options):
                'the previous model)'),
               ('reward_target', len(self.reward_target) in (0, DIMS),
                f'needs {DIMS} coordinates or none'),
-              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+]
     validation.check_fields(self, checks)
     validation.validate_options(self, family(self))
     return self
@@ -577,43 +577,34 @@ LEADING_COLUMNS = ('mmd2', 'sliced_w2', 'precision', 'recall', 'modes_covered', 
                    'truth_ll', 'train_loss')
 
 
+def set_aside(sweep, metrics):
+  """The first samples of each generation, kept for the figures rather than the tables."""
+  return sweep, metrics, metrics.pop(POINTS)
+
+
+def figures(cfg: FlowConfig, out: experiment.Outcome) -> None:
+  """quality.png, samples.png and tradeoff.png."""
+  title = f'flow matching on {cfg.target}, refitted on its own samples, {cfg.seeds} seeds'
+  plots.curves(out.curves, [('precision', 'precision (quality)', False),
+                            ('recall', 'recall (diversity)', False),
+                            ('mmd2', f'MMD^2 to the truth (bandwidth {cfg.mmd_bandwidth:g})', False),
+                            ('modes_covered', f'regions covered (of {REGIONS})', False)],
+               out.path('quality.png'), title=title)
+  scatter_panels(out.sweeps, out.kept, cfg.truth(), out.path('samples.png'),
+                 f'{cfg.target}: samples of seed {cfg.first_seed}')
+  plots.scores_against(out.curves, ('recall', 'recall (diversity)'), out.path('tradeoff.png'),
+                       title)
+
+
 def run(cfg: FlowConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the flow experiment in `workdir`; returns its table.
 
   Leaves there: config.json, checkpoints/<regime>/, metrics.csv (one row per generation
   x seed x regime x parameter value, with the mass of every region), samples.png (the
   first run's samples across generations), quality.png (precision, recall, MMD^2 and
-  regions covered against generation) and summary.txt.
+  regions covered against generation), tradeoff.png and summary.txt.
   """
-  cfg.validate()
-  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                    'experiment': 'flow'})
-
-  # -- every regime is one compiled program over seeds x its parameter's values
-  fam = family(cfg)
-  sweeps, points = [], []
-  for regime in cfg.regimes:
-    sweep = cfg.sweep(regime)
-    metrics = driver.run(fam, sweep, os.path.join(workdir, 'checkpoints', regime),
-                         cfg.checkpoint_every, progress)
-    points.append(metrics.pop(POINTS))
-    sweeps.append((sweep, metrics))
-
-  # -- the table, the figures and the summary
-  table = results.long_table(sweeps, first=LEADING_COLUMNS)
-  results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
-  curves = results.over_seeds(sweeps)
-  title = f'flow matching on {cfg.target}, refitted on its own samples, {cfg.seeds} seeds'
-  plots.curves(curves, [('precision', 'precision (quality)', False),
-                        ('recall', 'recall (diversity)', False),
-                        ('mmd2', f'MMD^2 to the truth (bandwidth {cfg.mmd_bandwidth:g})', False),
-                        ('modes_covered', f'regions covered (of {REGIONS})', False)],
-               os.path.join(workdir, 'quality.png'), title=title)
-  scatter_panels(sweeps, points, cfg.truth(), os.path.join(workdir, 'samples.png'),
-                 f'{cfg.target}: samples of seed {cfg.first_seed}')
-  plots.scores_against(curves, ('recall', 'recall (diversity)'),
-                       os.path.join(workdir, 'tradeoff.png'), title)
-  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 5, 10, 20))
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
-  return table
+  exp = experiment.Experiment(
+      'flow', lambda: family(cfg), SUMMARY_COLUMNS, generations=(1, 5, 10, 20),
+      first=LEADING_COLUMNS, set_aside=set_aside, figures=functools.partial(figures, cfg))
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).table

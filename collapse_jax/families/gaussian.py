@@ -8,16 +8,15 @@ truth, and every closed form below is written in that n.
 """
 
 import dataclasses
-import json
-import os
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from collapse_jax.core import (driver, files, linalg, plots, protocol, regimes, results, scores,
-                               validation)
+from collapse_jax.core import experiment, linalg, plots, protocol, scores, validation
+from collapse_jax.core.settings import setting
 
 ESTIMATORS = ('mle', 'unbiased')
 
@@ -435,42 +434,32 @@ def augment_mean_error(samples: int, ratio: float, true_std: float, generations:
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class GaussianConfig(regimes.Options):
+class GaussianConfig(experiment.SweepConfig):
   """The Gaussian experiment; defaults are the paper's (Section 3, its figure of a
   1-D Gaussian refitted with M samples) as its released figure code runs it (the
   maximum-likelihood estimator), with accumulate beside replace."""
   seeds: int = 1000
   generations: int = 1000
-  samples: tuple[int, ...] = (100, 500, 1000, 10000)
-  dims: int = 1
-  estimator: str = 'mle'
+  samples: tuple[int, ...] = setting((100, 500, 1000, 10000), 'Comma-separated sample sizes M: '
+                                     'each generation fits M samples.')
+  dims: int = setting(1, 'Dimension of the Gaussian.')
+  estimator: str = setting('mle', 'Covariance divisor: mle (M, as the released figure code, '
+                           "np.std) or unbiased (M - 1, the paper's Theorem 3.1).",
+                           choices=ESTIMATORS)
   regimes: tuple[str, ...] = ('replace', 'accumulate')
-  real_fractions: tuple[float, ...] = (0.0,)
-  true_mean: float = 0.0
-  true_std: float = 1.0
-  reward_target: float = 1.0  # the reward -|x - c|^2, c this in every dimension
+  true_mean: float = setting(0.0, 'Mean of the true distribution, in every dimension.')
+  true_std: float = setting(1.0, 'Standard deviation of the true distribution.')
+  reward_target: float = setting(1.0, '--score=reward: the reward is -|x - c|^2 for c this '
+                                 'value in every dimension.')
   checkpoint_every: int = 250
-  first_seed: int = 0
-  per_seed_csv: bool = False
-
-  def sweep(self, regime: str, samples: int):
-    return protocol.Sweep(regime, self.seeds, self.generations, samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
+  per_seed_csv: bool = experiment.per_seed_csv()
 
   def validate(self) -> 'GaussianConfig':
     if self.dims < 1:
       raise validation.ConfigError('dims', f'must be at least 1, got {self.dims}')
-    if not self.samples:
-      raise validation.ConfigError('samples', 'needs at least one sample size')
-    validation.validate_sweep(self.seeds, self.generations, min(self.samples), self.regimes,
-                              self.real_fractions, min_samples=2)  # a spread needs two
-    if self.estimator not in ESTIMATORS:
-      raise validation.ConfigError('estimator', f'unknown estimator {self.estimator!r}; choose '
-                                   f'from {", ".join(ESTIMATORS)}')
-    checks = [('true_std', self.true_std > 0, 'must be positive'),
-              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
-    validation.check_fields(self, checks)
+    self.validate_sweep(min_samples=2)  # a spread needs two
+    validation.check_choice('estimator', self.estimator, ESTIMATORS)
+    validation.check_fields(self, [('true_std', self.true_std > 0, 'must be positive')])
     validation.validate_options(self, family(self))
     return self
 
@@ -504,51 +493,41 @@ ERRORS = ('mean_error', 'sigma_error')  # their root mean square is what theory 
 SUMMARY_COLUMNS = ('mean_error', 'sigma', 'logdet', 'w2_sq')
 
 
+def closed_forms(cfg: GaussianConfig):
+  """The closed forms beside each sweep's statistics over seeds, as curves' columns."""
+  def closed_form(sweep, fraction):
+    del fraction
+    out = theory(sweep.regime, cfg.estimator, sweep.samples, cfg.dims, cfg.true_std,
+                 sweep.generations)
+    return {f'{k}_theory': v for k, v in out.items()}
+  return closed_form
+
+
+def figures(cfg: GaussianConfig, out: experiment.Outcome) -> None:
+  """panels.png and w2.png (statistics over seeds beside the closed forms), tradeoff.png."""
+  curves = out.curves
+  second = ('sigma_error_rms', 'RMS |sigma_n - sigma|') if cfg.dims == 1 else (
+      'logdet_mean', 'mean log det Sigma_n')
+  title = f'{cfg.dims}-D Gaussian refitted on M of its own samples ({cfg.estimator}), {cfg.seeds} seeds'
+  plots.theory_panels(curves, [('mean_error_rms', 'RMS |mu_n - mu|'), second],
+                      out.path('panels.png'), title)
+  w2 = ('w2_sq_mean', 'mean W2^2 to the original') if cfg.dims == 1 else (
+      'trace_mean', 'mean trace Sigma_n')
+  plots.theory_panels(curves, [w2], out.path('w2.png'), title)
+  plots.scores_against(curves, ('sigma', 'sigma of the fit') if cfg.dims == 1 else
+                       ('log_trace', 'log trace of the covariance'), out.path('tradeoff.png'), title)
+
+
 def run(cfg: GaussianConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the Gaussian experiment in `workdir`; returns the curves.
 
   Leaves there: config.json, checkpoints/<regime>/M<samples>/, curves.csv (one
   row per generation x regime x M x real fraction: statistics over seeds beside
   the closed forms), metrics.csv with --per_seed_csv (one row per seed too),
-  panels.png, w2.png and summary.txt.
+  panels.png, w2.png, tradeoff.png and summary.txt.
   """
-  cfg.validate()
-  validation.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
-
-  # -- every regime x M is one compiled program over seeds x real fractions
-  fam = family(cfg)
-  sweeps = []
-  for regime in cfg.regimes:
-    for m in cfg.samples:
-      sweep = cfg.sweep(regime, m)
-      directory = os.path.join(workdir, 'checkpoints', regime, f'M{m}')
-      sweeps.append((sweep, driver.run(fam, sweep, directory, cfg.checkpoint_every, progress)))
-
-  # -- tables: statistics over seeds with the closed forms, and optionally every seed
-  def closed_form(sweep, fraction):
-    del fraction
-    out = theory(sweep.regime, cfg.estimator, sweep.samples, cfg.dims, cfg.true_std,
-                 sweep.generations)
-    return {f'{k}_theory': v for k, v in out.items()}
-
-  curves = results.over_seeds(sweeps, rms=ERRORS, extra=closed_form)
-  results.write_csv(curves, os.path.join(workdir, 'curves.csv'))
-  if cfg.per_seed_csv:
-    results.write_csv(results.long_table(sweeps), os.path.join(workdir, 'metrics.csv'))
-
-  # -- figures and summary
-  second = ('sigma_error_rms', 'RMS |sigma_n - sigma|') if cfg.dims == 1 else (
-      'logdet_mean', 'mean log det Sigma_n')
-  title = f'{cfg.dims}-D Gaussian refitted on M of its own samples ({cfg.estimator}), {cfg.seeds} seeds'
-  plots.theory_panels(curves, [('mean_error_rms', 'RMS |mu_n - mu|'), second],
-                      os.path.join(workdir, 'panels.png'), title)
-  w2 = ('w2_sq_mean', 'mean W2^2 to the original') if cfg.dims == 1 else (
-      'trace_mean', 'mean trace Sigma_n')
-  plots.theory_panels(curves, [w2], os.path.join(workdir, 'w2.png'), title)
-  plots.scores_against(curves, ('sigma', 'sigma of the fit') if cfg.dims == 1 else
-                       ('log_trace', 'log trace of the covariance'),
-                       os.path.join(workdir, 'tradeoff.png'), title)
-  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
-  return curves
+  exp = experiment.Experiment(
+      'gaussian', lambda: family(cfg), SUMMARY_COLUMNS, generations=(1, 10, 100, 1000),
+      rms=ERRORS, closed_form=closed_forms(cfg), curves_csv=True,
+      figures=functools.partial(figures, cfg))
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).curves

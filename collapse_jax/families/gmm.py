@@ -10,9 +10,7 @@ pools of growing size fit in one fixed-shape program.
 
 import dataclasses
 import functools
-import json
 import math
-import os
 from typing import NamedTuple
 
 import jax
@@ -21,7 +19,8 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from collapse_jax.core import driver, files, plots, protocol, regimes, results, scores, validation
+from collapse_jax.core import experiment, plots, protocol, scores, validation
+from collapse_jax.core.settings import setting
 
 _LOG_2PI = math.log(2 * math.pi)
 # The precision of every matmul that decides a fit or a sample: float32 products and sums on
@@ -541,7 +540,7 @@ def tail_thresholds(true: Mixture, probs=(0.95, 0.99), n: int = 1 << 20):
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class GMMConfig(regimes.Options):
+class GMMConfig(experiment.SweepConfig):
   """The GMM experiment; defaults are the paper's protocol as its released notebook runs it.
 
   The truth is one standard 2-D Gaussian, N(0, I) (the notebook's
@@ -552,21 +551,23 @@ class GMMConfig(regimes.Options):
   """
   seeds: int = 64
   generations: int = 2000
-  samples: int = 1000
-  regimes: tuple[str, ...] = ('replace',)
-  real_fractions: tuple[float, ...] = (0.0,)
-  components: int = 2
-  tol: float = 1e-5
-  max_iter: int = 2000
-  reg_covar: float = 1e-6
-  heldout: int = 1000
-  true_weights: tuple[float, ...] = ()
-  true_means: tuple[tuple[float, ...], ...] = ((0.0, 0.0),)
-  true_covs: tuple[tuple[float, ...], ...] = ()
-  true_std: float = 1.0
-  reward_target: tuple[float, ...] = ()  # the reward -|x - c|^2; empty: c = (1, ..., 1)
-  checkpoint_every: int = 100
-  first_seed: int = 0
+  components: int = setting(2, 'Mixture components fitted.')
+  tol: float = setting(1e-5, 'EM stops when the mean log-likelihood changes less.')
+  max_iter: int = setting(2000, 'EM iterations at most.')
+  reg_covar: float = setting(1e-6, 'Added to covariance diagonals.')
+  heldout: int = setting(1000, 'Held-out original samples scored each generation.')
+  true_weights: tuple[float, ...] = setting(
+      (), "Weights of the true mixture's components, summing to 1 (empty: equal).")
+  true_means: tuple[tuple[float, ...], ...] = setting(
+      ((0.0, 0.0),), "Means of the true mixture's components, 'x,y;x,y'.")
+  true_covs: tuple[tuple[float, ...], ...] = setting(
+      (), "Covariances of the true mixture's components, each D x D row-major, "
+      "'a,b,c,d;a,b,c,d' (empty: true_std^2 I for every component).")
+  true_std: float = setting(1.0, 'Standard deviation of each true component, when --true_covs '
+                            'is empty.')
+  reward_target: tuple[float, ...] = setting(
+      (), '--score=reward: the reward is -|x - c|^2 for this point c (empty: 1 in every '
+      'dimension).')
 
   @property
   def em(self) -> EMConfig:
@@ -582,10 +583,6 @@ class GMMConfig(regimes.Options):
       covs_KxDxD = np.broadcast_to(self.true_std**2 * np.eye(d), (k, d, d))
     return Mixture(*(jnp.asarray(v, jnp.float32) for v in (weights_K, means_KxD, covs_KxDxD)))
 
-  def sweep(self, regime: str):
-    return protocol.Sweep(regime, self.seeds, self.generations, self.samples,
-                          self.real_fractions, self.first_seed, **self.sweep_fields(self.regimes))
-
   def target(self) -> np.ndarray:
     """The reward's target point c."""
     d = len(self.true_means[0]) if self.true_means else 2
@@ -594,15 +591,12 @@ class GMMConfig(regimes.Options):
   def validate(self) -> 'GMMConfig':
     if self.components < 1:
       raise validation.ConfigError('components', f'must be at least 1, got {self.components}')
-    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                   self.real_fractions, min_samples=self.components)
+    self.validate_sweep(min_samples=self.components)
     checks = [('tol', self.tol > 0, 'must be positive'),
               ('max_iter', self.max_iter >= 1, 'must be at least 1'),
               ('reg_covar', self.reg_covar >= 0, 'must be non-negative'),
               ('heldout', self.heldout >= 1, 'must be at least 1'),
-              ('true_std', self.true_std > 0, 'must be positive'),
-              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+              ('true_std', self.true_std > 0, 'must be positive')]
     validation.check_fields(self, checks)
     self._validate_truth()
     if self.reward_target and len(self.reward_target) != len(self.true_means[0]):
@@ -688,39 +682,26 @@ LEADING_COLUMNS = ('l2sq_gen0', 'l2sq_true', 'total_var', 'heldout_ll', 'tail_ma
                    'tail_mass_99', 'em_iters', 'kmeans_iters', 'converged')
 
 
+def figures(cfg: GMMConfig, out: experiment.Outcome) -> None:
+  """collapse.png, tradeoff.png and, in 2-D, scatter.png."""
+  plots.curves(out.curves, [('l2sq_gen0', 'squared L2 distance to the generation-0 fit', True),
+                            ('total_var', 'fitted spread (trace of covariance)', True)],
+               out.path('collapse.png'), title=f'GMM refitted on its own samples, {cfg.seeds} seeds')
+  plots.scores_against(out.curves, ('total_var', 'fitted spread (trace of covariance)'),
+                       out.path('tradeoff.png'),
+                       title=f'GMM: score and spread, {cfg.seeds} seeds')
+  if len(cfg.true_means[0]) == 2:
+    plots.gmm_scatter(out.table, out.path('scatter.png'))
+
+
 def run(cfg: GMMConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the GMM experiment in `workdir`; returns its table.
 
   Leaves there: config.json, checkpoints/<regime>/, metrics.csv (one row per
-  generation x seed x regime x real fraction), collapse.png, scatter.png (2-D
-  only) and summary.txt.
+  generation x seed x regime x real fraction), collapse.png, tradeoff.png, scatter.png
+  (2-D only) and summary.txt.
   """
-  cfg.validate()
-  validation.check_config(workdir, json.loads(json.dumps(dataclasses.asdict(cfg))))
-
-  # -- every regime is one compiled program over seeds x real fractions
-  gmm_family = family(cfg)
-  sweeps = []
-  for regime in cfg.regimes:
-    sweep = cfg.sweep(regime)
-    metrics = driver.run(gmm_family, sweep, os.path.join(workdir, 'checkpoints', regime),
-                         cfg.checkpoint_every, progress)
-    sweeps.append((sweep, metrics))
-
-  # -- the table, the figures and the summary
-  table = results.long_table(sweeps, first=LEADING_COLUMNS)
-  results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
-  curves = results.over_seeds(sweeps)
-  plots.curves(curves, [('l2sq_gen0', 'squared L2 distance to the generation-0 fit', True),
-                        ('total_var', 'fitted spread (trace of covariance)', True)],
-               os.path.join(workdir, 'collapse.png'),
-               title=f'GMM refitted on its own samples, {cfg.seeds} seeds')
-  plots.scores_against(curves, ('total_var', 'fitted spread (trace of covariance)'),
-                       os.path.join(workdir, 'tradeoff.png'),
-                       title=f'GMM: score and spread, {cfg.seeds} seeds')
-  if len(cfg.true_means[0]) == 2:
-    plots.gmm_scatter(table, os.path.join(workdir, 'scatter.png'))
-  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 200, 1000))
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
-  return table
+  exp = experiment.Experiment(
+      'gmm', lambda: family(cfg), SUMMARY_COLUMNS, generations=(1, 10, 100, 200, 1000),
+      first=LEADING_COLUMNS, figures=functools.partial(figures, cfg))
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).table

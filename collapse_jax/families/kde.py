@@ -33,9 +33,8 @@ Both are exact in expectation: the spread is linear in the stored points' scatte
 """
 
 import dataclasses
-import json
+import functools
 import math
-import os
 from typing import Callable
 
 import jax
@@ -43,8 +42,9 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
+from collapse_jax.core import (experiment, placement, plots, protocol, regimes, results,
                                sampling, scores, validation)
+from collapse_jax.core.settings import setting
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
@@ -325,22 +325,24 @@ def spread_theory(var0: float, dims: int, samples: int, rule: str, bandwidth: fl
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class KDEConfig(regimes.Options):
+class KDEConfig(experiment.SweepConfig):
   """The KDE experiment; defaults sized for an accelerator (1,000 seeds of N = 1,000)."""
-  seeds: int = 1000
-  generations: int = 100
-  samples: int = 1000
-  target: str = 'moons'
-  noise: float | None = None  # the target's noise sd; None: the target's default
-  bandwidth_rule: str = 'fixed'
-  bandwidth: float = 0.1  # h when the rule is 'fixed'
-  heldout: int = 1000  # real samples per seed, drawn once, for the NLL and the MMD
-  mmd_scale: float = 0.5
-  regimes: tuple[str, ...] = ('replace',)
-  real_fractions: tuple[float, ...] = (0.0,)
-  reward_target: tuple[float, ...] = (1.0, 1.0)  # the reward -|x - c|^2
+  samples: int = setting(1000, 'Samples N each generation draws and the next KDE stores.')
+  target: str = setting('moons', 'The 2-D truth: three Gaussian blobs, two moons, two circles or '
+                        'a swiss roll, each a shape plus N(0, noise^2 I).', choices=tuple(TARGETS))
+  noise: float | None = setting(None, "The target's noise standard deviation (default: the "
+                                "target's own: " + ', '.join(f'{k} {t.noise:g}'
+                                                             for k, t in TARGETS.items()) + ').')
+  bandwidth_rule: str = setting('fixed', 'fixed: --bandwidth every generation; scott or '
+                                "silverman: re-chosen from each generation's training data (the "
+                                'two agree in 2-D).', choices=RULES)
+  bandwidth: float = setting(0.1, 'The kernel standard deviation h, with --bandwidth_rule=fixed.')
+  heldout: int = setting(1000, "Real samples per seed, drawn once, scored by every generation's "
+                         'KDE (NLL) and compared with its samples (MMD).')
+  mmd_scale: float = setting(0.5, "The MMD's Gaussian kernel length scale.")
+  reward_target: tuple[float, ...] = setting(
+      (1.0, 1.0), '--score=reward: the reward is -|x - c|^2 for this point c.')
   checkpoint_every: int = 50
-  first_seed: int = 0
 
   @property
   def truth(self) -> Target:
@@ -350,22 +352,15 @@ class KDEConfig(regimes.Options):
   def target_noise(self) -> float:
     return self.truth.noise if self.noise is None else self.noise
 
-  def sweep(self, regime: str) -> protocol.Sweep:
-    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
-
   def validate(self) -> 'KDEConfig':
-    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                              self.real_fractions, min_samples=2)  # a spread and an MMD need two
+    self.validate_sweep(min_samples=2)  # a spread and an MMD need two
     validation.check_choice('target', self.target, TARGETS)
     validation.check_choice('bandwidth_rule', self.bandwidth_rule, RULES, 'rule')
     checks = [('bandwidth', self.bandwidth > 0, 'must be positive'),
               ('noise', self.noise is None or self.noise > 0, 'must be positive'),
               ('heldout', self.heldout >= 2, 'must be at least 2'),
               ('mmd_scale', self.mmd_scale > 0, 'must be positive'),
-              ('reward_target', len(self.reward_target) == DIMS, f'needs {DIMS} coordinates'),
-              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative')]
+              ('reward_target', len(self.reward_target) == DIMS, f'needs {DIMS} coordinates')]
     validation.check_fields(self, checks)
     score = self.active_score(self.regimes)
     if score in ('truth', 'noisy') and self.truth.log_density is None:
@@ -520,28 +515,8 @@ LEADING_COLUMNS = ('heldout_nll', 'spread', 'mmd2', 'bandwidth', 'truth_ll', 'ef
 SUMMARY_COLUMNS = ('heldout_nll', 'spread', 'mmd2', 'bandwidth')
 
 
-def run(cfg: KDEConfig, workdir: str, progress: bool = True, log=print):
-  """Runs, resumes or reloads the KDE experiment in `workdir`; returns the curves.
-
-  Leaves there: config.json, checkpoints/<regime>/, metrics.csv (one row per generation x
-  seed x regime x parameter value), curves.csv (statistics over seeds, with the spread's
-  closed form under replace), collapse.png, spread.png and scatter.png (with replace),
-  tradeoff.png (with a score) and summary.txt.
-  """
-  cfg.validate()
-  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                    'experiment': 'kde'})
-
-  # -- every regime is one compiled program over seeds x its parameter's values
-  sweeps = []
-  for regime in cfg.regimes:
-    sweep = cfg.sweep(regime)
-    metrics = driver.run(family(cfg, fit_rows(cfg, sweep)), sweep,
-                         os.path.join(workdir, 'checkpoints', regime), cfg.checkpoint_every,
-                         progress)
-    sweeps.append((sweep, metrics))
-
-  # -- tables: every seed, and statistics over seeds beside the closed form
+def closed_forms(cfg: KDEConfig):
+  """The spread's closed form under replace, beside each sweep's statistics over seeds."""
   var0 = target_variance(cfg.truth, cfg.target_noise)
 
   def closed_form(sweep, fraction):
@@ -550,25 +525,34 @@ def run(cfg: KDEConfig, workdir: str, progress: bool = True, log=print):
       return {'spread_theory': np.full(sweep.generations + 1, np.nan)}
     return {'spread_theory': spread_theory(var0, DIMS, sweep.samples, cfg.bandwidth_rule,
                                            cfg.bandwidth, sweep.generations)}
+  return closed_form
 
-  results.write_csv(results.long_table(sweeps, first=LEADING_COLUMNS),
-                    os.path.join(workdir, 'metrics.csv'))
-  curves = results.over_seeds(sweeps, extra=closed_form)
-  results.write_csv(curves, os.path.join(workdir, 'curves.csv'))
 
-  # -- figures and summary
+def figures(cfg: KDEConfig, out: experiment.Outcome) -> None:
+  """collapse.png, spread.png and scatter.png (with replace), tradeoff.png."""
   title = (f'KDE refitted on its own samples: {cfg.target}, bandwidth {_rule_label(cfg)}, '
            f'{cfg.seeds} seeds')
-  plots.curves(curves, [('heldout_nll', 'NLL of held-out real data', False),
-                        ('spread', 'spread (trace of covariance)', True),
-                        ('mmd2', 'squared MMD to the truth', False)],
-               os.path.join(workdir, 'collapse.png'), title)
+  plots.curves(out.curves, [('heldout_nll', 'NLL of held-out real data', False),
+                            ('spread', 'spread (trace of covariance)', True),
+                            ('mmd2', 'squared MMD to the truth', False)],
+               out.path('collapse.png'), title)
   if 'replace' in cfg.regimes:
-    spread_figure(curves, cfg, os.path.join(workdir, 'spread.png'))
-    scatter(cfg, os.path.join(workdir, 'scatter.png'))
-  plots.scores_against(curves, ('spread', 'spread (trace of covariance)'),
-                       os.path.join(workdir, 'tradeoff.png'), title)
-  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
-  return curves
+    spread_figure(out.curves, cfg, out.path('spread.png'))
+    scatter(cfg, out.path('scatter.png'))
+  plots.scores_against(out.curves, ('spread', 'spread (trace of covariance)'),
+                       out.path('tradeoff.png'), title)
+
+
+def run(cfg: KDEConfig, workdir: str, progress: bool = True, log=print):
+  """Runs, resumes or reloads the KDE experiment in `workdir`; returns the curves.
+
+  Leaves there: config.json, checkpoints/<regime>/, metrics.csv (one row per generation x
+  seed x regime x parameter value), curves.csv (statistics over seeds, with the spread's
+  closed form under replace), collapse.png, spread.png and scatter.png (with replace),
+  tradeoff.png (with a score) and summary.txt.
+  """
+  exp = experiment.Experiment(
+      'kde', lambda: lambda sweep: family(cfg, fit_rows(cfg, sweep)), SUMMARY_COLUMNS,
+      generations=(1, 10, 100, 1000), first=LEADING_COLUMNS, closed_form=closed_forms(cfg),
+      curves_csv=True, figures=functools.partial(figures, cfg))
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).curves

@@ -25,15 +25,14 @@ K = P + 1 (an input and its noise).
 """
 
 import dataclasses
-import json
-import os
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.core import (driver, files, placement, plots, protocol, regimes, results,
-                               validation)
+from collapse_jax.core import experiment, placement, plots, protocol, regimes, results, validation
+from collapse_jax.core.settings import setting
 
 INPUTS = ('fresh', 'same')
 METRICS = ('test_error', 'param_error', 'label_var')
@@ -312,31 +311,28 @@ def theory(cfg: 'RegressionConfig', regime: str, value: float, ridge: float,
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class RegressionConfig(regimes.Options):
+class RegressionConfig(experiment.SweepConfig):
   """Recursive linear regression; defaults sized for an accelerator (100 dimensions, 500
   samples a generation, 1,000 seeds x 100 generations, replace beside accumulate, OLS)."""
-  seeds: int = 1000
-  generations: int = 100
-  samples: int = 500
-  dims: int = 100
-  alpha: float = 0.0  # the spectrum lam_i = i^-alpha; 0: isotropic
-  noise: float = 1.0  # sigma of the label noise, real and synthetic
-  ridges: tuple[float, ...] = (0.0,)  # penalties, all in one program; 0: OLS
-  inputs: str = 'fresh'
-  design_seed: int = 0  # the design of --inputs=same
-  reward_target: float = 0.0  # the reward -(y - c)^2 of a label y
+  samples: int = setting(500, 'Samples T each generation is fitted on.')
+  dims: int = setting(100, 'Input dimensions d.')
+  alpha: float = setting(0.0, "The inputs' spectrum: variances lam_i = i^-alpha (0: isotropic; "
+                         'the scaling-law studies take alpha > 1).')
+  noise: float = setting(1.0, 'Standard deviation sigma of the label noise, real and synthetic.')
+  ridges: tuple[float, ...] = setting(
+      (0.0,), 'Comma-separated ridge penalties, all in one compiled program (0: ordinary least '
+      'squares); each fit minimises the mean squared error plus ridge x |w|^2.', flag='ridge')
+  inputs: str = setting('fresh', 'fresh: new inputs every generation; same: one design of T '
+                        'inputs, drawn from --design_seed, for every generation and seed.',
+                        choices=INPUTS)
+  design_seed: int = setting(0, 'The seed of the design of --inputs=same.')
+  reward_target: float = setting(0.0, '--score=reward: the reward of a sample is -(y - c)^2 for '
+                                 'its label y and c this value.')
   regimes: tuple[str, ...] = ('replace', 'accumulate')
-  real_fractions: tuple[float, ...] = (0.0,)
   checkpoint_every: int = 50
-  first_seed: int = 0
-
-  def sweep(self, regime: str) -> protocol.Sweep:
-    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
 
   def validate(self) -> 'RegressionConfig':
-    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                              self.real_fractions, min_samples=2)
+    self.validate_sweep(min_samples=2)
     if not self.ridges:
       raise validation.ConfigError('ridge', 'needs at least one value')
     for r in self.ridges:
@@ -348,8 +344,6 @@ class RegressionConfig(regimes.Options):
                f'must exceed --dims={self.dims} for ordinary least squares (--ridge=0)'),
               ('alpha', np.isfinite(self.alpha) and self.alpha >= 0, 'must be non-negative'),
               ('noise', self.noise > 0, 'must be positive'),
-              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative'),
               ('design_seed', self.design_seed >= 0, 'must be non-negative')]
     validation.check_fields(self, checks)
     if len(self.ridges) > 1 and any(regimes.get(r).scored for r in self.regimes):
@@ -409,17 +403,13 @@ def _with_ridge(table, ridge: float):
   return out
 
 
-def _stack(tables):
-  return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
-
-
 def curves_table(cfg: RegressionConfig, sweeps):
   """Statistics over seeds per generation x regime x value x penalty, with the closed
   forms as *_mean_theory columns."""
   def closed_form(ridge):
     return lambda sweep, value: {f'{k}_mean_theory': v for k, v in
                                  theory(cfg, sweep.regime, value, ridge, sweep.generations).items()}
-  return _stack([_with_ridge(results.over_seeds(pairs, extra=closed_form(ridge)), ridge)
+  return results.stacked([_with_ridge(results.over_seeds(pairs, extra=closed_form(ridge)), ridge)
                  for ridge, pairs in per_ridge(cfg, sweeps)])
 
 
@@ -471,6 +461,37 @@ def _values(table):
   return value_R
 
 
+def per_seed_table(cfg: RegressionConfig, sweeps):
+  """metrics.csv: one row per generation x seed x regime x value x penalty."""
+  return results.stacked([_with_ridge(results.long_table(pairs, first=METRICS), ridge)
+                          for ridge, pairs in per_ridge(cfg, sweeps)])
+
+
+def figures(cfg: RegressionConfig, out: experiment.Outcome) -> None:
+  """errors.png, and tradeoff.png of the first penalty."""
+  curves = out.curves
+  draw(curves, out.path('errors.png'), _title(cfg))
+  first = curves['ridge'] == np.float32(cfg.ridges[0])
+  plots.scores_against({k: v[first] for k, v in curves.items()},
+                       ('test_error', 'test error'), out.path('tradeoff.png'), _title(cfg))
+
+
+def _title(cfg: RegressionConfig) -> str:
+  spectrum_name = 'isotropic' if cfg.alpha == 0 else f'lam_i = i^-{cfg.alpha:g}'
+  return (f'linear regression on its own labels: d={cfg.dims}, T={cfg.samples}, {spectrum_name}, '
+          f'sigma={cfg.noise:g}, {cfg.inputs} inputs, {cfg.seeds} seeds')
+
+
+def summary(cfg: RegressionConfig, out: experiment.Outcome) -> str:
+  """The statistics over seeds of each penalty."""
+  curves = out.curves
+  return '\n\n'.join(
+      f'ridge {ridge:g}' + (' (OLS)' if ridge == 0 else '') + '\n' + results.summary(
+          {k: v[curves['ridge'] == np.float32(ridge)] for k, v in curves.items()}, METRICS,
+          generations=(1, 10, 100))
+      for ridge in cfg.ridges)
+
+
 def run(cfg: RegressionConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the experiment in `workdir`; returns the curves.
 
@@ -478,35 +499,8 @@ def run(cfg: RegressionConfig, workdir: str, progress: bool = True, log=print):
   seed x regime x value x penalty), curves.csv (statistics over seeds beside the closed
   forms), errors.png, tradeoff.png with a score, and summary.txt.
   """
-  cfg.validate()
-  validation.check_config(workdir, {**json.loads(json.dumps(dataclasses.asdict(cfg))),
-                                    'experiment': 'regression'})
-
-  # -- every regime is one compiled program over seeds x its values x the penalties
-  fam = family(cfg)
-  sweeps = [(cfg.sweep(r), driver.run(fam, cfg.sweep(r), os.path.join(workdir, 'checkpoints', r),
-                                      cfg.checkpoint_every, progress)) for r in cfg.regimes]
-
-  # -- tables: every seed, and statistics over seeds with the closed forms
-  results.write_csv(_stack([_with_ridge(results.long_table(pairs, first=METRICS), ridge)
-                            for ridge, pairs in per_ridge(cfg, sweeps)]),
-                    os.path.join(workdir, 'metrics.csv'))
-  curves = curves_table(cfg, sweeps)
-  results.write_csv(curves, os.path.join(workdir, 'curves.csv'))
-
-  # -- figures and summary
-  spectrum_name = 'isotropic' if cfg.alpha == 0 else f'lam_i = i^-{cfg.alpha:g}'
-  title = (f'linear regression on its own labels: d={cfg.dims}, T={cfg.samples}, {spectrum_name}, '
-           f'sigma={cfg.noise:g}, {cfg.inputs} inputs, {cfg.seeds} seeds')
-  draw(curves, os.path.join(workdir, 'errors.png'), title)
-  first = curves['ridge'] == np.float32(cfg.ridges[0])
-  plots.scores_against({k: v[first] for k, v in curves.items()},
-                       ('test_error', 'test error'), os.path.join(workdir, 'tradeoff.png'), title)
-  text = '\n\n'.join(
-      f'ridge {ridge:g}' + (' (OLS)' if ridge == 0 else '') + '\n' + results.summary(
-          {k: v[curves['ridge'] == np.float32(ridge)] for k, v in curves.items()}, METRICS,
-          generations=(1, 10, 100))
-      for ridge in cfg.ridges)
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
-  return curves
+  exp = experiment.Experiment(
+      'regression', lambda: family(cfg), METRICS, generations=(1, 10, 100), curves_csv=True,
+      table=functools.partial(per_seed_table, cfg), curves=functools.partial(curves_table, cfg),
+      figures=functools.partial(figures, cfg), text=functools.partial(summary, cfg))
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).curves

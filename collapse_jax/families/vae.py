@@ -5,7 +5,7 @@ regimes apply unchanged; the network sees them as 28 x 28 x 1 (NHWC).
 """
 
 import dataclasses
-import json
+import functools
 import os
 
 import jax
@@ -15,8 +15,8 @@ import optax
 from flax import traverse_util
 
 from collapse_jax import data
-from collapse_jax.core import (checkpoints, driver, files, plots, protocol, regimes, results,
-                               validation)
+from collapse_jax.core import checkpoints, experiment, files, plots, protocol, validation
+from collapse_jax.core.settings import setting
 from collapse_jax.data import mnist
 from collapse_jax.nets.conv_vae import PIXELS, VAE, Classifier, neg_elbo_B
 
@@ -218,7 +218,7 @@ def evaluate(latent: int, params, synth_NxD, ref, data, eval_images: int):
 # ---------------------------------------------------------------- the experiment
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig(regimes.Options):
+class VAEConfig(experiment.SweepConfig):
   """The VAE experiment; defaults are the paper's protocol as its released notebook runs
   it: each batch of a synthetic generation decoded fresh by the previous generation
   (`fresh_batches`; else a fixed set of `samples` images decoded once).
@@ -230,35 +230,33 @@ class VAEConfig(regimes.Options):
   DEFAULT_SCORE = 'gen0'
   seeds: int = 8
   generations: int = 20
-  samples: int = 60_000
-  latent: int = 20
-  epochs: int = 30
-  batch: int = 256
-  lr: float = 1e-3
-  weight_decay: float = 1e-5
-  eval_images: int = 10_000
-  test_images: int = 10_000
-  regimes: tuple[str, ...] = ('replace',)
-  real_fractions: tuple[float, ...] = (0.0,)
-  fresh_batches: bool = True
+  samples: int = setting(60_000, 'Images each generation trains on.')
+  latent: int = setting(20, 'Latent dimensions.')
+  epochs: int = setting(30, 'Epochs per generation.')
+  batch: int = setting(256, 'Batch size.')
+  lr: float = setting(1e-3, 'Adam learning rate.')
+  weight_decay: float = setting(1e-5, 'L2 weight decay added to the gradient.')
+  eval_images: int = setting(10_000, 'Generated images measured per generation.')
+  test_images: int = setting(10_000, 'Real test images for the negative ELBO.')
+  fresh_batches: bool = setting(True, 'Under replace, decode every batch of a synthetic '
+                                'generation fresh from the previous generation (the released '
+                                'notebook); --nofresh_batches: train on a fixed set of --samples '
+                                'images decoded once (as other regimes do).')
   checkpoint_every: int = 1
-  first_seed: int = 0
-  data_dir: str = ''  # the data directory (data.resolve's when empty), for its mnist/
-  mnist_dir: str = ''  # the IDX files' own directory; empty: the data directory's mnist/
-  classifier_cache: str = '~/.cache/collapse_jax/mnist_mlp_v1.npz'
-  preferred_digit: int = 0  # the reward's class
+  data_dir: str = setting('', data.DATA_DIR_HELP, recorded=False)  # for its mnist/
+  mnist_dir: str = setting('', "Directory of the MNIST IDX files (gzip or not); empty: the data "
+                           "directory's mnist/.", recorded=False)
+  classifier_cache: str = setting('~/.cache/collapse_jax/mnist_mlp_v1.npz', 'Where the digit '
+                                  'classifier is kept once trained.', recorded=False)
+  preferred_digit: int = setting(0, "The reward's digit: --score=reward is log P(digit | image) "
+                                 'under the digit classifier.')
 
   @property
   def train(self) -> TrainConfig:
     return TrainConfig(self.latent, self.epochs, self.batch, self.lr, self.weight_decay)
 
-  def sweep(self, regime: str):
-    return protocol.Sweep(regime, self.seeds, self.generations, self.samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
-
   def validate(self) -> 'VAEConfig':
-    validation.validate_sweep(self.seeds, self.generations, self.samples, self.regimes,
-                              self.real_fractions, min_samples=self.batch)
+    self.validate_sweep(min_samples=self.batch)
     checks = [('latent', self.latent >= 1, 'must be at least 1'),
               ('epochs', self.epochs >= 1, 'must be at least 1'),
               ('batch', self.batch >= 1, 'must be at least 1'),
@@ -267,8 +265,6 @@ class VAEConfig(regimes.Options):
               ('eval_images', 1 <= self.eval_images <= self.samples,
                f'must be between 1 and --samples ({self.samples})'),
               ('test_images', 1 <= self.test_images <= 10_000, 'must be between 1 and 10000'),
-              ('checkpoint_every', self.checkpoint_every >= 1, 'must be at least 1'),
-              ('first_seed', self.first_seed >= 0, 'must be non-negative'),
               ('preferred_digit', 0 <= self.preferred_digit <= 9, 'must be a digit, 0 to 9')]
     validation.check_fields(self, checks)
     validation.validate_options(self, family(self, None).make(None))
@@ -332,6 +328,17 @@ SUMMARY_COLUMNS = ('latent_std', 'test_nelbo', 'class_entropy_bits', 'train_loss
 LEADING_COLUMNS = ('latent_std', 'latent_mean', 'test_nelbo', 'class_entropy_bits', 'train_loss')
 
 
+def figures(cfg: VAEConfig, out: experiment.Outcome) -> None:
+  """curves.png, samples.png (the first regime's first run) and latent_hist.png."""
+  plots.curves(out.curves, [('latent_std', 'sd of generation-0 latent means', False),
+                            ('test_nelbo', 'negative ELBO of real test images', False),
+                            ('class_entropy_bits', 'entropy of generated classes (bits)', False)],
+               out.path('curves.png'), title=f'VAE trained on its own samples, {cfg.seeds} seeds')
+  plots.image_grids(out.kept[0][:, 0], out.path('samples.png'),
+                    f'{cfg.regimes[0]}, seed {cfg.first_seed}')
+  plots.latent_hists(out.curves, HIST_BINS, HIST_RANGE, out.path('latent_hist.png'))
+
+
 def run(cfg: VAEConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the VAE experiment in `workdir`; returns its table.
 
@@ -342,33 +349,8 @@ def run(cfg: VAEConfig, workdir: str, progress: bool = True, log=print):
   """
   cfg.validate()
   data = load_data(cfg)  # a missing dataset fails here, before anything is written
-  where = {'data_dir', 'mnist_dir', 'classifier_cache'}  # where things are, not what the run is
-  validation.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
-      dataclasses.asdict(cfg))).items() if k not in where})
-
-  # -- every regime is one compiled program over seeds x real fractions, a generation per call
-  fam = family(cfg, data)
-  sweeps, grids = [], []
-  for regime in cfg.regimes:
-    sweep = cfg.sweep(regime)
-    metrics = driver.run(fam, sweep, os.path.join(workdir, 'checkpoints', regime),
-                         cfg.checkpoint_every, progress)
-    grids.append(metrics.pop('grid'))
-    sweeps.append((sweep, metrics))
-
-  # -- the table, the figures and the summary
-  table = results.long_table(sweeps, first=LEADING_COLUMNS)
-  results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
-  curves = results.over_seeds(sweeps)
-  plots.curves(curves, [('latent_std', 'sd of generation-0 latent means', False),
-                        ('test_nelbo', 'negative ELBO of real test images', False),
-                        ('class_entropy_bits', 'entropy of generated classes (bits)', False)],
-               os.path.join(workdir, 'curves.png'),
-               title=f'VAE trained on its own samples, {cfg.seeds} seeds')
-  plots.image_grids(grids[0][:, 0], os.path.join(workdir, 'samples.png'),
-                    f'{cfg.regimes[0]}, seed {cfg.first_seed}')
-  plots.latent_hists(curves, HIST_BINS, HIST_RANGE, os.path.join(workdir, 'latent_hist.png'))
-  text = results.summary(curves, SUMMARY_COLUMNS, generations=(1, 5, 10))
-  files.write_text(os.path.join(workdir, 'summary.txt'), text + '\n')
-  log(text)
-  return table
+  exp = experiment.Experiment(
+      'vae', lambda: family(cfg, data), SUMMARY_COLUMNS, generations=(1, 5, 10),
+      first=LEADING_COLUMNS, set_aside=lambda sweep, m: (sweep, m, m.pop('grid')),
+      figures=functools.partial(figures, cfg))
+  return experiment.run_experiment(exp, cfg, workdir, progress, log).table
