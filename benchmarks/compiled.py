@@ -206,7 +206,7 @@ def opt_params(config: opt.OPTConfig):
   return jax.eval_shape(lambda k: opt.init(config, k), jax.random.key(0))
 
 
-def opt_train(config: opt.OPTConfig, batch: int, devices):
+def opt_train_step(config: opt.OPTConfig, batch: int, devices):
   """opt_train.make_train_step (AdamW, dropout on, the state donated) on batch x 64 tokens."""
   tx = opt_train.optimizer(opt_train.TrainConfig(), 1000)
   params = opt_params(config)
@@ -248,7 +248,7 @@ def opt_search(config: opt.OPTConfig, new_tokens: int, prompts: int, devices):
   prompt_BxT = jax.ShapeDtypeStruct((prompts, BLOCK), jnp.int32)
   params, prompt_BxT, mask_BxT = _on((opt_params(config), prompt_BxT, prompt_BxT), devices)
   return opt_decode.beam_search.lower(config, params, prompt_BxT, mask_BxT, new_tokens,
-                               beams=lm.LMConfig().beams).compile()
+                                      beams=lm.LMConfig().beams).compile()
 
 
 def opt_layer_prefill(config: opt.OPTConfig, prompts: int, devices):
@@ -284,7 +284,7 @@ def opt_cases(dtypes, shape: dict | None = None, lm_cfg: lm.LMConfig | None = No
                opt_layer_prefill(c, b, devices))]
     cases += [
         Case(f'{name} fine-tuning {dtype}', None, None, 8, size=cfg.batch, unit='blocks',
-             program=functools.partial(opt_train, config), per='step',
+             program=functools.partial(opt_train_step, config), per='step',
              work=('tokens', BLOCK), extra=train_extra, peak=peak),
         Case(f'{name} beam search {dtype}', None, None, 8, size=cfg.gen_batch, unit='prompts',
              program=lambda b, d, c=config: opt_search(c, n, b, d), per='call',
