@@ -63,7 +63,8 @@ from collapse_jax import data
 from collapse_jax.core import cli, driver, files, placement, protocol, validation
 from collapse_jax.data import mnist
 from collapse_jax.families import gaussian, gmm, lm, vae
-from collapse_jax.nets import conv_vae, opt
+from collapse_jax.families.lm import decoding, experiment, training
+from collapse_jax.nets import conv_vae, opt, opt_weights
 
 FLAGS = flags.FLAGS
 PARTS = ('gmm', 'gmm_max', 'gaussian', 'vae', 'lm')
@@ -145,7 +146,7 @@ SMOKE_CACHE = os.path.join(tempfile.gettempdir(), 'collapse_jax_smoke_xla_cache'
 DATA = data.directory()  # $COLLAPSE_JAX_DATA, else the user's cache
 
 # WikiText-2 in 64-token blocks of the OPT tokenizer (each row tokenised with its BOS, as
-# lm.load_data does): validation and test counted on the shared copies; train, which is not
+# lm.inputs.load_data does): validation and test counted on the shared copies; train, which is not
 # there, estimated as validation's count times the train/validation ratio of words in
 # Merity et al.'s WikiText table (2,088,628 / 217,646).
 VALID_BLOCKS, TEST_BLOCKS = 3922, 4494
@@ -526,7 +527,7 @@ def lm_part(s: Sizes, add):
   rng = np.random.default_rng(1)
   with tempfile.TemporaryDirectory() as directory:
     model = opt_throughput.reference_model(directory, device, s.opt_shape)
-    config, params = opt.load(directory)
+    config, params = opt_weights.load(directory)
 
     # -- fine-tuning steps against PyTorch's eager loop (first: they warm both runtimes up)
     ids_KxBxL = rng.integers(3, config.vocab_size, (s.lm_train_steps, s.lm_train_batch, 64))
@@ -573,7 +574,7 @@ def lm_part(s: Sizes, add):
 def _lm_generation(s: Sizes, add, config, params, shape: str):
   """One generation of the experiment, from a few timed calls of each kind times their counts."""
   cfg = lm.LMConfig(**s.lm_protocol).validate()
-  together = lm.seeds_at_once(cfg)
+  together = experiment.seeds_at_once(cfg)
   rounds = -(-cfg.seeds // together)
   rng = np.random.default_rng(2)
   ids = lambda rows: rng.integers(  # noqa: E731
@@ -598,11 +599,11 @@ def _lm_generation(s: Sizes, add, config, params, shape: str):
 
   keys = jax.random.split(jax.random.key(0), together)
   prompts = placement.place(ids(cfg.gen_batch), 'data')
-  gen_compile_s, gen_s = twice(lambda: lm.continue_prompts(cfg, config, params_S, prompts, keys))
+  gen_compile_s, gen_s = twice(lambda: decoding.continue_prompts(cfg, config, params_S, prompts, keys))
   blocks = ids(cfg.eval_batch)
-  nll_compile_s, nll_s = twice(lambda: lm.block_nll(config, params_S, blocks, cfg.eval_batch))
+  nll_compile_s, nll_s = twice(lambda: training.block_nll(config, params_S, blocks, cfg.eval_batch))
 
-  # -- what one generation makes of each (lm.run_seeds: fine_tune, regenerate, measure)
+  # -- what one generation makes of each (lm.generations.run_seeds: fine_tune, regenerate, measure)
   train = cfg.train_blocks or TRAIN_BLOCKS
   test = cfg.eval_blocks or TEST_BLOCKS
   valid = min(VALID_BLOCKS, test)

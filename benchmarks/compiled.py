@@ -28,8 +28,8 @@ compiled as one step program, as a function of its batch, each at its experiment
               generation program of those 8 seeds (`VAE generation`): its memory only.
   OPT-125m    opt.OPTConfig's defaults with random weights (nothing is downloaded), for each of
               --dtypes (opt.OPTConfig.dtype, the compute dtype: parameters and AdamW's state
-              stay float32): the fine-tuning step (opt.make_train_step, AdamW, dropout on) on
-              lm.LMConfig's batch of 128 blocks x 64 tokens, and opt.beam_search (5 beams, 64
+              stay float32): the fine-tuning step (opt_train.make_train_step, AdamW, dropout on) on
+              lm.LMConfig's batch of 128 blocks x 64 tokens, and opt_decode.beam_search (5 beams, 64
               new tokens) of its gen_batch of 64 prompts x 64 tokens; the largest: blocks or
               prompts. The layers run in scans, which the cost analysis counts once: each call's
               flops and bytes add the other layers from a standalone compile of one layer
@@ -62,7 +62,7 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from collapse_jax.core import driver, placement, targets  # noqa: E402
 from collapse_jax.families import gaussian, gmm, lm, vae  # noqa: E402
-from collapse_jax.nets import conv_vae, opt  # noqa: E402
+from collapse_jax.nets import conv_vae, opt, opt_decode, opt_train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('out', None, 'Directory for compiled.md and compiled.json.')
@@ -217,13 +217,13 @@ def opt_params(config: opt.OPTConfig):
   return jax.eval_shape(lambda k: opt.init(config, k), jax.random.key(0))
 
 
-def opt_train(config: opt.OPTConfig, batch: int, devices):
-  """opt.make_train_step (AdamW, dropout on, the state donated) on batch x 64 tokens."""
-  tx = opt.optimizer(opt.TrainConfig(), 1000)
+def opt_train_step(config: opt.OPTConfig, batch: int, devices):
+  """opt_train.make_train_step (AdamW, dropout on, the state donated) on batch x 64 tokens."""
+  tx = opt_train.optimizer(opt_train.TrainConfig(), 1000)
   params = opt_params(config)
   ids_BxL = jax.ShapeDtypeStruct((batch, BLOCK), jnp.int32)
   args = (params, jax.eval_shape(tx.init, params), ids_BxL, _key())
-  return opt.make_train_step(config, tx).lower(*_on(args, devices)).compile()
+  return opt_train.make_train_step(config, tx).lower(*_on(args, devices)).compile()
 
 
 def _layer(config: opt.OPTConfig, batch: int, deterministic: bool, cache_length: int = 0):
@@ -255,11 +255,11 @@ def opt_layer_train(config: opt.OPTConfig, batch: int, devices):
 
 
 def opt_search(config: opt.OPTConfig, new_tokens: int, prompts: int, devices):
-  """opt.beam_search: 5 beams, `prompts` prompts of 64 tokens, `new_tokens` new tokens."""
+  """opt_decode.beam_search: 5 beams, `prompts` prompts of 64 tokens, `new_tokens` new tokens."""
   prompt_BxT = jax.ShapeDtypeStruct((prompts, BLOCK), jnp.int32)
   params, prompt_BxT, mask_BxT = _on((opt_params(config), prompt_BxT, prompt_BxT), devices)
-  return opt.beam_search.lower(config, params, prompt_BxT, mask_BxT, new_tokens,
-                               beams=lm.LMConfig().beams).compile()
+  return opt_decode.beam_search.lower(config, params, prompt_BxT, mask_BxT, new_tokens,
+                                      beams=lm.LMConfig().beams).compile()
 
 
 def opt_layer_prefill(config: opt.OPTConfig, prompts: int, devices):
@@ -295,7 +295,7 @@ def opt_cases(dtypes, shape: dict | None = None, lm_cfg: lm.LMConfig | None = No
                opt_layer_prefill(c, b, devices))]
     cases += [
         Case(f'{name} fine-tuning {dtype}', None, None, 8, size=cfg.batch, unit='blocks',
-             program=functools.partial(opt_train, config), per='step',
+             program=functools.partial(opt_train_step, config), per='step',
              work=('tokens', BLOCK), extra=train_extra, peak=peak),
         Case(f'{name} beam search {dtype}', None, None, 8, size=cfg.gen_batch, unit='prompts',
              program=lambda b, d, c=config: opt_search(c, n, b, d), per='call',

@@ -5,11 +5,11 @@
   python -m benchmarks.opt_throughput --train_seeds=2,5 --prompts=0 --skip_torch_train   # seeds at once
 
 Both sides run the same random OPT-125m (`transformers.OPTConfig()`'s defaults, which are
-facebook/opt-125m's shape): PyTorch builds it, save_pretrained writes it, and opt.load reads
+facebook/opt-125m's shape): PyTorch builds it, save_pretrained writes it, and opt_weights.load reads
 the same weights into Flax. Training is AdamW (lr 5e-5, no weight decay) on B blocks of 64
-tokens with dropout on: ours is opt.make_train_step, theirs PyTorch's eager loop (loss from
+tokens with dropout on: ours is opt_train.make_train_step, theirs PyTorch's eager loop (loss from
 model(ids, labels=ids), backward, step, zero_grad). Generation is the paper's: 5 beams,
-exactly 64 new tokens after P prompts of 64 tokens; ours is opt.beam_search, theirs
+exactly 64 new tokens after P prompts of 64 tokens; ours is opt_decode.beam_search, theirs
 model.generate. Our compile time is measured apart and excluded; both sides run `--warmup`
 untimed train steps, and one untimed generation call of `--gen_warmup_tokens` new tokens
 (same prompts and beams), before the timed ones. The tokens both sides generate are compared
@@ -27,7 +27,7 @@ import numpy as np
 from absl import app, flags
 
 from collapse_jax.core import cli, validation
-from collapse_jax.nets import opt
+from collapse_jax.nets import opt, opt_decode, opt_train, opt_weights
 
 FLAGS = flags.FLAGS
 
@@ -75,9 +75,9 @@ def sync(device: str):
 
 
 def ours_train(config, params, ids_KxBxL, warmup: int, seeds: int = 0):
-  """(compile seconds, run seconds, last loss) of opt.make_train_step over the K batches; with
+  """(compile seconds, run seconds, last loss) of opt_train.make_train_step over the K batches; with
   `seeds`, that many copies of the model train together (stacked), each on the same batches."""
-  tx = opt.optimizer(opt.TrainConfig(learning_rate=5e-5), warmup + len(ids_KxBxL))
+  tx = opt_train.optimizer(opt_train.TrainConfig(learning_rate=5e-5), warmup + len(ids_KxBxL))
   init = tx.init
   if seeds:
     params = jax.tree.map(lambda p: jnp.repeat(p[None], seeds, axis=0), params)
@@ -87,7 +87,8 @@ def ours_train(config, params, ids_KxBxL, warmup: int, seeds: int = 0):
   state = (params, jax.jit(init)(params))
   warmup_key, key = jax.random.split(jax.random.key(0), (2, seeds) if seeds else 2)
   t0 = time.perf_counter()
-  step = opt.make_train_step(config, tx, stacked=bool(seeds)).lower(*state, ids_KxBxL[0], key).compile()
+  step = opt_train.make_train_step(config, tx, stacked=bool(seeds)).lower(
+      *state, ids_KxBxL[0], key).compile()
   compile_s = time.perf_counter() - t0
   fold = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if seeds else jax.random.fold_in
   for k in range(warmup):
@@ -131,12 +132,14 @@ def torch_train(model, ids_KxBxL, warmup: int, device: str):
 
 def ours_generate(config, params, prompt_BxT, mask_BxT, warmup_tokens: int, repeats: int,
                   new_tokens: int, beams: int, repetition_penalty: float):
-  """(compile seconds, seconds per call, new_BxN) of opt.beam_search."""
+  """(compile seconds, seconds per call, new_BxN) of opt_decode.beam_search."""
   static = dict(beams=beams, repetition_penalty=repetition_penalty)
   if warmup_tokens:
-    jax.block_until_ready(opt.beam_search(config, params, prompt_BxT, mask_BxT, warmup_tokens, **static))
+    jax.block_until_ready(opt_decode.beam_search(config, params, prompt_BxT, mask_BxT, warmup_tokens,
+                                                 **static))
   t0 = time.perf_counter()
-  search = opt.beam_search.lower(config, params, prompt_BxT, mask_BxT, new_tokens, **static).compile()
+  search = opt_decode.beam_search.lower(config, params, prompt_BxT, mask_BxT, new_tokens,
+                                       **static).compile()
   compile_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   for _ in range(repeats):
@@ -262,7 +265,7 @@ def main(argv):
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   with tempfile.TemporaryDirectory() as directory:
     model = reference_model(directory, device)
-    config, params = opt.load(directory)
+    config, params = opt_weights.load(directory)
     run(config, params, model, directory, device)
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from collapse_jax.core import driver, linalg, placement
 from collapse_jax.families import gmm, lm
-from collapse_jax.nets import opt
+from collapse_jax.families.lm import experiment
+from collapse_jax.nets import opt, opt_train
 
 
 @pytest.fixture
@@ -25,14 +26,14 @@ def on_an_accelerator(monkeypatch):
 def test_an_accelerator_vectorises_a_devices_runs_and_a_cpu_does_not(on_an_accelerator):
   em = gmm.family(gmm.GMMConfig(seeds=2, generations=1).validate())
   assert em.one_at_a_time_on_cpu and placement.default_width(em, 7) == 7
-  assert lm.seeds_at_once(lm.LMConfig(seeds=3)) == 3
-  assert lm.seeds_at_once(lm.LMConfig(seeds=3, parallel_seeds=2)) == 2
+  assert experiment.seeds_at_once(lm.LMConfig(seeds=3)) == 3
+  assert experiment.seeds_at_once(lm.LMConfig(seeds=3, parallel_seeds=2)) == 2
 
 
 def test_a_cpu_runs_em_and_the_language_models_seeds_one_at_a_time():
   em = gmm.family(gmm.GMMConfig(seeds=2, generations=1).validate())
   assert placement.default_width(em, 7) == 1
-  assert lm.seeds_at_once(lm.LMConfig(seeds=3)) == 1
+  assert experiment.seeds_at_once(lm.LMConfig(seeds=3)) == 1
 
 
 def test_em_vectorised_over_a_devices_runs_stops_each_at_its_own_convergence(tmp_path):
@@ -82,7 +83,7 @@ def _fine_tune(config, stacked_seeds=0, steps=12):
     ids_BxL = jnp.stack([ids_BxL] * stacked_seeds)
     key = jnp.stack([key] * stacked_seeds)
   state = jax.vmap(tx.init)(params) if stacked_seeds else tx.init(params)
-  step = opt.make_train_step(config, tx, stacked=bool(stacked_seeds))
+  step = opt_train.make_train_step(config, tx, stacked=bool(stacked_seeds))
   losses = []
   for _ in range(steps):
     params, state, loss = step(params, state, ids_BxL, key)

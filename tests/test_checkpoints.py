@@ -14,6 +14,7 @@ import pytest
 
 from collapse_jax.core import checkpoints, driver, protocol
 from collapse_jax.families import lm, vae
+from collapse_jax.families.lm import arrays, decoding, generations, inputs, measurement
 from collapse_jax.nets import conv_vae, opt
 from conftest import run_experiment
 
@@ -209,15 +210,16 @@ def test_the_language_model_remakes_what_was_damaged(tmp_path, capsys, monkeypat
                     block=8, new_tokens=4, beams=2, gen_batch=4)
   ids = np.random.default_rng(0).integers(3, 64, (12, 8)).astype(np.int32)
   data = {'train': ids[:8], 'valid': ids[8:], 'tokenizer': None}
-  params = lm._stack([jax.jit(opt.init, static_argnums=0)(config, jax.random.key(0))])
-  monkeypatch.setattr(lm, 'start_model', lambda cfg, seeds: (config, params))
-  monkeypatch.setattr(lm, 'measure', lambda *a: ([{'test_ppl': 1.0, 'generated_ppl_median': 1.0}],
-                                                 np.arange(8.0)[None], None))  # no scores
-  monkeypatch.setattr(lm, 'continuation', lambda *a: '')
-  run = lambda: lm.run_seeds(cfg, 'replace', 0.0, [0], data, str(tmp_path), False,  # noqa: E731
-                             log=lambda *_: None)
+  params = arrays.stack([jax.jit(opt.init, static_argnums=0)(config, jax.random.key(0))])
+  monkeypatch.setattr(inputs, 'start_model', lambda cfg, seeds: (config, params))
+  monkeypatch.setattr(measurement, 'measure',
+                      lambda *a: ([{'test_ppl': 1.0, 'generated_ppl_median': 1.0}],
+                                  np.arange(8.0)[None], None))  # no scores
+  monkeypatch.setattr(decoding, 'continuation', lambda *a: '')
+  run = lambda: generations.run_seeds(cfg, 'replace', 0.0, [0], data, str(tmp_path),  # noqa: E731
+                                      False, log=lambda *_: None)
   with monkeypatch.context() as m:  # keep the epoch states a finished generation deletes
-    m.setattr(lm, 'shutil', types.SimpleNamespace(rmtree=lambda *a, **k: None))
+    m.setattr(generations, 'shutil', types.SimpleNamespace(rmtree=lambda *a, **k: None))
     run()
   gen0 = tmp_path / 'seed_0' / 'gen_00'
   state = tmp_path / 'train_seeds_0-0' / 'gen_00' / str(cfg.epochs)

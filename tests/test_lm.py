@@ -6,14 +6,17 @@ import inspect
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
 
-from collapse_jax.core import results, validation
+from collapse_jax.core import regimes, results, validation
 from collapse_jax.families import lm
-from collapse_jax.nets import opt
+from collapse_jax.families.lm import arrays, inputs, measurement, training
+from collapse_jax.nets import opt_train, opt_weights
 
 try:  # main.py's measure, by transformers' OPT; PyTorch is in the [test] extra on Python 3.11
   import torch
@@ -29,7 +32,7 @@ CFG = lm.LMConfig(**{**lm.PRESETS['tiny'], 'generations': 2,
 
 @pytest.fixture(scope='session')
 def data():
-  return lm.load_data(CFG)
+  return inputs.load_data(CFG)
 
 
 def quiet(*_):
@@ -39,7 +42,7 @@ def quiet(*_):
 def _main_py_perplexity(config, params, ids_NxL, directory) -> float:
   """main.py's score of a model on a set of blocks (--evalgen_only scores its training set):
   exp of the transformers OPT's loss, the mean next-token NLL, with labels = input_ids."""
-  opt.save(str(directory), config, params)
+  opt_weights.save(str(directory), config, params)
   model = transformers.OPTForCausalLM.from_pretrained(str(directory)).eval()
   ids = torch.as_tensor(np.asarray(ids_NxL, np.int64))
   with torch.no_grad():
@@ -48,12 +51,12 @@ def _main_py_perplexity(config, params, ids_NxL, directory) -> float:
 
 def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch):
   measured = []  # each generation's model and the blocks its own_train_ppl was measured on
-  measure = lm.measure
+  measure = measurement.measure
 
   def spy(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT, pass_rate_S=None):
-    measured.append((config, lm.jax.tree.map(np.asarray, lm._seed(params_S, 0)), train_SxNxL[0]))
+    measured.append((config, jax.tree.map(np.asarray, arrays.seed(params_S, 0)), train_SxNxL[0]))
     return measure(cfg, config, params_S, params0_S, data, train_SxNxL, new_SxNxT, pass_rate_S)
-  monkeypatch.setattr(lm, 'measure', spy)
+  monkeypatch.setattr(measurement, 'measure', spy)
   table = lm.run(CFG, str(tmp_path), progress=False, log=quiet)
   metrics = pd.read_csv(tmp_path / 'metrics.csv')
 
@@ -73,7 +76,7 @@ def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch
                                  rtol=1e-4, err_msg=f'generation {g}')
 
   assert len(metrics) == 3 and metrics['generation'].tolist() == [0, 1, 2]
-  assert np.all(np.isfinite(metrics[list(lm.METRICS)].to_numpy()))
+  assert np.all(np.isfinite(metrics[list(measurement.METRICS)].to_numpy()))
   assert (metrics['test_ppl'] > 1).all() and metrics['distinct_tokens'].min() >= 1
   per_block = pd.read_csv(tmp_path / 'generated_perplexity.csv')
   assert len(per_block) == 3 * 24
@@ -92,7 +95,7 @@ def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch
   np.testing.assert_array_equal(again['test_ppl'], table['test_ppl'])
 
   # A finished run reloads without training anything.
-  monkeypatch.setattr(lm, 'fine_tune', lambda *a, **k: pytest.fail('retrained'))
+  monkeypatch.setattr(training, 'fine_tune', lambda *a, **k: pytest.fail('retrained'))
   lm.run(CFG, str(tmp_path), progress=False, log=quiet)
   assert (tmp_path / 'metrics.csv').read_text() == before
 
@@ -123,7 +126,7 @@ def test_seeds_run_together_as_they_do_one_at_a_time(tmp_path, data):
       np.testing.assert_array_equal(np.load(tmp_path / 'together' / gen),
                                     np.load(tmp_path / 'alone' / gen))
   # Perplexities agree to float32 rounding: XLA may sum a batch of 2 models in another order.
-  for m in lm.METRICS:
+  for m in measurement.METRICS:
     np.testing.assert_allclose(together[m], alone[m], rtol=1e-5, err_msg=m)
   before = (tmp_path / 'together' / 'metrics.csv').read_text()
 
@@ -131,7 +134,7 @@ def test_seeds_run_together_as_they_do_one_at_a_time(tmp_path, data):
   # trains again, and only what is missing is written.
   gen1 = tmp_path / 'together' / 'replace' / 'seed_1' / 'gen_01'
   (gen1 / 'metrics.json').unlink()
-  lm.shutil.rmtree(gen1 / 'model')
+  shutil.rmtree(gen1 / 'model')
   lm.run(dataclasses.replace(cfg, parallel_seeds=2), str(tmp_path / 'together'), progress=False,
          log=quiet)
   assert (tmp_path / 'together' / 'metrics.csv').read_text() == before
@@ -140,8 +143,8 @@ def test_seeds_run_together_as_they_do_one_at_a_time(tmp_path, data):
 
 def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, data, monkeypatch):
   def out_of_memory(*args, **kwargs):
-    raise lm.jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 2.3GiB')
-  monkeypatch.setattr(lm, 'fine_tune', out_of_memory)
+    raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 2.3GiB')
+  monkeypatch.setattr(training, 'fine_tune', out_of_memory)
   with pytest.raises(validation.ConfigError) as e:
     lm.run(dataclasses.replace(CFG, seeds=5, parallel_seeds=5), str(tmp_path), progress=False,
            log=quiet)
@@ -150,10 +153,10 @@ def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, dat
 
 def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data, monkeypatch):
   cfg = dataclasses.replace(CFG, schedule='cosine', min_learning_rate=1e-4)  # main.py's, per epoch
-  config, params = lm.start_model(cfg, [0, 1])
+  config, params = inputs.start_model(cfg, [0, 1])
   ids = np.stack([data['train'], data['train'][::-1]])
-  args = (cfg, config, params, ids, data['valid'], [lm.jax.random.key(3), lm.jax.random.key(4)])
-  whole, losses = lm.fine_tune(*args, str(tmp_path / 'a'), '', False)
+  args = (cfg, config, params, ids, data['valid'], [jax.random.key(3), jax.random.key(4)])
+  whole, losses = training.fine_tune(*args, str(tmp_path / 'a'), '', False)
 
   save = ocp.CheckpointManager.save
 
@@ -163,10 +166,10 @@ def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path,
 
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save_then_die)
   with pytest.raises(KeyboardInterrupt):
-    lm.fine_tune(*args, str(tmp_path / 'b'), '', False)
+    training.fine_tune(*args, str(tmp_path / 'b'), '', False)
   monkeypatch.setattr(ocp.CheckpointManager, 'save', save)
-  resumed, resumed_losses = lm.fine_tune(*args, str(tmp_path / 'b'), '', False)
-  lm.jax.tree.map(np.testing.assert_array_equal, resumed, whole)
+  resumed, resumed_losses = training.fine_tune(*args, str(tmp_path / 'b'), '', False)
+  jax.tree.map(np.testing.assert_array_equal, resumed, whole)
   np.testing.assert_array_equal(resumed_losses, losses)
   assert np.all(np.isfinite(losses))
 
@@ -174,16 +177,16 @@ def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path,
 def test_training_sets_follow_the_regimes(data):
   x0 = data['train']
   generated = [np.full_like(x0, 100 + k) for k in range(3)]
-  key = lm.jax.random.key(0)
-  assert lm.training_set(CFG, 'replace', 0.0, 0, key, data, [])[0] is x0
-  np.testing.assert_array_equal(lm.training_set(CFG, 'replace', 0.0, 2, key, data, generated)[0],
+  key = jax.random.key(0)
+  assert inputs.training_set(CFG, 'replace', 0.0, 0, key, data, [])[0] is x0
+  np.testing.assert_array_equal(inputs.training_set(CFG, 'replace', 0.0, 2, key, data, generated)[0],
                                 generated[1])
-  mixed = lm.training_set(CFG, 'mix', 0.25, 1, key, data, generated)[0]
+  mixed = inputs.training_set(CFG, 'mix', 0.25, 1, key, data, generated)[0]
   real = np.array([any((row == r).all() for r in x0) for row in mixed])
   assert real.sum() == 6 and (mixed[~real] == 100).all()  # round(0.25 * 24) original blocks
-  pooled = lm.training_set(CFG, 'accumulate', 1.0, 2, key, data, generated)[0]  # age_decay 1
+  pooled = inputs.training_set(CFG, 'accumulate', 1.0, 2, key, data, generated)[0]  # age_decay 1
   assert len(pooled) == 3 * len(x0) and (pooled[-24:] == 101).all()
-  sub = lm.training_set(CFG, 'accumulate-subsample', 0.0, 2, key, data, generated)[0]
+  sub = inputs.training_set(CFG, 'accumulate-subsample', 0.0, 2, key, data, generated)[0]
   assert len(sub) == len(x0) and not (sub == 102).all(axis=1).any()  # generation 2's is not yet made
 
 
@@ -191,17 +194,17 @@ def test_verify_curate_and_augment_choose_among_generated_blocks(data):
   x0 = data['train']
   generated = [np.stack([np.full(x0.shape[1], 100 + i) for i in range(2 * len(x0))])]
   scores = [np.arange(2.0 * len(x0))[::-1]]  # the first candidates score highest
-  key = lm.jax.random.key(0)
-  kept, rate = lm.training_set(CFG, 'verify', 0.5, 1, key, data, generated, scores)
+  key = jax.random.key(0)
+  kept, rate = inputs.training_set(CFG, 'verify', 0.5, 1, key, data, generated, scores)
   assert rate == 0.5 and sorted(kept[:, 0]) == list(range(100, 100 + len(x0)))
-  chosen, rate = lm.training_set(CFG, 'curate', 1e3, 1, key, data, generated, scores)
+  chosen, rate = inputs.training_set(CFG, 'curate', 1e3, 1, key, data, generated, scores)
   assert rate == 1.0 and len(chosen) == len(x0)
   assert ((chosen[:, 0] - 100) % 2 == 0).all()  # of each pair (2i, 2i + 1), the likelier
-  augmented, _ = lm.training_set(CFG, 'augment', 0.25, 1, key, data, generated, scores)
+  augmented, _ = inputs.training_set(CFG, 'augment', 0.25, 1, key, data, generated, scores)
   assert len(augmented) == len(x0) + 6 and (augmented[:len(x0)] == x0).all()
-  assert lm.candidate_blocks(CFG, 'verify', 0.5, 24) == 48
-  assert lm.candidate_blocks(CFG, 'curate', 1.0, 24) == 24 * CFG.candidates
-  assert lm.candidate_blocks(CFG, 'augment', 0.5, 24) == 24
+  assert inputs.candidate_blocks(CFG, 'verify', 0.5, 24) == 48
+  assert inputs.candidate_blocks(CFG, 'curate', 1.0, 24) == 24 * CFG.candidates
+  assert inputs.candidate_blocks(CFG, 'augment', 0.5, 24) == 24
 
 
 def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, data):
@@ -259,7 +262,7 @@ def test_the_cosine_schedule_is_cosine_annealing_stepped_once_per_epoch():
   every epoch (as Lightning does with main.py's scheduler), and AdamW follows it step by step."""
   train, steps = lm.LMConfig().train, 7  # 2e-5 down to 1e-6 over 5 epochs of 7 steps
   n = steps * train.epochs
-  ours = np.asarray(opt.lr_schedule(train, n)(lm.jnp.arange(n)))
+  ours = np.asarray(opt_train.lr_schedule(train, n)(jnp.arange(n)))
   epoch = np.arange(n) // steps
   closed = 1e-6 + (2e-5 - 1e-6) * (1 + np.cos(np.pi * epoch / 5)) / 2
   np.testing.assert_allclose(ours, closed, rtol=1e-6)
@@ -274,17 +277,30 @@ def test_the_cosine_schedule_is_cosine_annealing_stepped_once_per_epoch():
     adamw.step()  # no gradient: nothing moves, but the scheduler's order is Lightning's
     cosine.step()
   np.testing.assert_allclose(ours, reference, rtol=1e-6)
-  linear = np.asarray(opt.lr_schedule(dataclasses.replace(train, schedule='linear'), n)(lm.jnp.arange(n)))
+  linear = np.asarray(opt_train.lr_schedule(dataclasses.replace(train, schedule='linear'), n)(
+      jnp.arange(n)))
   assert np.abs(linear - ours).max() > 0.1 * 2e-5  # the Trainer's schedule is another one
 
   # Under a constant gradient at zero weights Adam's step is the learning rate itself (to
   # float32 rounding of its bias corrections).
-  tx, params = opt.optimizer(train, n), lm.jnp.zeros(1)
-  state, grads, updates, step = tx.init(params), lm.jnp.ones(1), [], lm.jax.jit(tx.update)
+  tx, params = opt_train.optimizer(train, n), jnp.zeros(1)
+  state, grads, updates, step = tx.init(params), jnp.ones(1), [], jax.jit(tx.update)
   for _ in range(n):
     update, state = step(grads, state, params)
     updates.append(-float(update[0]))
   np.testing.assert_allclose(updates, ours, rtol=1e-4)
+
+
+def test_blocks_are_ranked_only_by_the_models_own_likelihoods():
+  """verify and curate rank blocks by a score in SCORES; one the language model lacks (a true
+  density, a reward) is refused, naming --score."""
+  ranked = dict(regimes=('verify',), decoding='sample')
+  for score in lm.SCORES:
+    dataclasses.replace(CFG, **ranked, score=score).validate()
+  for score in set(regimes.SCORES) - set(lm.SCORES):
+    with pytest.raises(validation.ConfigError) as e:
+      dataclasses.replace(CFG, **ranked, score=score).validate()
+    assert e.value.flag == 'score', score
 
 
 @pytest.mark.parametrize('change, flag', [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import transformers
 
-from collapse_jax.nets import opt
+from collapse_jax.nets import opt, opt_decode, opt_weights
 
 torch = pytest.importorskip('torch', reason='needs PyTorch (the [test] extra on Python 3.11)')
 pytestmark = pytest.mark.torch
@@ -58,7 +58,7 @@ def torch_logits(model, ids, mask):
 
 def test_logits_match_on_a_padded_batch(saved):
   model, directory = saved
-  config, params = opt.load(directory)
+  config, params = opt_weights.load(directory)
   ids, mask = padded_batch()
   ours = np.asarray(opt.logits(config, params, ids, mask))
   theirs = torch_logits(model, ids, mask)
@@ -69,8 +69,8 @@ def test_logits_match_on_a_padded_batch(saved):
 
 def test_saved_back_checkpoint_reloads_in_transformers(saved, tmp_path):
   model, directory = saved
-  config, params = opt.load(directory)
-  opt.save(str(tmp_path), config, params)
+  config, params = opt_weights.load(directory)
+  opt_weights.save(str(tmp_path), config, params)
   again = transformers.OPTForCausalLM.from_pretrained(str(tmp_path)).eval()
   ids, mask = padded_batch()
   real = mask.astype(bool)
@@ -81,7 +81,7 @@ def test_saved_back_checkpoint_reloads_in_transformers(saved, tmp_path):
 def test_a_wrong_layer_is_noticed(saved):
   """The parity check can fail: swapping the two layers' weights changes the logits."""
   model, directory = saved
-  config, params = opt.load(directory)
+  config, params = opt_weights.load(directory)
   swapped = {**params, 'layers': {k: v for k, v in params['layers'].items()}}
   swapped['layers']['fc2'] = {k: v[::-1] for k, v in params['layers']['fc2'].items()}
   ids, mask = padded_batch()
@@ -94,7 +94,7 @@ def test_a_wrong_layer_is_noticed(saved):
 def test_generation_equals_transformers_generate(saved, beams):
   """Token for token, with the paper's repetition penalty and without one; exactly 16 new tokens."""
   model, directory = saved
-  config, params = opt.load(directory)
+  config, params = opt_weights.load(directory)
   ids, mask = padded_batch(rows=3, length=10, seed=1)
   for penalty in (1.0, 2.0):
     with torch.no_grad():
@@ -102,9 +102,9 @@ def test_generation_equals_transformers_generate(saved, beams):
                               do_sample=False, num_beams=beams, max_new_tokens=16, min_new_tokens=16,
                               repetition_penalty=penalty)[:, ids.shape[1]:].numpy()
     if beams == 1:
-      ours = opt.sample(config, params, ids, mask, None, 16, repetition_penalty=penalty)
+      ours = opt_decode.sample(config, params, ids, mask, None, 16, repetition_penalty=penalty)
     else:
-      ours = opt.beam_search(config, params, ids, mask, 16, beams, repetition_penalty=penalty)
+      ours = opt_decode.beam_search(config, params, ids, mask, 16, beams, repetition_penalty=penalty)
     np.testing.assert_array_equal(np.asarray(ours), theirs, err_msg=f'beams={beams} penalty={penalty}')
 
 
@@ -114,6 +114,6 @@ def test_a_pytorch_bin_checkpoint_loads_as_the_safetensors_one(saved, tmp_path):
   state = {k.removeprefix('model.'): v for k, v in model.state_dict().items()}
   torch.save(state, tmp_path / 'pytorch_model.bin')
   shutil.copy(os.path.join(directory, 'config.json'), tmp_path)
-  _, from_bin = opt.load(str(tmp_path))
-  _, from_safetensors = opt.load(directory)
+  _, from_bin = opt_weights.load(str(tmp_path))
+  _, from_safetensors = opt_weights.load(directory)
   jax.tree.map(np.testing.assert_array_equal, from_bin, from_safetensors)

@@ -1,0 +1,158 @@
+"""The language-model experiment's settings: LMConfig, its checks and its presets."""
+
+import dataclasses
+import types
+
+import jax
+
+from collapse_jax.core import protocol, regimes, validation
+from collapse_jax.data import wikitext
+from collapse_jax.families.lm import training
+from collapse_jax.nets import opt_train
+
+# The paper's Example 1 prompt.
+PROMPT = ('some started before 1360 \u2014 was typically accomplished by a master mason and a small '
+          'team of itinerant masons, supplemented by local parish labourers, according to Poyntz '
+          'Wright. But other authors reject this model, suggesting instead that leading architects '
+          'designed the parish church towers based on early examples of Perpendicular')
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig(regimes.Options):
+  """The language-model experiment; defaults are the authors' released code (main.py): the
+  paper's no-original-data setting with main.py's optimiser, schedule and repetition penalty.
+
+  verify and curate rank generated blocks by their mean token log-likelihood under the
+  generation-0 model (gen0, the default) or the model being measured (self): the per-block
+  perplexities the experiment reports. A regime that needs more blocks than there are prompts
+  (verify, curate, augment with a ratio above 1) continues each prompt again, which takes
+  --decoding=sample (beam search would repeat itself).
+  """
+  DEFAULT_SCORE = 'gen0'
+  model: str = 'facebook/opt-125m'  # a hub name, a local HF directory, or 'tiny' (random, small)
+  tokenizer: str = ''  # default: where the model is; for 'tiny', the data directory's opt-125m/
+  data_dir: str = ''  # the data directory, or WikiText-2's own; empty: data.resolve's
+  train_split: str = 'train'
+  valid_split: str = 'validation'
+  seeds: int = 5
+  first_seed: int = 0
+  parallel_seeds: int = 0  # seeds run at once (vmapped); 0: all, but one at a time on a CPU
+  generations: int = 10  # after the first
+  regimes: tuple[str, ...] = ('replace',)
+  real_fractions: tuple[float, ...] = (0.0,)
+  epochs: int = 5
+  batch: int = 128
+  learning_rate: float = 2e-5
+  weight_decay: float = 0.01  # torch.optim.AdamW's default
+  warmup_steps: int = 0
+  schedule: str = 'cosine'  # per epoch, as main.py; or linear over the steps (the HF Trainer's)
+  min_learning_rate: float = 1e-6  # where the schedule ends (CosineAnnealingLR's eta_min)
+  block: int = 64
+  new_tokens: int = 64
+  beams: int = 5
+  repetition_penalty: float = 3.0
+  decoding: str = 'beam'  # beam (the paper), greedy, or sample (temperature, top_k, top_p)
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  from_previous: bool = False  # start generation n from generation n-1's weights, not the first
+  train_blocks: int = 0  # use only the first this many training blocks (0: all)
+  eval_blocks: int = 0  # validation and test blocks measured (0: all)
+  eval_batch: int = 64
+  gen_batch: int = 64
+  prompt: str = PROMPT
+  dtype: str = 'float32'
+
+  def validate(self) -> 'LMConfig':
+    validation.validate_sweep(self.seeds, self.generations, 1, self.regimes,
+                          self.real_fractions, min_samples=1)  # the data's size: on loading
+    devices = jax.device_count()
+    checks = [
+        ('epochs', self.epochs >= 1, 'must be at least 1'),
+        ('batch', self.batch >= 1 and self.batch % devices == 0,
+         f'must be a positive multiple of the {devices} devices'),
+        ('eval_batch', self.eval_batch >= 1 and self.eval_batch % devices == 0,
+         f'must be a positive multiple of the {devices} devices'),
+        ('gen_batch', self.gen_batch >= 1 and self.gen_batch % devices == 0,
+         f'must be a positive multiple of the {devices} devices'),
+        ('learning_rate', self.learning_rate > 0, 'must be positive'),
+        ('weight_decay', self.weight_decay >= 0, 'must be non-negative'),
+        ('warmup_steps', self.warmup_steps >= 0, 'must be non-negative'),
+        ('schedule', self.schedule in opt_train.SCHEDULES,
+         f'must be one of {", ".join(opt_train.SCHEDULES)}'),
+        ('min_learning_rate', 0 <= self.min_learning_rate <= self.learning_rate,
+         f'must be in [0, --learning_rate ({self.learning_rate:g})]'),
+        ('block', self.block >= 2, 'must be at least 2'),
+        ('new_tokens', self.new_tokens >= 2, 'must be at least 2'),
+        ('beams', self.beams >= 1, 'must be at least 1'),
+        ('repetition_penalty', self.repetition_penalty > 0, 'must be positive'),
+        ('decoding', self.decoding in ('beam', 'greedy', 'sample'), 'must be beam, greedy or sample'),
+        ('temperature', self.temperature > 0, 'must be positive'),
+        ('top_k', self.top_k >= 0, 'must be non-negative'),
+        ('top_p', 0 < self.top_p <= 1, 'must be in (0, 1]'),
+        ('train_blocks', self.train_blocks >= 0, 'must be non-negative'),
+        ('eval_blocks', self.eval_blocks >= 0, 'must be non-negative'),
+        ('train_split', self.train_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
+        ('valid_split', self.valid_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
+        ('dtype', self.dtype in ('float32', 'bfloat16'), 'must be float32 or bfloat16'),
+        ('first_seed', self.first_seed >= 0, 'must be non-negative'),
+        ('parallel_seeds', self.parallel_seeds >= 0, 'must be non-negative'),
+        ('new_tokens', self.new_tokens == self.block
+         or set(self.regimes) <= {'replace', 'verify', 'curate'},
+         f'must equal --block ({self.block}) when generated blocks are mixed with original ones'),
+        ('age_decays', tuple(self.age_decays) == (1.0,),
+         'must be 1: the language model fine-tunes on its blocks unweighted'),
+        ('decoding', self.decoding == 'sample' or not any(
+            regimes.get(r).candidates(1000, self.values(r), self.candidates) > 1000
+            for r in self.regimes if r in regimes.REGIMES),
+         'must be sample for a regime that continues a prompt more than once (verify, curate, '
+         'augment with a ratio above 1)')]
+    validation.check_fields(self, checks)
+    validation.validate_options(self, _score_functions())
+    return self
+
+  def values(self, regime: str) -> tuple[float, ...]:
+    """The values of a regime's parameter: one setting each."""
+    return protocol.Sweep(regime, 1, 1, 1, self.real_fractions, **self.sweep_fields(())).fractions
+
+  def sweep(self, regime: str, value: float, blocks: int) -> protocol.Sweep:
+    """The runs of one setting (a regime and one value of its parameter) over `blocks` prompts."""
+    parameter = regimes.get(regime).parameter
+    fields = self.sweep_fields(self.regimes)
+    fields['settings'] = tuple((p, (value,) if p == parameter else v) for p, v in fields['settings'])
+    reals = (value,) if parameter == 'real_fraction' else (0.0,)
+    return protocol.Sweep(regime, self.seeds, self.generations, blocks, reals, self.first_seed,
+                        **fields)
+
+  @property
+  def train(self) -> opt_train.TrainConfig:
+    return opt_train.TrainConfig(self.learning_rate, self.batch, self.weight_decay,
+                                 self.warmup_steps, self.schedule, self.min_learning_rate, self.epochs)
+
+
+# The released code (the defaults); the paper's text, whose two settings name no optimiser
+# (these keep the Hugging Face Trainer's defaults) and no repetition penalty; and a CPU-sized
+# run that needs nothing from the hub (OPT's tokenizer and WikiText-2's validation and test
+# splits, from the data directory).
+TRAINER = dict(learning_rate=5e-5, batch=8, weight_decay=0.0, schedule='linear', min_learning_rate=0.0)
+PRESETS = {
+    'official': {},
+    'paper': dict(TRAINER, repetition_penalty=1.0),
+    'keep10': dict(TRAINER, repetition_penalty=1.0, epochs=10, regimes=('mix',), real_fractions=(0.1,)),
+    'tiny': dict(TRAINER, model='tiny', train_split='validation', valid_split='test', seeds=1,
+                 generations=4, epochs=4, batch=16, learning_rate=3e-3, train_blocks=512,
+                 eval_blocks=256, gen_batch=128, repetition_penalty=2.0,
+                 regimes=('replace', 'mix'), real_fractions=(0.1,)),
+}
+
+
+# What verify and curate can rank blocks by: each block's mean token log-likelihood under the
+# model measured (self) or under the generation-0 model (gen0); no true density, no reward.
+SCORES = ('self', 'gen0')
+
+
+def _score_functions():
+  """SCORES as validation.validate_options asks a family for them: a function for each kind of
+  score the language model has (training.block_nll, the models' own likelihood), None for
+  the others."""
+  return types.SimpleNamespace(log_density=training.block_nll, true_log_density=None, reward=None)
