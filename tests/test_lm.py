@@ -233,7 +233,7 @@ def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, da
 
 
 @pytest.mark.torch
-def test_the_default_official_preset_is_the_authors_main_py():
+def test_the_default_paper_preset_is_the_authors_main_py():
   """github.com/iliaishacked/curse_recurse: main.py's defaults (-lr 2e-5, -m 5, -b 128,
   -gen_percent 0.0, facebook/opt-125m, 64-token blocks in dataset.py), its generate(num_beams=5,
   max_new_tokens=64, min_new_tokens=64, repetition_penalty=3.0), and plt_model.py's
@@ -244,14 +244,14 @@ def test_the_default_official_preset_is_the_authors_main_py():
                  decoding='beam', beams=5, new_tokens=64, repetition_penalty=3.0,
                  regimes=('replace',), real_fractions=(0.0,),
                  weight_decay=inspect.signature(torch.optim.AdamW).parameters['weight_decay'].default)
-  assert lm.PRESETS['official'] == {}
-  official = lm.LMConfig(**lm.PRESETS['official'])
-  assert {k: getattr(official, k) for k in main_py} == main_py
+  assert list(lm.PRESETS)[0] == 'paper' and lm.PRESETS['paper'] == {}
+  released = lm.LMConfig(**lm.PRESETS['paper'])
+  assert {k: getattr(released, k) for k in main_py} == main_py
   # The paper's text keeps the Hugging Face Trainer's optimiser and no repetition penalty.
   trainer = dict(learning_rate=5e-5, batch=8, weight_decay=0.0, schedule='linear',
                  min_learning_rate=0.0, repetition_penalty=1.0)
-  for name, extra in [('paper', dict(epochs=5, regimes=('replace',))),
-                      ('keep10', dict(epochs=10, regimes=('mix',), real_fractions=(0.1,)))]:
+  for name, extra in [('paper-text', dict(epochs=5, regimes=('replace',))),
+                      ('paper-text-keep10', dict(epochs=10, regimes=('mix',), real_fractions=(0.1,)))]:
     cfg = lm.LMConfig(**lm.PRESETS[name])
     assert {k: getattr(cfg, k) for k in {**trainer, **extra}} == {**trainer, **extra}, name
 

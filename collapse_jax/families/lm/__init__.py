@@ -17,11 +17,10 @@ The rooms: config (LMConfig, its checks, PRESETS, SCORES), inputs (the tokenizer
 blocks, the starting model, each generation's training blocks), training (fine_tune,
 block_nll), decoding (continue_prompts, regenerate), measurement (measure, METRICS),
 generations (run_seeds: one setting's seeds through every generation), experiment (run:
-every setting, then tables and figures), placement (seeds and devices) and files.
+every setting, then tables and figures), arrays (seeds and devices) and records (files).
 """
 
 from collapse_jax.families.lm.config import PRESETS, PROMPT, SCORES, TRAINER, LMConfig
 from collapse_jax.families.lm.experiment import run
-from collapse_jax.nets import opt_train as opt  # lm.opt.SCHEDULES: the schedules LMConfig takes
 
-__all__ = ['LMConfig', 'PRESETS', 'PROMPT', 'SCORES', 'TRAINER', 'opt', 'run']
+__all__ = ['LMConfig', 'PRESETS', 'PROMPT', 'SCORES', 'TRAINER', 'run']

@@ -5,7 +5,9 @@ import types
 
 import jax
 
+from collapse_jax import data
 from collapse_jax.core import protocol, regimes, validation
+from collapse_jax.core.settings import setting
 from collapse_jax.data import wikitext
 from collapse_jax.families.lm import training
 from collapse_jax.nets import opt_train
@@ -29,43 +31,58 @@ class LMConfig(regimes.Options):
   --decoding=sample (beam search would repeat itself).
   """
   DEFAULT_SCORE = 'gen0'
-  model: str = 'facebook/opt-125m'  # a hub name, a local HF directory, or 'tiny' (random, small)
-  tokenizer: str = ''  # default: where the model is; for 'tiny', the data directory's opt-125m/
-  data_dir: str = ''  # the data directory, or WikiText-2's own; empty: data.resolve's
-  train_split: str = 'train'
-  valid_split: str = 'validation'
+  model: str = setting('facebook/opt-125m', "Hub name or local Hugging Face OPT directory; 'tiny':"
+                                            ' a small randomly initialised OPT.')
+  tokenizer: str = setting('', "Tokenizer directory or hub name (default: the model's; for "
+                               "--model=tiny, the data directory's opt-125m/).")
+  data_dir: str = setting('', data.DATA_DIR_HELP)
+  train_split: str = setting('train', 'Original training data.', choices=wikitext.SPLITS)
+  valid_split: str = setting('validation', 'Data that chooses the best epoch.',
+                                           choices=wikitext.SPLITS)
   seeds: int = 5
   first_seed: int = 0
-  parallel_seeds: int = 0  # seeds run at once (vmapped); 0: all, but one at a time on a CPU
+  parallel_seeds: int = setting(0, 'Seeds trained and decoded at once, vmapped (0: all, but one at'
+                                   ' a time on a CPU, where that is faster); lower it when they do'
+                                   ' not fit in memory. A run may resume with another value.')
   generations: int = 10  # after the first
   regimes: tuple[str, ...] = ('replace',)
   real_fractions: tuple[float, ...] = (0.0,)
-  epochs: int = 5
-  batch: int = 128
-  learning_rate: float = 2e-5
-  weight_decay: float = 0.01  # torch.optim.AdamW's default
-  warmup_steps: int = 0
-  schedule: str = 'cosine'  # per epoch, as main.py; or linear over the steps (the HF Trainer's)
-  min_learning_rate: float = 1e-6  # where the schedule ends (CosineAnnealingLR's eta_min)
-  block: int = 64
-  new_tokens: int = 64
-  beams: int = 5
-  repetition_penalty: float = 3.0
-  decoding: str = 'beam'  # beam (the paper), greedy, or sample (temperature, top_k, top_p)
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  from_previous: bool = False  # start generation n from generation n-1's weights, not the first
-  train_blocks: int = 0  # use only the first this many training blocks (0: all)
-  eval_blocks: int = 0  # validation and test blocks measured (0: all)
-  eval_batch: int = 64
-  gen_batch: int = 64
-  prompt: str = PROMPT
-  dtype: str = 'float32'
+  epochs: int = setting(5, 'Fine-tuning epochs per generation (the best is kept).')
+  batch: int = setting(128, 'Blocks per training step, over all devices.')
+  learning_rate: float = setting(2e-5, 'AdamW peak learning rate.')
+  weight_decay: float = setting(0.01, 'AdamW weight decay (decoupled, times the learning rate, as '
+                                      'torch.optim.AdamW).')
+  warmup_steps: int = setting(0, 'Linear warm-up steps.')
+  schedule: str = setting('cosine', 'After the warm-up, from --learning_rate down to '
+                                    "--min_learning_rate: cosine, stepped once per epoch (torch's "
+                                    'CosineAnnealingLR(T_max=epochs) under Lightning, as main.py; '
+                                    'the last epoch stays above the minimum), or linear over the '
+                                    "steps (the Hugging Face Trainer's, with "
+                                    '--min_learning_rate=0).', choices=opt_train.SCHEDULES)
+  min_learning_rate: float = setting(1e-6, "Where --schedule ends (CosineAnnealingLR's eta_min).")
+  block: int = setting(64, 'Tokens per block (and per prompt).')
+  new_tokens: int = setting(64, 'Tokens generated per prompt (exactly).')
+  beams: int = setting(5, 'Beam width.')
+  repetition_penalty: float = setting(3.0, "CTRL repetition penalty (1: none, the paper's text; it"
+                                           ' ablates 2; main.py uses 3).')
+  decoding: str = setting('beam', 'How new text is made: beam search (the paper), greedy, or '
+                                  'sampling.', choices=('beam', 'greedy', 'sample'))
+  temperature: float = setting(1.0, 'Sampling temperature (--decoding=sample).')
+  top_k: int = setting(0, 'Sample among the k most likely tokens (0: all).')
+  top_p: float = setting(1.0, 'Sample among the most likely tokens holding this probability.')
+  from_previous: bool = setting(False, "Start each generation from the previous generation's "
+                                       'weights instead of the pretrained ones.')
+  train_blocks: int = setting(0, 'Use only the first N training blocks (0: all).')
+  eval_blocks: int = setting(0, 'Validation and test blocks measured (0: all).')
+  eval_batch: int = setting(64, 'Blocks per perplexity batch.')
+  gen_batch: int = setting(64, 'Prompts per beam-search batch.')
+  prompt: str = setting(PROMPT, 'The prompt whose continuation is kept per generation.')
+  dtype: str = setting('float32', 'Compute dtype (bfloat16 for accelerators).',
+                                  choices=('float32', 'bfloat16'))
 
   def validate(self) -> 'LMConfig':
     validation.validate_sweep(self.seeds, self.generations, 1, self.regimes,
-                          self.real_fractions, min_samples=1)  # the data's size: on loading
+                              self.real_fractions, min_samples=1)  # the data's size: on loading
     devices = jax.device_count()
     checks = [
         ('epochs', self.epochs >= 1, 'must be at least 1'),
@@ -136,9 +153,9 @@ class LMConfig(regimes.Options):
 # splits, from the data directory).
 TRAINER = dict(learning_rate=5e-5, batch=8, weight_decay=0.0, schedule='linear', min_learning_rate=0.0)
 PRESETS = {
-    'official': {},
-    'paper': dict(TRAINER, repetition_penalty=1.0),
-    'keep10': dict(TRAINER, repetition_penalty=1.0, epochs=10, regimes=('mix',), real_fractions=(0.1,)),
+    'paper': {},  # the authors' released main.py: the defaults
+    'paper-text': dict(TRAINER, repetition_penalty=1.0),
+    'paper-text-keep10': dict(TRAINER, repetition_penalty=1.0, epochs=10, regimes=('mix',), real_fractions=(0.1,)),
     'tiny': dict(TRAINER, model='tiny', train_split='validation', valid_split='test', seeds=1,
                  generations=4, epochs=4, batch=16, learning_rate=3e-3, train_blocks=512,
                  eval_blocks=256, gen_batch=128, repetition_penalty=2.0,
