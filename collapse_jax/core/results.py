@@ -1,6 +1,5 @@
 """Results as researchers read them: a long-form table, a CSV, a summary."""
 
-import io
 import json
 import os
 
