@@ -13,6 +13,7 @@ memory they need, in placement; checkpoints sealed with their digests, in checkp
 Shapes in names: B runs in the batch, N samples, P pool rows, D dimensions.
 """
 
+import contextlib
 import sys
 from typing import Callable
 
@@ -202,12 +203,9 @@ def _ahead(jitted, data, args, finish, target=None):
   """(the compiled program as a function of args, the bytes a device needs to run it); the
   function's `executable` is XLA's, for its memory and cost analyses and its HLO. target:
   the abstract mesh of compile-only devices, lowered under."""
-  if target is None:
-    exe = jitted.lower(*args, data).compile()
-  else:
-    with jax.sharding.use_abstract_mesh(target):
-      lowered = jitted.lower(*args, data)
-    exe = lowered.compile()
+  with contextlib.nullcontext() if target is None else jax.sharding.use_abstract_mesh(target):
+    lowered = jitted.lower(*args, data)
+  exe = lowered.compile()
   call = lambda *a: finish(exe(*a, data))  # noqa: E731
   call.executable = exe
   return call, placement.needed_bytes(exe)

@@ -245,10 +245,19 @@ def apply(regime: Regime, pools: Pools, g, key, value, scores):
 
 
 def available_scores(family) -> tuple[str, ...]:
-  """The scores a family can give."""
+  """The scores a family can give; `family` may also name them (a tuple of SCORES), for a
+  family run outside the driver, such as the language model's host loop."""
+  if isinstance(family, tuple):
+    return tuple(s for s in SCORES if s in family)
   has = {'truth': family.true_log_density, 'noisy': family.true_log_density,
          'self': family.log_density, 'gen0': family.log_density, 'reward': family.reward}
   return tuple(s for s in SCORES if has[s] is not None)
+
+
+def _swept(regime: str, help_: str):
+  """An Options field: the values swept of `regime`'s parameter, its flag the parameter's name."""
+  return setting((REGIMES[regime].default,), f'Comma-separated values, each a group of runs; '
+                 f'{regime}: {help_}', flag=REGIMES[regime].parameter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,21 +272,15 @@ class Options:
   a true density sets DEFAULT_SCORE to one it has.
   """
   DEFAULT_SCORE: ClassVar[str] = 'truth'
-  keep_fractions: tuple[float, ...] = setting(
-      (REGIMES['verify'].default,), 'Comma-separated values, each a group of runs; verify: the '
-      'share of candidates kept (draws samples / keep_fraction, keeps the best-scored).',
-      flag='keep_fraction')
-  reward_scales: tuple[float, ...] = setting(
-      (REGIMES['curate'].default,), 'Comma-separated values, each a group of runs; curate: each '
-      'row chosen among --candidates with probability proportional to exp(reward_scale * '
-      'score).', flag='reward_scale')
-  synthetic_ratios: tuple[float, ...] = setting(
-      (REGIMES['augment'].default,), 'Comma-separated values, each a group of runs; augment: all '
-      'original data plus this many times as many samples of the latest model.',
-      flag='synthetic_ratio')
-  age_decays: tuple[float, ...] = setting(
-      (REGIMES['accumulate'].default,), "Comma-separated values, each a group of runs; "
-      "accumulate: each generation's data weighted by age_decay^age.", flag='age_decay')
+  keep_fractions: tuple[float, ...] = _swept('verify', 'the share of candidates kept (draws '
+                                             'samples / keep_fraction, keeps the best-scored).')
+  reward_scales: tuple[float, ...] = _swept('curate', 'each row chosen among --candidates with '
+                                            'probability proportional to exp(reward_scale * '
+                                            'score).')
+  synthetic_ratios: tuple[float, ...] = _swept('augment', 'all original data plus this many '
+                                               'times as many samples of the latest model.')
+  age_decays: tuple[float, ...] = _swept('accumulate', "each generation's data weighted by "
+                                         'age_decay^age.')
   score: str | None = setting(
       None, lambda cls: 'What verify and curate rank candidates by: the true density, the '
       "model's own, generation 0's, the truth plus N(0, verifier_noise^2), or the family's "

@@ -1,7 +1,6 @@
 """The language-model experiment's settings: LMConfig, its checks and its presets."""
 
 import dataclasses
-import types
 
 import jax
 
@@ -9,7 +8,6 @@ from collapse_jax import data
 from collapse_jax.core import protocol, regimes, validation
 from collapse_jax.core.settings import setting
 from collapse_jax.data import wikitext
-from collapse_jax.families.lm import training
 from collapse_jax.nets import opt_train
 
 # The paper's Example 1 prompt.
@@ -125,7 +123,7 @@ class LMConfig(regimes.Options):
          'must be sample for a regime that continues a prompt more than once (verify, curate, '
          'augment with a ratio above 1)')]
     validation.check_fields(self, checks)
-    validation.validate_options(self, _score_functions())
+    validation.validate_options(self, SCORES)
     return self
 
   def values(self, regime: str) -> tuple[float, ...]:
@@ -166,10 +164,3 @@ PRESETS = {
 # What verify and curate can rank blocks by: each block's mean token log-likelihood under the
 # model measured (self) or under the generation-0 model (gen0); no true density, no reward.
 SCORES = ('self', 'gen0')
-
-
-def _score_functions():
-  """SCORES as validation.validate_options asks a family for them: a function for each kind of
-  score the language model has (training.block_nll, the models' own likelihood), None for
-  the others."""
-  return types.SimpleNamespace(log_density=training.block_nll, true_log_density=None, reward=None)
