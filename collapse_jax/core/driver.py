@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec
 
-from collapse_jax.core import checkpoints, placement, protocol, regimes
+from collapse_jax.core import checkpoints, knobs, placement, protocol, regimes
 
 
 # ---------------------------------------------------------------- one run
@@ -34,16 +34,27 @@ def _keys(seed):
   return data_key, ref_key, run_key
 
 
+def _law(family: protocol.Family, const, params, g):
+  """The law generation g's model samples from: itself, or biased by the run's sampling knobs
+  (their value at g, where a knob is a schedule)."""
+  chosen = knobs.sampling(const.get('knobs', {}), g)
+  return family.biased(params, chosen) if chosen else params
+
+
 def _first_generation(family: protocol.Family, sweep: protocol.Sweep, seed, value):
-  """Generation 0 of one run: fit the original data. Returns const, carry, metrics."""
+  """Generation 0 of one run: fit the original data. Returns const, carry, metrics. `value`:
+  the regime's parameter, or (it, {knob: value}) where the sweep sets knobs."""
   data_key, ref_key, run_key = _keys(seed)
   _, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, 0), 3)
   n = sweep.samples
+  value, knob_values = value if isinstance(value, tuple) else (value, None)
   x0_NxD = family.draw_real(data_key, n)
   params, fit_metrics = family.fit(x0_NxD, jnp.ones(n), fit_key)
-  synth_NxD = family.sample(params, sample_key, n)
-  ref = family.reference(params, ref_key)
-  const = {'seed': seed, 'fraction': value, 'x0': x0_NxD, 'ref': ref}
+  const = {'seed': seed, 'fraction': value, 'x0': x0_NxD}
+  if knob_values:
+    const['knobs'] = knob_values
+  synth_NxD = family.sample(_law(family, const, params, 0), sample_key, n)
+  const['ref'] = ref = family.reference(params, ref_key)
   if sweep.score == 'gen0':
     const['model0'] = params
   if _draws_candidates(family, sweep) or family.refitting(sweep.regime):
@@ -78,7 +89,7 @@ def _score_metrics(family, sweep, const, params, synth_NxD, x_RxD, w_R, policy_m
   score; pass_rate, the share of candidates kept (1 where nothing is filtered)."""
   if sweep.score is None:
     return {}
-  score = regimes.scorer(family, sweep.score, sweep.noise)
+  score = regimes.scorer(family, sweep.score, sweep.noise, const.get('knobs'))
   model0 = const.get('model0', params)
   k1, k2, k3 = jax.random.split(jax.random.fold_in(key, 1), 3)
   if x_RxD is None:  # refitted on draws of its own: as many fresh draws of the same model
@@ -97,37 +108,42 @@ def _generation(family: protocol.Family, sweep: protocol.Sweep, const, carry, g)
   n = sweep.samples
   reg = regimes.get(sweep.regime)
   x_RxD, w_R, policy_metrics = None, None, {}
+  run_knobs = const.get('knobs', {})
+  real_weight = knobs.value(run_knobs, 'real_weight', g) if 'real_weight' in run_knobs else None
   previous = carry.get('model')
+  if previous is not None:
+    previous = _law(family, const, previous, g - 1)
   if _draws_candidates(family, sweep):
     draw_key, score_key, train_key = jax.random.split(train_key, 3)
-    last_CxD = family.sample(carry['model'], draw_key, sweep.candidate_rows())
+    last_CxD = family.sample(previous, draw_key, sweep.candidate_rows())
     scores_C = None
     if reg.scored:
-      scores_C = regimes.scorer(family, sweep.score, sweep.noise)(
+      scores_C = regimes.scorer(family, sweep.score, sweep.noise, run_knobs)(
           carry['model'], const.get('model0'), last_CxD, score_key).gap_N
     x_RxD, w_R, policy_metrics = regimes.apply(
-        reg, regimes.Pools(const['x0'], last_CxD, carry.get('pool'), family.draw_real), g,
-        train_key, const['fraction'], scores_C)
+        reg, regimes.Pools(const['x0'], last_CxD, carry.get('pool'), family.draw_real,
+                           real_weight), g, train_key, const['fraction'], scores_C)
     params, fit_metrics = family.fit(x_RxD, w_R, fit_key)
   elif family.refitting(sweep.regime):
-    params, fit_metrics = family.refit(carry['model'], fit_key, n)
+    params, fit_metrics = family.refit(previous, fit_key, n)
   elif protocol.running(family, sweep):
     params, fit_metrics = family.summary.fit(carry['summary'], fit_key)
   else:
     x_RxD, w_R, policy_metrics = regimes.apply(
-        reg, regimes.Pools(const['x0'], carry['last'], carry.get('pool'), family.draw_real), g,
-        train_key, const['fraction'], None)
+        reg, regimes.Pools(const['x0'], carry['last'], carry.get('pool'), family.draw_real,
+                           real_weight), g, train_key, const['fraction'], None)
     params, fit_metrics = family.fit(x_RxD, w_R, fit_key)
   carry = dict(carry)
   if 'model' in carry:
     carry['model'] = params
   needs_rows = sweep.score is not None or bool({'last', 'pool'} & set(carry))
+  law = _law(family, const, params, g)
   if family.sample_summary is not None and not needs_rows:
-    stats = family.sample_summary(params, sample_key, n)  # no rows needed: their statistics
+    stats = family.sample_summary(law, sample_key, n)  # no rows needed: their statistics
     if 'summary' in carry:
       carry['summary'] = family.summary.combine(carry['summary'], stats)
     return carry, {**fit_metrics, **family.evaluate(params, stats, const['ref'])}  # no score
-  synth_NxD = family.sample(params, sample_key, n)
+  synth_NxD = family.sample(law, sample_key, n)
   if 'last' in carry:
     carry['last'] = synth_NxD
   if 'summary' in carry:
@@ -292,7 +308,8 @@ def run(family: protocol.Family | protocol.WithData, sweep: protocol.Sweep, dire
     tqdm.tqdm.write(f'{sweep.regime} M={sweep.samples}: {line}', file=sys.stderr)
   metrics = {k: np.zeros((sweep.generations + 1,) + v.shape, v.dtype) for k, v in metrics0.items()}
 
-  labels = (sweep, placement.to_host(seed_B), placement.to_host(fraction_B),  # for error messages
+  value_B = fraction_B[0] if isinstance(fraction_B, tuple) else fraction_B  # knobs beside it
+  labels = (sweep, placement.to_host(seed_B), placement.to_host(value_B),  # for error messages
             protocol.concrete(family).unbounded_below)
   if step is None:
     const_B, carry_B, metrics0 = first(seed_B, fraction_B)

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Any, Callable
 
-from collapse_jax.core import driver, files, protocol, regimes, results, validation
+from collapse_jax.core import driver, files, knobs, protocol, regimes, results, validation
 from collapse_jax.core.settings import recorded, setting
 
 
@@ -39,7 +39,8 @@ class SweepConfig(regimes.Options):
     """The driver's sweep of one regime (and sample size, where several are swept)."""
     return protocol.Sweep(regime, self.seeds, self.generations,
                           self.samples if samples is None else samples, self.real_fractions,
-                          self.first_seed, **self.sweep_fields(self.regimes))
+                          self.first_seed, **self.sweep_fields(self.regimes),
+                          knobs=self.knobs_for(regime, self.regimes))
 
   def sweeps(self):
     """(sweep, its checkpoints' directory under checkpoints/) of every regime and sample
@@ -64,8 +65,10 @@ class SweepConfig(regimes.Options):
   def record(self, experiment: str) -> dict[str, Any]:
     """config.json's content: the experiment's name and every field that says what the run
     is (not where its files are), as JSON values."""
+    off = {knobs.FIELDS[k] for k in knobs.KNOBS
+           if knobs.at_default(k, getattr(self, knobs.FIELDS[k]))}  # as runs before knobs
     fields = {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)
-              if recorded(type(self), f.name)}
+              if recorded(type(self), f.name) and f.name not in off}
     return {**fields, 'experiment': experiment}
 
 

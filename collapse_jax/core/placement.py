@@ -86,7 +86,8 @@ def check_memory(need: int, per_device: int, shared: int, runs: int) -> str:
 
 def placed_runs(sweep: protocol.Sweep, devices=None):
   """Seeds and fractions, padded to a multiple of the device count by repeating
-  the last run, sharded over the devices; and the runs per device.
+  the last run, sharded over the devices; and the runs per device. Where the sweep
+  sets knobs, the fractions come as (fraction_B, {knob: value_B}).
 
   Every device gets at least two runs: XLA compiles a loop over one run into
   straight-line code whose floating point rounds differently, and results must
@@ -96,12 +97,14 @@ def placed_runs(sweep: protocol.Sweep, devices=None):
   seed_B, fraction_B = sweep.runs()
   count = jax.device_count() if devices is None else len(devices)
   pad = max(-len(seed_B) % count, 2 * count - len(seed_B))
-  seed_B, fraction_B = np.pad(seed_B, (0, pad), 'edge'), np.pad(fraction_B, (0, pad), 'edge')
+  padded = lambda x: np.pad(x, (0, pad), 'edge')  # noqa: E731
+  values = (seed_B, fraction_B) if not sweep.knobs else (seed_B, (fraction_B, sweep.knob_runs()))
+  values = jax.tree.map(padded, values)
   if devices is None:
-    return (place(seed_B), place(fraction_B)), len(seed_B) // count
+    return jax.tree.map(place, values), (len(seed_B) + pad) // count
   sharding = NamedSharding(mesh(devices=devices), PartitionSpec('runs'))
-  return tuple(jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-               for x in (seed_B, fraction_B)), len(seed_B) // count
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      values), (len(seed_B) + pad) // count
 
 
 def default_width(family: protocol.Family, runs_per_device: int,

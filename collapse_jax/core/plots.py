@@ -10,11 +10,12 @@ from matplotlib import ticker  # noqa: E402
 from collapse_jax.core import placement, regimes, results  # noqa: E402
 
 
-def run_label(regime, samples, fraction, with_regime=True, with_samples=False):
+def run_label(regime, samples, fraction, with_regime=True, with_samples=False, knob_values=()):
   name = regime if with_regime else ''
   reg = regimes.REGIMES.get(regime)
   if reg is not None and reg.parameter and not (reg.quiet_default and fraction == reg.default):
     name += f' {fraction:g}'
+  name += ''.join(f', {k} {v:g}' for k, v in knob_values)
   if with_samples:
     name += f', M={samples}'
   return name.strip(' ,')
@@ -26,14 +27,15 @@ def curves(table, panels, path, title=None):
   `table` is an over_seeds table; `panels` a list of (metric, label, log_y).
   """
   keys = results.groups(table)
-  several_m = len({m for _, m, _ in keys}) > 1
+  several_m = len({k.samples for k in keys}) > 1
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
   for ax, (column, label, log_y) in zip(axes[0], panels):
-    for regime, samples, fraction in keys:
-      sub = results.select(table, regime, fraction, samples)
+    for regime, samples, fraction, knob_values in keys:
+      sub = results.select(table, regime, fraction, samples, knob_values)
       g_G = sub['generation'][:, 0]
       line, = ax.plot(g_G, sub[f'{column}_q50'][:, 0],
-                      label=run_label(regime, samples, fraction, with_samples=several_m))
+                      label=run_label(regime, samples, fraction, with_samples=several_m,
+                                      knob_values=knob_values))
       ax.fill_between(g_G, sub[f'{column}_q05'][:, 0], sub[f'{column}_q95'][:, 0],
                       color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel('generation')
@@ -58,10 +60,11 @@ def trade_off(table, score, diversity, path, title=None):
   the last (x). `score` and `diversity` are (metric, label) of an over_seeds table."""
   keys = results.groups(table)
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-  for i, (regime, samples, value) in enumerate(keys):
-    sub = results.select(table, regime, value, samples)
+  for i, (regime, samples, value, knob_values) in enumerate(keys):
+    sub = results.select(table, regime, value, samples, knob_values)
     g_G, color = sub['generation'][:, 0], f'C{i % 10}'
-    label = run_label(regime, samples, value, with_samples=len({m for _, m, _ in keys}) > 1)
+    label = run_label(regime, samples, value, with_samples=len({k.samples for k in keys}) > 1,
+                      knob_values=knob_values)
     for ax, (column, _) in zip(axes[:2], (score, diversity)):
       ax.plot(g_G, sub[f'{column}_q50'][:, 0], color=color, label=label)
       ax.fill_between(g_G, sub[f'{column}_q05'][:, 0], sub[f'{column}_q95'][:, 0], color=color,
@@ -88,17 +91,18 @@ def theory_panels(table, panels, path, title=None):
   `table[column + '_theory']` its closed form, NaN where there is none.
   """
   keys = results.groups(table)
-  regimes = list(dict.fromkeys(r for r, _, _ in keys))
+  regimes = list(dict.fromkeys(k.regime for k in keys))
   fig, axes = plt.subplots(len(panels), len(regimes), figsize=(4.8 * len(regimes), 3.6 * len(panels)),
                            squeeze=False, sharex=True)
   for row, (column, label) in enumerate(panels):
     for ax, regime in zip(axes[row], regimes):
-      for i, (r, samples, fraction) in enumerate(k for k in keys if k[0] == regime):
-        sub = results.select(table, r, fraction, samples)
+      for i, (r, samples, fraction, knob_values) in enumerate(k for k in keys if k[0] == regime):
+        sub = results.select(table, r, fraction, samples, knob_values)
         g_G = sub['generation'][1:, 0]  # generation 0 has no place on a log axis
-        color = f'C{i}'
+        color = f'C{i % 10}'
         ax.plot(g_G, sub[column][1:, 0], color=color,
-                label=run_label(r, samples, fraction, with_regime=False, with_samples=True))
+                label=run_label(r, samples, fraction, with_regime=False, with_samples=True,
+                                knob_values=knob_values))
         theory = sub.get(column + '_theory')
         if theory is not None and np.isfinite(theory[1:, 0]).any():
           ax.plot(g_G, theory[1:, 0], color=color, linestyle='--', linewidth=1)
@@ -118,29 +122,31 @@ def absorption(outcomes, path, title=None):
   beside its original probability (theory: equal), and the mean generation of
   its loss against its expected count M p, with the Wright-Fisher expectation."""
   keys = [k for k in results.groups(outcomes)
-          if np.nansum(results.select(outcomes, k[0], k[2], k[1])['absorbed_frequency']) > 0]
+          if np.nansum(results.select(outcomes, k.regime, k.value, k.samples,
+                                      k.knobs)['absorbed_frequency']) > 0]
   keys = keys or results.groups(outcomes)[:1]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
   ax = axes[0, 0]
   width = 0.8 / (len(keys) + 1)
-  first = results.select(outcomes, keys[0][0], keys[0][2], keys[0][1])
+  first = results.select(outcomes, keys[0].regime, keys[0].value, keys[0].samples, keys[0].knobs)
   i_K = first['outcome'][:, 0]
   ax.bar(i_K, first['probability'][:, 0], width, color='0.6', label='original probability')
-  for j, (regime, samples, fraction) in enumerate(keys):
-    sub = results.select(outcomes, regime, fraction, samples)
+  for j, (regime, samples, fraction, knob_values) in enumerate(keys):
+    sub = results.select(outcomes, regime, fraction, samples, knob_values)
+    label = run_label(regime, samples, fraction, with_samples=True, knob_values=knob_values)
     ax.bar(i_K + (j + 1) * width, sub['absorbed_frequency'][:, 0], width,
-           label=f'absorbed there, {run_label(regime, samples, fraction, with_samples=True)}')
+           label=f'absorbed there, {label}')
   ax.set_xlabel('outcome')
   ax.set_ylabel('probability / frequency over seeds')
   ax.legend(fontsize=8)
   ax = axes[0, 1]
-  for j, (regime, samples, fraction) in enumerate(keys):
-    sub = results.select(outcomes, regime, fraction, samples)
+  for j, (regime, samples, fraction, knob_values) in enumerate(keys):
+    sub = results.select(outcomes, regime, fraction, samples, knob_values)
     c_K = samples * sub['probability'][:, 0]
     order = np.argsort(c_K)
-    ax.plot(c_K[order], sub['mean_loss_generation'][order, 0], 'o', color=f'C{j}',
-            label=run_label(regime, samples, fraction, with_samples=True))
-    ax.plot(c_K[order], sub['mean_loss_generation_theory'][order, 0], '--', color=f'C{j}',
+    ax.plot(c_K[order], sub['mean_loss_generation'][order, 0], 'o', color=f'C{j % 10}',
+            label=run_label(regime, samples, fraction, with_samples=True, knob_values=knob_values))
+    ax.plot(c_K[order], sub['mean_loss_generation_theory'][order, 0], '--', color=f'C{j % 10}',
             linewidth=1)
   c = np.geomspace(max(ax.get_xlim()[0], 0.1), ax.get_xlim()[1], 50)
   ax.plot(c, c, ':', color='k', linewidth=1, label='c generations')
@@ -175,8 +181,8 @@ def _mixture_at(sub, g, seed_col, components, dims):
 
 def gmm_scatter(table, path, generations=(0, 50, 100, 150, 200, 350, 2000), n=1000):
   """The paper's panels: n samples of the seed-0 fit at chosen generations, 2-D."""
-  regime, samples, fraction = results.groups(table)[0]
-  sub = results.select(table, regime, fraction, samples)
+  regime, samples, fraction, knob_values = results.groups(table)[0]
+  sub = results.select(table, regime, fraction, samples, knob_values)
   last = sub['generation'].shape[0] - 1
   shown = [g for g in generations if g <= last] or [last]
   components = sum(k.startswith('weight_') for k in sub)
@@ -215,8 +221,8 @@ def latent_hists(table, bins, limit, path, title=None):
   fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
   centres = np.linspace(-limit, limit, bins + 1)
   centres = (centres[1:] + centres[:-1]) / 2
-  for ax, (regime, samples, fraction) in zip(axes[0], keys):
-    sub = results.select(table, regime, fraction, samples)
+  for ax, (regime, samples, fraction, knob_values) in zip(axes[0], keys):
+    sub = results.select(table, regime, fraction, samples, knob_values)
     g1 = sub['generation'].shape[0]
     colors = plt.cm.viridis(np.linspace(0, 1, g1))
     for g in range(g1):
@@ -224,7 +230,7 @@ def latent_hists(table, bins, limit, path, title=None):
       ax.plot(centres, density, color=colors[g], label=f'generation {g}' if g in (0, g1 - 1) else None)
     ax.set_xlabel('latent mean under the generation-0 encoder')
     ax.set_ylabel('share of values')
-    ax.set_title(run_label(regime, samples, fraction), fontsize=10)
+    ax.set_title(run_label(regime, samples, fraction, knob_values=knob_values), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
   _finish(fig, path, title)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from collapse_jax.core import regimes
+from collapse_jax.core import knobs, regimes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +56,15 @@ class Family:
     generation needs no rows of the model's samples (no stored samples, no scores), the
     driver calls it in their place: `evaluate` then receives these statistics as its
     x_NxD, and a running summary (accumulate) adds them
+  biased(params, knobs) -> params   optional: the law the model samples its successor's data
+    from under the sampling knobs `knobs` ({name: traced value} of knobs.SAMPLING that the
+    run sets): its temperature, and top_k / top_p where outcomes are discrete. The driver
+    passes what it returns to sample, refit and sample_summary; evaluate, log_density and
+    the carry keep the fit itself
+  sampling_knobs: the sampling knobs `biased` takes
+  verifier(x_NxD, shift, scale) -> l_N   optional: the log density of a distribution of the
+    truth's family moved by `shift` in every coordinate and widened `scale` times about the
+    truth's centre (the score verifier: a biased verifier); may return scores.Relative
   unbounded_below: metrics that may be -inf (logarithms of a spread that collapsed to 0
     in float32, as a fit to its own filtered samples can); any other non-finite metric
     stops the run as a bug
@@ -75,6 +84,9 @@ class Family:
   true_log_density: Callable[..., Any] | None = None
   reward: Callable[..., Any] | None = None
   sample_summary: Callable[..., Any] | None = None
+  biased: Callable[..., Any] | None = None
+  sampling_knobs: tuple[str, ...] = ()
+  verifier: Callable[..., Any] | None = None
   unbounded_below: tuple[str, ...] = ()
 
   def running(self, regime: str, values=(1.0,)) -> bool:
@@ -121,7 +133,8 @@ class Sweep:
   real_fractions: the values of mix's and fresh's parameter; settings: (parameter,
   values) pairs of the other regimes' (keep_fraction, reward_scale, ...); score:
   what verify and curate rank by (regimes.SCORES), with `noise` for 'noisy';
-  candidates: K of curate.
+  candidates: K of curate; knobs: (knob, values) of the knobs swept beside the regime's
+  parameter (knobs.KNOBS), each value a group of runs.
   """
   regime: str
   seeds: int
@@ -133,6 +146,7 @@ class Sweep:
   score: str | None = None
   noise: float = 0.0
   candidates: int = regimes.CANDIDATES
+  knobs: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
   @property
   def fractions(self) -> tuple[float, ...]:
@@ -148,11 +162,21 @@ class Sweep:
     """Rows of the previous model's samples a generation draws."""
     return regimes.get(self.regime).candidates(self.samples, self.fractions, self.candidates)
 
+  def grid(self) -> list[tuple[float, dict]]:
+    """(parameter value, {knob: value}) of each group of runs, in the runs' order."""
+    return knobs.grid(self.fractions, self.knobs)
+
   def runs(self) -> tuple[np.ndarray, np.ndarray]:
-    """Seed and parameter value (real fraction, ...) of every run, value-major, B each."""
-    seed_B = np.tile(np.arange(self.seeds) + self.first_seed, len(self.fractions))
-    fraction_B = np.repeat(np.asarray(self.fractions, np.float32), self.seeds)
+    """Seed and parameter value (real fraction, ...) of every run, value-major (then the
+    knobs' values, knobs.grid), B each."""
+    groups = self.grid()
+    seed_B = np.tile(np.arange(self.seeds) + self.first_seed, len(groups))
+    fraction_B = np.repeat(np.asarray([f for f, _ in groups], np.float32), self.seeds)
     return seed_B.astype(np.int32), fraction_B
+
+  def knob_runs(self) -> dict[str, np.ndarray]:
+    """Each swept knob's value of every run, B each, in the order of runs()."""
+    return knobs.per_run(self.fractions, self.knobs, self.seeds)
 
 
 # ---------------------------------------------------------------- the pool
@@ -162,7 +186,8 @@ class Sweep:
 
 def running(family: Family, sweep: Sweep) -> bool:
   """Whether the sweep keeps a running summary: a scored sweep keeps its data to score it."""
-  return family.running(sweep.regime, sweep.fractions) and sweep.score is None
+  return (family.running(sweep.regime, sweep.fractions) and sweep.score is None
+          and 'real_weight' not in dict(sweep.knobs))
 
 
 def pool_rows(family: Family, sweep: Sweep, n: int) -> int:

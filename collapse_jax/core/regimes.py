@@ -31,11 +31,12 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from collapse_jax.core import knobs as _knobs
 from collapse_jax.core import sampling
 from collapse_jax.core.settings import setting
 from collapse_jax.core.scores import relative
 
-SCORES = ('truth', 'self', 'gen0', 'noisy', 'reward')
+SCORES = ('truth', 'self', 'gen0', 'noisy', 'reward', 'verifier')
 CANDIDATES = 4  # default K of curate
 
 
@@ -45,12 +46,14 @@ class Pools(NamedTuple):
   x0: N x D, the original data.  last: C x D, the previous generation's model's
   samples (C >= N; the first N are the ones a non-selecting regime trains on).
   pool: P x D, the original data and every generation's samples in blocks of N,
-  or None when the regime does not keep it.  draw_real(key, n): fresh real data.
+  or None when the regime does not keep it.  draw_real(key, n): fresh real data.  real_weight: the real rows' share of the fit's
+  weight (knobs.KNOBS), or None: pooled, every row alike; apply() reweights the rows.
   """
   x0: Any
   last: Any
   pool: Any
   draw_real: Callable[..., Any]
+  real_weight: Any = None
 
   @property
   def n(self) -> int:
@@ -70,6 +73,8 @@ class Regime:
   scored: the policy ranks candidates; the driver scores them first.
   quiet_default: the parameter was added to a paper regime; tables show its column only
     when it is swept away from its default.
+  real_rows(n, value): how many of the policy's leading rows are real data (a traced count),
+    for the regimes that mix real and synthetic rows (--real_weight); None for the others.
   shortcut: the policy is one a family may run without stored samples:
     'refit' (train on the last model's own samples: Family.refit), 'summary'
     (all data, equal weights: Family.summary); None otherwise.
@@ -85,6 +90,7 @@ class Regime:
   scored: bool = False
   shortcut: str | None = None
   quiet_default: bool = False
+  real_rows: Callable[[int, Any], Any] | None = None
 
   @property
   def column(self) -> str:
@@ -184,6 +190,18 @@ def augment(pools, g, key, ratio, scores):
   return jnp.concatenate([pools.x0, pools.last]), jnp.concatenate([jnp.ones(pools.n), synth_C])
 
 
+def real_weighted(w_R, real_rows, share):
+  """The rows' weights rescaled so the first `real_rows` carry `share` of the total and the
+  rest 1 - share, the total kept; as they were where either part has no weight."""
+  is_real_R = jnp.arange(w_R.shape[0]) < real_rows
+  total = jnp.sum(w_R)
+  real = jnp.sum(jnp.where(is_real_R, w_R, 0.0))
+  both = (real > 0) & (total - real > 0)
+  factor_R = jnp.where(is_real_R, share / jnp.where(both, real, 1.0),
+                       (1 - share) / jnp.where(both, total - real, 1.0)) * total
+  return jnp.where(both, w_R * factor_R, w_R)
+
+
 def _fraction(v):
   return 0.0 <= v <= 1.0
 
@@ -191,10 +209,13 @@ def _fraction(v):
 REGIMES = {
     'replace': Regime('replace', replace, shortcut='refit'),
     'accumulate': Regime('accumulate', accumulate, 'age_decay', 1.0, lambda v: 0.0 < v <= 1.0,
-                         'in (0, 1]', keeps_pool=True, shortcut='summary', quiet_default=True),
+                         'in (0, 1]', keeps_pool=True, shortcut='summary', quiet_default=True,
+                         real_rows=lambda n, value: n),
     'accumulate-subsample': Regime('accumulate-subsample', accumulate_subsample, keeps_pool=True),
-    'mix': Regime('mix', mix, 'real_fraction', 0.0, _fraction, 'in [0, 1]'),
-    'fresh': Regime('fresh', fresh, 'real_fraction', 0.0, _fraction, 'in [0, 1]'),
+    'mix': Regime('mix', mix, 'real_fraction', 0.0, _fraction, 'in [0, 1]',
+                  real_rows=lambda n, fraction: jnp.round(fraction * n)),
+    'fresh': Regime('fresh', fresh, 'real_fraction', 0.0, _fraction, 'in [0, 1]',
+                    real_rows=lambda n, fraction: jnp.round(fraction * n)),
     'verify': Regime('verify', verify, 'keep_fraction', 0.5, lambda v: 0.0 < v <= 1.0, 'in (0, 1]',
                      candidates=lambda n, values, k: math.ceil(n / min(values) - 1e-6 * n),
                      scored=True),
@@ -202,7 +223,8 @@ REGIMES = {
                      candidates=lambda n, values, k: k * n, scored=True),
     'augment': Regime('augment', augment, 'synthetic_ratio', 0.5, lambda v: v >= 0.0,
                       'non-negative',
-                      candidates=lambda n, values, k: max(1, math.ceil(n * max(values) - 1e-6 * n))),
+                      candidates=lambda n, values, k: max(1, math.ceil(n * max(values) - 1e-6 * n)),
+                      real_rows=lambda n, value: n),
 }
 PARAMETERS = tuple(dict.fromkeys(r.parameter for r in REGIMES.values() if r.parameter))
 
@@ -211,14 +233,16 @@ def get(name: str) -> Regime:
   return REGIMES[name]
 
 
-def scorer(family, score: str, noise: float = 0.0):
+def scorer(family, score: str, noise: float = 0.0, knobs=None):
   """score(model, model0, x_CxD, key) -> scores.Relative: what verify and curate rank
   candidates by, as differences from the score of a point near them (so the ranking keeps
   the model's resolution however far it has collapsed below the scorer's scale).
 
   truth: the true log density (a perfect verifier); self: the log density of the
   model that drew them (self-filtering); gen0: generation 0's; noisy: the truth
-  plus N(0, noise^2) per candidate (a fallible verifier); reward: the family's reward.
+  plus N(0, noise^2) per candidate (a fallible verifier); reward: the family's reward;
+  verifier: a biased verifier, the truth moved by the run's verifier_shift and widened by
+  its verifier_scale (`knobs`, knobs.KNOBS; Family.verifier).
   A family's score functions return plain values or scores.Relative.
   """
   if score == 'truth':
@@ -233,15 +257,23 @@ def scorer(family, score: str, noise: float = 0.0):
     fn = lambda model, model0, x, key: family.log_density(model0, x)
   elif score == 'reward':
     fn = lambda model, model0, x, key: family.reward(x)
+  elif score == 'verifier':
+    shift = _knobs.value(knobs or {}, 'verifier_shift')
+    scale = _knobs.value(knobs or {}, 'verifier_scale')
+    fn = lambda model, model0, x, key: family.verifier(x, shift, scale)
   else:
     raise ValueError(score)
   return lambda model, model0, x, key: relative(fn(model, model0, x, key))
 
 
 def apply(regime: Regime, pools: Pools, g, key, value, scores):
-  """(rows, weights, metrics) of a regime's policy, whether or not it reports metrics."""
+  """(rows, weights, metrics) of a regime's policy, whether or not it reports metrics; the
+  real rows given their share of the weight where the run sets one (pools.real_weight)."""
   out = regime.policy(pools, g, key, value, scores)
-  return out if len(out) == 3 else (*out, {})
+  x_RxD, w_R, metrics = out if len(out) == 3 else (*out, {})
+  if pools.real_weight is not None and regime.real_rows is not None:
+    w_R = real_weighted(w_R, regime.real_rows(pools.n, value), pools.real_weight)
+  return x_RxD, w_R, metrics
 
 
 def available_scores(family) -> tuple[str, ...]:
@@ -250,7 +282,8 @@ def available_scores(family) -> tuple[str, ...]:
   if isinstance(family, tuple):
     return tuple(s for s in SCORES if s in family)
   has = {'truth': family.true_log_density, 'noisy': family.true_log_density,
-         'self': family.log_density, 'gen0': family.log_density, 'reward': family.reward}
+         'self': family.log_density, 'gen0': family.log_density, 'reward': family.reward,
+         'verifier': family.verifier}
   return tuple(s for s in SCORES if has[s] is not None)
 
 
@@ -261,8 +294,9 @@ def _swept(regime: str, help_: str):
 
 
 @dataclasses.dataclass(frozen=True)
-class Options:
-  """The regimes' settings, as fields of an experiment's config (a base class of it).
+class Options(_knobs.Options):
+  """The regimes' settings and the knobs', as fields of an experiment's config (a base class
+  of it).
 
   keep_fractions, reward_scales, synthetic_ratios, age_decays: the values swept of
   verify's, curate's, augment's and accumulate's parameter; score: what verify and
@@ -283,8 +317,9 @@ class Options:
                                          'age_decay^age.')
   score: str | None = setting(
       None, lambda cls: 'What verify and curate rank candidates by: the true density, the '
-      "model's own, generation 0's, the truth plus N(0, verifier_noise^2), or the family's "
-      f'reward (default: {cls.DEFAULT_SCORE}). Given with any regime, every run reports the '
+      "model's own, generation 0's, the truth plus N(0, verifier_noise^2), the family's "
+      'reward, or a biased verifier (the truth moved by --verifier_shift and widened by '
+      f'--verifier_scale; default: {cls.DEFAULT_SCORE}, verifier where those are set). Given with any regime, every run reports the '
       'mean score of its training data and samples.', choices=SCORES)
   candidates: int = setting(CANDIDATES, 'curate: candidates K per kept row.')
   verifier_noise: float = setting(1.0, '--score=noisy: the standard deviation of the noise '
@@ -300,7 +335,16 @@ class Options:
     """The score the runs use: as given, else DEFAULT_SCORE where a regime ranks, else none."""
     if self.score is not None:
       return self.score
+    if any(name.startswith('verifier_') for name, _ in self.knob_settings()):
+      return 'verifier'
     return self.DEFAULT_SCORE if any(REGIMES[r].scored for r in names if r in REGIMES) else None
+
+  def knobs_for(self, regime: str, names) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """The knobs a run of `regime` sweeps (among the regimes `names`): the sampling ones,
+    real_weight where the regime has real rows, the verifier's where the score is it."""
+    acts = {'sampling': True, 'weight': REGIMES[regime].real_rows is not None,
+            'verifier': self.active_score(names) == 'verifier'}
+    return tuple((k, v) for k, v in self.knob_settings() if acts[_knobs.KNOBS[k].acts_on])
 
   def sweep_fields(self, names) -> dict:
     """protocol.Sweep's regime fields for a run of the regimes `names`."""

@@ -5,7 +5,10 @@ import os
 
 import numpy as np
 
-from collapse_jax.core import files, regimes
+import dataclasses
+from typing import NamedTuple
+
+from collapse_jax.core import files, knobs, regimes
 
 GROUP_COLUMNS = ('regime', 'samples', 'real_fraction')  # what tells sweeps apart
 ID_COLUMNS = GROUP_COLUMNS + ('seed', 'generation')
@@ -14,25 +17,45 @@ ID_COLUMNS = GROUP_COLUMNS + ('seed', 'generation')
 def parameter_columns(sweeps) -> list[str]:
   """The regimes' parameters other than real_fraction that the sweeps set, as table columns:
   a parameter given to a paper regime after the fact (accumulate's age_decay) only when it
-  is swept away from its default, so the paper's tables keep their columns."""
+  is swept away from its default, so the paper's tables keep their columns; then the knobs
+  any sweep sets (knobs.KNOBS)."""
   out = []
   for sweep in sweeps:
     reg = regimes.get(sweep.regime)
     if reg.parameter not in (None, 'real_fraction', *out) and not all(
         reg.quiet(v) for v in sweep.fractions):
       out.append(reg.parameter)
-  return [p for p in regimes.PARAMETERS if p in out]
+  set_knobs = {k for sweep in sweeps for k, _ in sweep.knobs}
+  return [p for p in regimes.PARAMETERS if p in out] + [k for k in knobs.KNOBS if k in set_knobs]
 
 
-def setting_columns(sweep, value_R, shown) -> dict[str, np.ndarray]:
-  """real_fraction and the shown parameter columns of one sweep's rows: its own
-  parameter's values where shown, 0 as real fraction otherwise, NaN in the others."""
+def setting_columns(sweep, value_R, shown, knob_R=None) -> dict[str, np.ndarray]:
+  """real_fraction and the shown parameter and knob columns of one sweep's rows: its own
+  parameter's values where shown, 0 as real fraction otherwise, the knobs' values it sets
+  (`knob_R`: knob -> R values), NaN in the others (for real_weight: pooled)."""
   reg = regimes.get(sweep.regime)
   cols = {'real_fraction': value_R if reg.parameter == 'real_fraction'
           else np.zeros_like(value_R)}
   for p in shown:
-    cols[p] = value_R if p == reg.parameter else np.full(value_R.shape, np.nan, np.float32)
+    cols[p] = (value_R if p == reg.parameter else (knob_R or {}).get(p, np.full(
+        value_R.shape, np.nan, np.float32)))
   return cols
+
+
+def group_rows(sweep, fraction, knob_values) -> np.ndarray:
+  """Which of a sweep's runs (B, in the order of Sweep.runs) form the group of runs at
+  parameter value `fraction` and knobs `knob_values` (one entry of Sweep.grid)."""
+  fraction_B = sweep.runs()[1]
+  knob_B = sweep.knob_runs()
+  rows_B = fraction_B == np.float32(fraction)
+  for k, v in knob_values.items():
+    rows_B &= knob_B[k] == np.float32(v)
+  return rows_B
+
+
+def one_group(sweep, knob_values):
+  """The sweep restricted to one group's knob values (for closed forms that read them)."""
+  return dataclasses.replace(sweep, knobs=tuple((k, (v,)) for k, v in knob_values.items()))
 
 
 def stacked(parts) -> dict[str, np.ndarray]:
@@ -53,9 +76,10 @@ def long_table(sweeps, first=()) -> dict[str, np.ndarray]:
   for sweep, metrics in sweeps:
     seed_B, fraction_B = sweep.runs()
     g1 = sweep.generations + 1
+    knob_R = {k: np.tile(v, g1) for k, v in sweep.knob_runs().items()}
     cols = {'regime': np.full(g1 * len(seed_B), sweep.regime),
             'samples': np.full(g1 * len(seed_B), sweep.samples),
-            **setting_columns(sweep, np.tile(fraction_B, g1), shown),
+            **setting_columns(sweep, np.tile(fraction_B, g1), shown, knob_R),
             'seed': np.tile(seed_B, g1),
             'generation': np.repeat(np.arange(g1), len(seed_B))}
     if sweep.score is not None:  # what ranked the candidates and what the scores are
@@ -88,17 +112,18 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
 
   Each metric m gets m_mean, m_sd, m_q05, m_q50, m_q95, and m_rms (the root mean
   square) when named in `rms`; `extra(sweep, fraction)` returns further columns,
-  each of G+1 values (closed forms to read beside the measurements).
+  each of G+1 values (closed forms to read beside the measurements); where the sweep sets
+  knobs, its `sweep` holds the group's values alone (one_group).
   """
   parts = []
   shown = parameter_columns([sweep for sweep, _ in sweeps])
   for sweep, metrics in sweeps:
-    _, fraction_B = sweep.runs()
     g1 = sweep.generations + 1
-    for fraction in sweep.fractions:
-      cols_B = fraction_B == np.float32(fraction)
+    for fraction, knob_values in sweep.grid():
+      cols_B = group_rows(sweep, fraction, knob_values)
+      knob_R = {k: np.full(g1, v, np.float32) for k, v in knob_values.items()}
       part = {'regime': np.full(g1, sweep.regime), 'samples': np.full(g1, sweep.samples),
-              **setting_columns(sweep, np.full(g1, fraction, np.float32), shown),
+              **setting_columns(sweep, np.full(g1, fraction, np.float32), shown, knob_R),
               'generation': np.arange(g1), 'seeds': np.full(g1, cols_B.sum())}
       for name in sorted(metrics):
         v_GxS = metrics[name][:, cols_B].astype(np.float64)
@@ -108,7 +133,8 @@ def over_seeds(sweeps, rms=(), extra=None) -> dict[str, np.ndarray]:
                      f'{name}_q05': lo, f'{name}_q50': mid, f'{name}_q95': hi})
         if name in rms:
           part[f'{name}_rms'] = np.sqrt(np.mean(v_GxS**2, axis=1))
-      part.update(extra(sweep, fraction) if extra else {})
+      part.update(extra(one_group(sweep, knob_values) if knob_values else sweep, fraction)
+                  if extra else {})
       parts.append(part)
   return stacked(parts)
 
@@ -134,23 +160,40 @@ def value_column(table, regime: str) -> str:
   return reg.parameter if reg is not None and reg.parameter in table else 'real_fraction'
 
 
-def groups(table):
-  """(regime, samples, parameter value) of each sweep, in the order they appear."""
+class Group(NamedTuple):
+  """A group of runs in a table: regime, samples, the regime's parameter value and the
+  knobs' values ((knob, value) pairs, those the group sets)."""
+  regime: str
+  samples: int
+  value: float
+  knobs: tuple = ()
+
+
+def groups(table) -> list[Group]:
+  """Each group of runs (Group), in the order they appear."""
   value_R = np.asarray(table['real_fraction'], np.float64).copy()
   for regime in dict.fromkeys(table['regime']):
     rows = table['regime'] == regime
     value_R[rows] = table[value_column(table, regime)][rows]
-  keys = zip(table['regime'], table['samples'], value_R)
-  return list(dict.fromkeys((str(r), int(m), float(f)) for r, m, f in keys))
+  names = [k for k in knobs.KNOBS if k in table]
+  knob_R = zip(*(np.asarray(table[k], np.float64) for k in names)) if names else (
+      () for _ in value_R)
+  keys = zip(table['regime'], table['samples'], value_R, knob_R)
+  return list(dict.fromkeys(
+      Group(str(r), int(m), float(f), tuple((n, float(v)) for n, v in zip(names, ks)
+                                            if np.isfinite(v)))
+      for r, m, f, ks in keys))
 
 
-def select(table, regime, fraction, samples=None):
+def select(table, regime, fraction, samples=None, knob_values=()):
   """The (generation x seed) matrix of every column for one sweep (its parameter's value
-  `fraction`); from an over_seeds table, generation x 1; from a table without
-  generations, row x 1."""
+  `fraction`, its knobs' `knob_values`: (knob, value) pairs); from an over_seeds table,
+  generation x 1; from a table without generations, row x 1."""
   rows = (table['regime'] == regime) & (table[value_column(table, regime)] == np.float32(fraction))
   if samples is not None:
     rows &= table['samples'] == samples
+  for k, v in knob_values:
+    rows &= table[k] == np.float32(v)
   g1 = int(table['generation'][rows].max()) + 1 if 'generation' in table else int(rows.sum())
   return {k: v[rows].reshape(g1, -1) for k, v in table.items()}
 
@@ -159,14 +202,19 @@ def summary(curves, columns, generations=None) -> str:
   """Median [5%, 95%] over seeds of `columns` at chosen generations, as text,
   from an over_seeds table."""
   lines = []
-  for regime, samples, fraction in groups(curves):
-    sub = select(curves, regime, fraction, samples)
+  names = [k for k in knobs.KNOBS if k in curves]
+  for regime, samples, fraction, knob_values in groups(curves):
+    sub = select(curves, regime, fraction, samples, knob_values)
     last = sub['generation'].shape[0] - 1
+    set_ = dict(knob_values)
+    knob_cells = ''.join(f'{set_[k]:>{len(k)}g} ' if k in set_ else ' ' * len(k) + ' '
+                         for k in names)
     for g in sorted({g for g in (generations or ()) if g <= last} | {last}):
       cells = [f'{sub[c + "_q50"][g, 0]:10.4g} [{sub[c + "_q05"][g, 0]:.3g}, '
                f'{sub[c + "_q95"][g, 0]:.3g}]' for c in columns]
-      lines.append((f'{regime:20s} {samples:6d} {fraction:5g} {g:6d} ', cells))
-  header = f'{"regime":20s} {"M":>6s} {"value":>5s} {"gen":>6s} '
+      lines.append((f'{regime:20s} {samples:6d} {fraction:5g} {knob_cells}{g:6d} ', cells))
+  header = (f'{"regime":20s} {"M":>6s} {"value":>5s} ' + ''.join(f'{k} ' for k in names)
+            + f'{"gen":>6s} ')
   widths = [max(len(c), *(len(cells[i]) for _, cells in lines)) for i, c in enumerate(columns)]
   out = [header + '  '.join(c.rjust(w) for c, w in zip(columns, widths))]
   out += [head + '  '.join(x.rjust(w) for x, w in zip(cells, widths)) for head, cells in lines]

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 
+from collapse_jax.core import knobs as _knobs
 from collapse_jax.core import regimes as _regimes  # where arguments are named regimes
 
 REGIMES = tuple(_regimes.REGIMES)  # the built-in ones; regimes.REGIMES takes more
@@ -61,6 +62,33 @@ def validate_options(config, family) -> None:
     raise ConfigError('verifier_noise', f'must be non-negative, got {config.verifier_noise}')
   if config.verifier_noise != 1.0 and config.active_score(config.regimes) != 'noisy':
     raise ConfigError('verifier_noise', 'applies only to --score=noisy')
+  validate_knobs(config, family)
+
+
+def validate_knobs(config, family) -> None:
+  """Each knob's values in range, and set only where it acts: sampling knobs on a family that
+  samples so, real_weight with a regime that mixes real rows, a verifier's with its score."""
+  for name, knob in _knobs.KNOBS.items():
+    values = getattr(config, _knobs.FIELDS[name])
+    if not values and not _knobs.at_default(name, values):
+      raise ConfigError(name, 'needs at least one value')
+    for v in values:
+      if not knob.valid(v):
+        raise ConfigError(name, f'{v:g} is not {knob.allowed}')
+    if _knobs.at_default(name, values):
+      continue
+    if len(set(values)) != len(values):
+      raise ConfigError(name, f'repeats a value: {",".join(f"{v:g}" for v in values)}')
+    if knob.acts_on == 'sampling' and name not in _sampling_knobs(family):
+      raise ConfigError(name, 'this family does not sample with it; it takes '
+                        f'{", ".join("--" + k for k in _sampling_knobs(family)) or "none"}')
+    mixing = [r for r, reg in _regimes.REGIMES.items() if reg.real_rows is not None]
+    if knob.acts_on == 'weight' and not set(config.regimes) & set(mixing):
+      raise ConfigError(name, f'applies only to the regimes that mix real rows: {", ".join(mixing)}')
+    if knob.acts_on == 'verifier' and config.active_score(config.regimes) != 'verifier':
+      raise ConfigError(name, 'applies only to --score=verifier')
+    if knob.acts_on == 'verifier' and 'verifier' not in _regimes.available_scores(family):
+      raise ConfigError(name, 'this family has no biased verifier (--score=verifier)')
 
 
 def validate_regime_settings(names, settings, score, family):
@@ -82,6 +110,13 @@ def validate_regime_settings(names, settings, score, family):
     if score not in have:
       raise ConfigError('score', f'{score!r} is not a score this family has; choose from '
                         f'{", ".join(have)}')
+
+
+def _sampling_knobs(family) -> tuple[str, ...]:
+  """The sampling knobs a family takes; `family` may be a tuple naming them with its scores."""
+  if isinstance(family, tuple):
+    return tuple(k for k in _knobs.SAMPLING if k in family)
+  return family.sampling_knobs
 
 
 def check_choice(flag: str, value, choices, what: str | None = None) -> None:

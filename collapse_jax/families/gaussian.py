@@ -114,6 +114,17 @@ def sample(params, key, n):
   return params['mean'] + _mm(z_NxD * jnp.exp(params['log_scale']), params['unit'].T)
 
 
+def tempered(params, knobs):
+  """The law the fit samples at temperature t: its spread times t (knobs: {'temperature': t})."""
+  return {**params, 'log_scale': params['log_scale'] + jnp.log(knobs['temperature'])}
+
+
+def known_spread(params, true_std: float):
+  """The fit with its covariance replaced by the truth's, true_std^2 I: the mean alone fitted."""
+  d = params['mean'].shape[0]
+  return {'mean': params['mean'], 'unit': jnp.eye(d), 'log_scale': jnp.full(d, jnp.log(true_std))}
+
+
 def refit(params, key, n, estimator: str):
   """The next generation's fit to n samples of `params`, made in its own coordinates from the
   law of those samples' statistics (draw_standard_fit): no rows drawn, exact in law."""
@@ -449,6 +460,8 @@ class GaussianConfig(experiment.SweepConfig):
   regimes: tuple[str, ...] = ('replace', 'accumulate')
   true_mean: float = setting(0.0, 'Mean of the true distribution, in every dimension.')
   true_std: float = setting(1.0, 'Standard deviation of the true distribution.')
+  known_std: bool = setting(False, "Fit the mean alone, the covariance known (the truth's, "
+                           'true_std^2 I): the setting of the weighted-mixing law (real_weight).')
   reward_target: float = setting(1.0, '--score=reward: the reward is -|x - c|^2 for c this '
                                  'value in every dimension.')
   checkpoint_every: int = 250
@@ -472,21 +485,26 @@ def family(cfg: GaussianConfig) -> protocol.Family:
   """The Gaussian as a driver family: sufficient statistics for accumulate, under replace a
   refit in the last generation's own coordinates, and both (and the metrics) drawn as the
   statistics of samples rather than the samples where no regime needs the rows."""
-  fit_stats = lambda stats, key: fit_summary(stats, cfg.estimator)
+  known = (lambda out: (known_spread(out[0], cfg.true_std), out[1])) if cfg.known_std else (
+      lambda out: out)
+  fit_stats = lambda stats, key: known(fit_summary(stats, cfg.estimator))
   return protocol.Family(
       draw_real=lambda key, n: cfg.true_mean + cfg.true_std * jax.random.normal(key, (n, cfg.dims)),
-      fit=lambda x_NxD, w_N, key: fit(x_NxD, w_N, cfg.estimator),
+      fit=lambda x_NxD, w_N, key: known(fit(x_NxD, w_N, cfg.estimator)),
       sample=sample,
       reference=lambda params0, key: {},
       evaluate=lambda params, synth, ref: evaluate(params, synth, cfg.true_mean, cfg.true_std),
       summary=protocol.Summary(summarise, combine, fit_stats),
-      refit=lambda params, key, n: refit(params, key, n, cfg.estimator),
+      refit=lambda params, key, n: known(refit(params, key, n, cfg.estimator)),
       sample_summary=sample_summary,
       unbounded_below=('log_trace', 'logdet'),
       log_density=log_density_scores,
       true_log_density=lambda x_NxD: true_log_density_scores(x_NxD, cfg.true_mean, cfg.true_std),
       reward=lambda x_NxD: scores.squared_distance(
-          x_NxD, jnp.full(cfg.dims, cfg.reward_target, x_NxD.dtype)))
+          x_NxD, jnp.full(cfg.dims, cfg.reward_target, x_NxD.dtype)),
+      biased=tempered, sampling_knobs=('temperature',),
+      verifier=lambda x_NxD, shift, scale: true_log_density_scores(
+          x_NxD, cfg.true_mean + shift, cfg.true_std * scale))
 
 
 ERRORS = ('mean_error', 'sigma_error')  # their root mean square is what theory gives
