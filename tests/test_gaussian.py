@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import linalg, stats
+from scipy import linalg, optimize, stats
 
 from collapse_jax.core import driver, validation
 from collapse_jax.families import gaussian
@@ -354,3 +354,77 @@ def test_every_matmul_of_a_fit_and_sample_reaches_the_compiled_program_at_highes
   assert len(dots) >= 4, text
   for line in dots:
     assert 'operand_precision={highest,highest}' in line, line
+
+
+# ---------------------------------------------------------------- knobs: sampling bias,
+# weighted real data, a biased verifier
+
+def _knob_runs(tmp_path, name, regime='replace', samples=20, seeds=2000, generations=10, **cfg_kw):
+  """Metrics of one sweep over the knobs in cfg_kw, split by the values of knob `name`."""
+  cfg = gaussian.GaussianConfig(seeds=seeds, generations=generations, samples=(samples,),
+                                regimes=(regime,), checkpoint_every=generations, **cfg_kw)
+  cfg.validate()
+  sweep = cfg.sweep(regime, samples)
+  metrics = driver.run(gaussian.family(cfg), sweep, str(tmp_path / name), generations,
+                       progress=False)
+  value_B = sweep.knob_runs()[name]
+  return cfg, {float(v): {k: m[:, value_B == v] for k, m in metrics.items()}
+               for v in np.unique(value_B)}
+
+
+@pytest.mark.parametrize('estimator', ['mle', 'unbiased'])
+def test_temperature_compounds_the_variance_and_untempered_laws_fail(tmp_path, estimator):
+  """E sigma_g^2 = (t^2 r)^g E sigma_0^2, r = (M-1)/M (mle) or 1 (unbiased): generation g's
+  model samples generation g + 1's data with its spread times t."""
+  _, runs = _knob_runs(tmp_path, 'temperature', estimator=estimator, temperatures=(0.9, 1.1))
+  for t, metrics in runs.items():
+    law = gaussian.theory('replace', estimator, 20, 1, 1.0, 10, temperature=t)
+    r = 19 / 20 if estimator == 'mle' else 1.0
+    np.testing.assert_allclose(law['trace_mean'], r * (t**2 * r) ** np.arange(11), rtol=1e-12)
+    for g in (0, 1, 5):
+      assert _in_ci(metrics['trace'][g], law['trace_mean'][g]), (t, g)
+    for g in (1, 10):
+      assert _in_ci(metrics['mean_error'][g] ** 2, law['mean_error_rms'][g] ** 2), (t, g)
+      assert _in_ci(metrics['sigma'][g], law['sigma_mean'][g]), (t, g)
+    # the untempered law, and temperature applied once too often, are rejected
+    plain = gaussian.theory('replace', estimator, 20, 1, 1.0, 10)
+    assert not _in_ci(metrics['trace'][5], plain['trace_mean'][5]), t
+    assert not _in_ci(metrics['trace'][1], law['trace_mean'][1] * t**2), t
+
+
+def test_weighted_real_data_follows_the_golden_ratio_law(tmp_path):
+  """fresh at real fraction 1/2, covariance known: the long-run n MSE / sigma^2 of the weighted
+  mean is (w^2 + (1 - w)^2) / (w (2 - w)), least at w = 0.618 (He, Xu and Cheng 2025)."""
+  golden = (np.sqrt(5) - 1) / 2
+  assert abs(optimize.minimize_scalar(gaussian.golden_long_run, bounds=(0.01, 0.99),
+                                      method='bounded').x - golden) < 1e-4
+  np.testing.assert_allclose([gaussian.golden_long_run(w) for w in (golden, 0.5, 1.0)],
+                             [golden, 2 / 3, 1.0], rtol=1e-12)
+  cfg, runs = _knob_runs(tmp_path, 'real_weight', regime='fresh', seeds=8000, generations=30,
+                         known_std=True, real_fractions=(0.5,), real_weights=(0.3, golden, 0.9))
+  n = 10  # real rows, and synthetic rows, a generation
+  for w, metrics in runs.items():
+    law = gaussian.weighted_mean_error(w, 0.5, 20, 1.0, 30)
+    for g in (1, 30):
+      assert _in_ci(metrics['mean_error'][g] ** 2, law[g]), (w, g)
+    assert abs(n * law[30] - gaussian.golden_long_run(w)) < 1e-6
+    if w < 0.7:  # a law without the synthetic rows' noise, w / (2 - w), is rejected
+      assert not _in_ci(n * metrics['mean_error'][30] ** 2, w / (2 - w)), w
+  at = {round(w, 3): np.mean(m['mean_error'][30] ** 2) for w, m in runs.items()}
+  assert at[0.618] < at[0.3]
+
+
+@pytest.mark.parametrize('shift', [0.5, 1.0])
+def test_a_biased_verifier_drags_the_model_by_the_truncated_normal_recursion(tmp_path, shift):
+  """verify keeping the half of the candidates nearest a verifier centred at mu + shift: the
+  fit follows the truncated-normal recursion to the verifier's centre, not the truth."""
+  cfg, runs = _knob_runs(tmp_path, 'verifier_shift', regime='verify', samples=10000, seeds=100,
+                         generations=4, verifier_shifts=(shift,))
+  metrics = runs[shift]
+  mean_G, var_G = gaussian.verified_theory(10000, 0.5, shift, 0.0, 1.0, 'mle', 4)
+  truth_G, _ = gaussian.verified_theory(10000, 0.5, 0.0, 0.0, 1.0, 'mle', 4)  # a truthful one
+  for g in range(1, 5):
+    assert _in_ci(metrics['mean_error'][g], mean_G[g]), g
+    assert _in_ci(metrics['sigma'][g] ** 2, var_G[g]), g
+    assert not _in_ci(metrics['mean_error'][g], truth_G[g]), g
+  assert mean_G[4] > 0.95 * shift  # settled near the verifier's centre

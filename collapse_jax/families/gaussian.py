@@ -9,13 +9,14 @@ truth, and every closed form below is written in that n.
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from collapse_jax.core import experiment, linalg, plots, protocol, scores, validation
+from collapse_jax.core import experiment, knobs, linalg, plots, protocol, scores, validation
 from collapse_jax.core.settings import setting
 
 ESTIMATORS = ('mle', 'unbiased')
@@ -349,8 +350,15 @@ def evaluate(params, synth, true_mean: float, true_std: float):
 # ---------------------------------------------------------------- closed forms
 
 def theory(regime: str, estimator: str, samples: int, dims: int, true_std: float,
-           generations: int) -> dict[str, np.ndarray]:
+           generations: int, temperature: float = 1.0) -> dict[str, np.ndarray]:
   """Expected values over seeds at generations 0..G, where a closed form exists.
+
+  temperature t: each generation's model samples its successor's data with its spread times t,
+  so every closed form of replace below holds with the scatter's factor r t^2 in place of r
+  for the n - 1 fits that follow generation 0: E tr S_n = d sigma^2 r^n t^(2(n-1)), that is
+  E sigma^2_g = (t^2 r)^g E sigma^2_0 with r = (M - 1)/M (mle) or 1 (unbiased); the mean's
+  steps grow alike, E |m_n - mu|^2 = (d sigma^2 / M) sum_{j<n} (r t^2)^j, and
+  E log det S_n gains (n - 1) d log t^2. Accumulate's law assumes t = 1 (NaN otherwise).
 
   Replace (n = g + 1 fits, k = M - 1 degrees of freedom, divisor v = M - 1
   unbiased or M mle, r = k / v): each fit's scatter is a Wishart(k) draw around
@@ -374,27 +382,106 @@ def theory(regime: str, estimator: str, samples: int, dims: int, true_std: float
   out = {k: nan for k in ('mean_error_rms', 'sigma_mean', 'sigma_error_rms', 'trace_mean',
                           'logdet_mean', 'logdet_sd', 'w2_sq_mean', 'sample_msd_mean')}
   if regime == 'accumulate':
-    out['mean_error_rms'] = np.sqrt(dims * var / samples * np.cumsum(1.0 / n_G**2))
+    if temperature == 1.0:
+      out['mean_error_rms'] = np.sqrt(dims * var / samples * np.cumsum(1.0 / n_G**2))
     return out
   if regime != 'replace':
     return out
   k = samples - 1.0
   v = k if estimator == 'unbiased' else float(samples)
   r = k / v
-  mean_sq = dims * var / samples * (n_G if r == 1.0 else (1 - r**n_G) / (1 - r))
-  trace = dims * var * r**n_G
+  t2 = temperature**2
+  rt = r * t2  # the scatter's factor a generation after the first
+  mean_sq = dims * var / samples * (n_G if rt == 1.0 else (1 - rt**n_G) / (1 - rt))
+  trace = dims * var * r**n_G * t2 ** (n_G - 1)
   nu_d = k - np.arange(dims)  # Bartlett: det W = prod_i chi2_{k - i + 1}
-  out.update(mean_error_rms=np.sqrt(mean_sq), trace_mean=trace, sample_msd_mean=mean_sq + trace)
+  # the model's samples have the spread of the fit tempered for the next generation
+  out.update(mean_error_rms=np.sqrt(mean_sq), trace_mean=trace,
+             sample_msd_mean=mean_sq + trace * t2)
   if k >= dims:  # M <= d: a singular fit, whose pseudo-determinant has no closed form here
     out.update(logdet_mean=dims * np.log(var) + n_G * (special.digamma(nu_d / 2).sum()
-                                                       + dims * np.log(2 / v)),
+                                                       + dims * np.log(2 / v))
+               + (n_G - 1) * dims * np.log(t2),
                logdet_sd=np.sqrt(n_G * special.polygamma(1, nu_d / 2).sum()))
   if dims == 1:
     a = np.exp(0.5 * np.log(2 / v) + special.gammaln((k + 1) / 2) - special.gammaln(k / 2))
-    sigma_sq_err = var * (r**n_G - 2 * a**n_G + 1)
-    out.update(sigma_mean=true_std * a**n_G, sigma_error_rms=np.sqrt(sigma_sq_err),
+    at_G = a**n_G * temperature ** (n_G - 1)  # E s_n / sigma
+    sigma_sq_err = var * (r**n_G * t2 ** (n_G - 1) - 2 * at_G + 1)
+    out.update(sigma_mean=true_std * at_G, sigma_error_rms=np.sqrt(sigma_sq_err),
                w2_sq_mean=mean_sq + sigma_sq_err)
   return out
+
+
+def weighted_mean_error(real_weight: float, real_fraction: float, samples: int, true_std: float,
+                        generations: int) -> np.ndarray:
+  """E (mu_g - mu)^2 at generations 0..G under `fresh` with the covariance known (--known_std),
+  the real rows carrying a share w of the fit's weight (--real_weight; pooled: w = their share
+  of the rows).
+
+  Each generation fits n_r = round(f M) fresh real rows and n_s = M - n_r rows of the last fit,
+  so mu_g - mu = w eta_g + (1 - w)(mu_{g-1} - mu + eps_g), eta ~ N(0, sigma^2 / n_r),
+  eps ~ N(0, sigma^2 / n_s), generation 0 the mean of M real rows:
+    V_g = a (1 - b^g) / (1 - b) + b^g sigma^2 / M,  a = sigma^2 (w^2 / n_r + (1 - w)^2 / n_s),
+  b = (1 - w)^2. Its long run, a / (w (2 - w)), at f = 1/2 (n = M/2 of each) is
+  n V / sigma^2 = (w^2 + (1 - w)^2) / (w (2 - w)), least at the golden ratio
+  w = (sqrt 5 - 1) / 2 = 0.618, where it is 0.618 itself, against 2/3 pooled and 1 for the
+  real rows alone (He, Xu and Cheng 2025).
+  """
+  g_G = np.arange(generations + 1, dtype=np.float64)
+  n_r = round(real_fraction * samples)
+  n_s = samples - n_r
+  w = real_weight
+  var = true_std**2
+  a = var * ((w**2 / n_r if n_r else 0.0) + ((1 - w) ** 2 / n_s if n_s else 0.0))
+  b = (1 - w) ** 2
+  steady = a * g_G if b == 1.0 else a * (1 - b**g_G) / (1 - b)
+  return steady + b**g_G * var / samples
+
+
+def golden_long_run(real_weight: float) -> float:
+  """n MSE / sigma^2 in the long run of weighted_mean_error at equal real and synthetic rows."""
+  w = real_weight
+  return (w**2 + (1 - w) ** 2) / (w * (2 - w))
+
+
+def verified_moments(mean: float, var: float, keep: float, centre: float,
+                     temperature: float = 1.0) -> tuple[float, float]:
+  """(mean, variance) of N(mean, t^2 var) kept where a verifier centred at `centre` keeps the
+  share `keep` of its candidates: the normal truncated to [c - h, c + h], h such that the
+  interval holds `keep` of it (a verifier whose density falls with |x - c| keeps the nearest;
+  its width does not change the ranking). With alpha, beta the interval's ends in standard
+  units and Z = Phi(beta) - Phi(alpha) (Johnson, Kotz and Balakrishnan, Section 10.1):
+    mean + s (phi(alpha) - phi(beta)) / Z,
+    s^2 (1 + (alpha phi(alpha) - beta phi(beta)) / Z - ((phi(alpha) - phi(beta)) / Z)^2)."""
+  from scipy import optimize  # noqa: PLC0415 (a closed form's root, off the compiled path)
+  s = temperature * np.sqrt(var)
+  u = (centre - mean) / s
+  held = lambda h: special.ndtr(u + h) - special.ndtr(u - h) - keep  # noqa: E731
+  h = optimize.brentq(held, 0.0, abs(u) + 40.0) if keep < 1 else np.inf
+  alpha, beta = u - h, u + h
+  z = special.ndtr(beta) - special.ndtr(alpha)
+  phi = lambda x: np.exp(-x**2 / 2) / np.sqrt(2 * np.pi) if np.isfinite(x) else 0.0  # noqa: E731
+  lam = (phi(alpha) - phi(beta)) / z
+  edge = ((alpha * phi(alpha) if np.isfinite(alpha) else 0.0)
+          - (beta * phi(beta) if np.isfinite(beta) else 0.0))
+  return mean + s * lam, s**2 * (1 + edge / z - lam**2)
+
+
+def verified_theory(samples: int, keep: float, centre: float, true_mean: float, true_std: float,
+                    estimator: str, generations: int, temperature: float = 1.0):
+  """(mean_G, variance_G) of the 1-D fit at generations 0..G under `verify` with a verifier
+  centred at `centre` (--score=verifier: true_mean + verifier_shift), as M grows: the
+  truncated-normal recursion of verified_moments from generation 0's fit (the truth, its
+  variance times r), each fit's variance times r = (M - 1)/M (mle) or 1 (unbiased). The
+  share kept is M / ceil(M / keep), as verify draws it."""
+  r = (samples - 1) / samples if estimator == 'mle' else 1.0
+  q = samples / math.ceil(samples / keep - 1e-6 * samples)
+  mean_G, var_G = [float(true_mean)], [true_std**2 * r]
+  for _ in range(generations):
+    m, v = verified_moments(mean_G[-1], var_G[-1], q, centre, temperature)
+    mean_G.append(m)
+    var_G.append(v * r)
+  return np.asarray(mean_G), np.asarray(var_G)
 
 
 def verify_factor(keep: float) -> float:
@@ -514,9 +601,19 @@ SUMMARY_COLUMNS = ('mean_error', 'sigma', 'logdet', 'w2_sq')
 def closed_forms(cfg: GaussianConfig):
   """The closed forms beside each sweep's statistics over seeds, as curves' columns."""
   def closed_form(sweep, fraction):
-    del fraction
+    knob = lambda name: knobs.value({k: v[0] for k, v in sweep.knobs}, name)  # noqa: E731
     out = theory(sweep.regime, cfg.estimator, sweep.samples, cfg.dims, cfg.true_std,
-                 sweep.generations)
+                 sweep.generations, knob('temperature'))
+    weighted = 'real_weight' in dict(sweep.knobs) and knob('temperature') == 1.0
+    if sweep.regime == 'fresh' and cfg.known_std and cfg.dims == 1 and weighted:
+      out['mean_error_rms'] = np.sqrt(weighted_mean_error(
+          knob('real_weight'), fraction, sweep.samples, cfg.true_std, sweep.generations))
+    if sweep.regime == 'verify' and sweep.score == 'verifier' and cfg.dims == 1:
+      mean_G, var_G = verified_theory(
+          sweep.samples, fraction, cfg.true_mean + knob('verifier_shift'), cfg.true_mean,
+          cfg.true_std, cfg.estimator, sweep.generations, knob('temperature'))
+      out['mean_error_rms'] = np.abs(mean_G - cfg.true_mean)  # the large-M limit: no spread
+      out['sigma_mean'] = np.sqrt(var_G)
     return {f'{k}_theory': v for k, v in out.items()}
   return closed_form
 
