@@ -270,6 +270,8 @@ def test_every_family_on_the_driver_scores_every_way():
     ('curate', dict(reward_scales=(0.0, 2.0), score='gen0', candidates=3)),
     ('augment', dict(synthetic_ratios=(0.25, 1.0))),
     ('accumulate', dict(age_decays=(0.5,), score='self')),
+    ('fresh', dict(real_fractions=(0.5,), real_weights=(0.3, 0.7), temperatures=(0.9, 1.1))),
+    ('verify', dict(verifier_shifts=(0.0, 1.0), verifier_scales=(2.0,))),
 ])
 def test_resume_is_bit_identical_under_the_new_regimes(tmp_path, regime, options, monkeypatch):
   cfg = gaussian.GaussianConfig(seeds=3, generations=6, samples=(16,), dims=2,
@@ -282,7 +284,7 @@ def test_resume_is_bit_identical_under_the_new_regimes(tmp_path, regime, options
   driver.run(family, sweep, str(tmp_path / 'cut'), 3, progress=False)
   (tmp_path / 'cut' / '6' / 'MANIFEST.sha256').unlink()  # killed before the last seal
   resumed = driver.run(family, sweep, str(tmp_path / 'cut'), 3, progress=False)
-  assert {'train_score', 'sample_score', 'pass_rate'} <= set(whole) or regime == 'augment'
+  assert {'train_score', 'sample_score', 'pass_rate'} <= set(whole) or regime in ('augment', 'fresh')
   for k in whole:
     np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
 
