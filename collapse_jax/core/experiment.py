@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Any, Callable
 
-from collapse_jax.core import driver, files, knobs, protocol, regimes, results, validation
+from collapse_jax.core import driver, files, plots, protocol, regimes, results, validation
 from collapse_jax.core.settings import recorded, setting
 
 
@@ -65,10 +65,8 @@ class SweepConfig(regimes.Options):
   def record(self, experiment: str) -> dict[str, Any]:
     """config.json's content: the experiment's name and every field that says what the run
     is (not where its files are), as JSON values."""
-    off = {knobs.FIELDS[k] for k in knobs.KNOBS
-           if knobs.at_default(k, getattr(self, knobs.FIELDS[k]))}  # as runs before knobs
     fields = {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)
-              if recorded(type(self), f.name) and f.name not in off}
+              if recorded(type(self), f.name, getattr(self, f.name))}
     return {**fields, 'experiment': experiment}
 
 
@@ -114,6 +112,7 @@ class Experiment:
     out of a sweep's metrics (samples to draw, per-run outcomes), or cuts it short.
   table(sweeps), curves(sweeps): replace the per-seed table or the statistics over seeds.
   figures(outcome): draws the figures and writes any other file.
+  knob_metric: the metric knobs.png shows along each swept knob (default: summary's first).
   text(outcome): replaces summary.txt's text.
   """
   name: str
@@ -129,6 +128,7 @@ class Experiment:
   table: Callable | None = None
   curves: Callable | None = None
   figures: Callable[[Outcome], None] | None = None
+  knob_metric: str | None = None
   text: Callable[[Outcome], str] | None = None
 
 
@@ -137,8 +137,8 @@ def run_experiment(exp: Experiment, cfg: SweepConfig, workdir: str, progress: bo
   """Runs, resumes or reloads an experiment in `workdir`; returns what it made.
 
   Leaves there: config.json, checkpoints/<regime>/ (<regime>/M<samples>/ where several
-  sample sizes are swept), metrics.csv, curves.csv where asked for, the family's figures
-  and summary.txt.
+  sample sizes are swept), metrics.csv, curves.csv where asked for, the family's figures,
+  knobs.png where knobs are swept, and summary.txt.
   """
   cfg.validate()
   validation.check_config(workdir, cfg.record(exp.name))
@@ -170,6 +170,10 @@ def run_experiment(exp: Experiment, cfg: SweepConfig, workdir: str, progress: bo
   # -- figures and summary
   if exp.figures is not None:
     exp.figures(out)
+  if any(sweep.knobs for sweep, _ in sweeps):  # where along each knob collapse goes
+    column = exp.knob_metric or exp.summary[0]
+    plots.along_knobs(out.curves, (column, column.replace('_', ' ')), out.path('knobs.png'),
+                      f'{exp.name}: {column} along the knobs (median, 90% band over seeds)')
   text = (exp.text(out) if exp.text is not None
           else results.summary(out.curves, exp.summary, generations=exp.generations))
   files.write_text(out.path('summary.txt'), text + '\n')

@@ -86,24 +86,24 @@ class Options:
   temperatures: tuple[float, ...] = setting(
       (1.0,), 'Comma-separated sampling temperatures, each a group of runs: the model '
       "samples its successor's data from its law tempered so (a Gaussian's spread times t, "
-      'logits over t).', flag='temperature')
+      'logits over t).', flag='temperature', recorded='changed')
   top_ks: tuple[int, ...] = setting(
       (0,), 'Comma-separated k, each a group of runs: the model samples among its k most '
-      'likely outcomes (discrete families; 0: all).', flag='top_k')
+      'likely outcomes (discrete families; 0: all).', flag='top_k', recorded='changed')
   top_ps: tuple[float, ...] = setting(
       (1.0,), 'Comma-separated p, each a group of runs: the model samples among its most '
-      'likely outcomes holding probability p (discrete families; 1: all).', flag='top_p')
+      'likely outcomes holding probability p (discrete families; 1: all).', flag='top_p', recorded='changed')
   real_weights: tuple[float, ...] = setting(
       (), 'Comma-separated weights w in [0, 1], each a group of runs: in the regimes that mix '
       'real and synthetic rows (mix, fresh, augment, accumulate), the real rows carry a share '
       'w of the fit\'s weight and the synthetic ones 1 - w (default: pooled, every row alike).',
-      flag='real_weight')
+      flag='real_weight', recorded='changed')
   verifier_shifts: tuple[float, ...] = setting(
       (0.0,), 'Comma-separated shifts, each a group of runs: --score=verifier ranks by the '
-      'truth moved this far in every coordinate (a biased verifier).', flag='verifier_shift')
+      'truth moved this far in every coordinate (a biased verifier).', flag='verifier_shift', recorded='changed')
   verifier_scales: tuple[float, ...] = setting(
       (1.0,), 'Comma-separated scales, each a group of runs: --score=verifier ranks by the '
-      'truth widened this many times about its centre.', flag='verifier_scale')
+      'truth widened this many times about its centre.', flag='verifier_scale', recorded='changed')
 
   def knob_settings(self) -> tuple[tuple[str, tuple[float, ...]], ...]:
     """(knob, values) of the knobs set away from their defaults, in KNOBS' order."""

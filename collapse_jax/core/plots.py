@@ -261,3 +261,47 @@ def perplexity_histograms(entries, path, title=None):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
   _finish(fig, path, title)
+
+
+def along_knobs(table, metric, path, title=None, generations=None):
+  """Where along each swept knob collapse speeds up or reverses: the metric's median and 90%
+  band over seeds against the knob's value, at chosen generations (default: the middle and
+  the last), a panel per knob, a line per group of the other settings. `metric` is
+  (column, label) of an over_seeds table."""
+  column, label = metric
+  keys = results.groups(table)
+  swept = [k for k in dict.fromkeys(n for key in keys for n, _ in key.knobs)
+           if len({dict(key.knobs).get(k) for key in keys} - {None}) > 1]
+  if not swept:
+    return
+  last = int(np.max(table['generation']))
+  shown = sorted(set(generations or (last // 2, last)))
+  several_m = len({key.samples for key in keys}) > 1
+  fig, axes = plt.subplots(1, len(swept), figsize=(5.5 * len(swept), 4), squeeze=False)
+  for ax, knob in zip(axes[0], swept):
+    lines = {}  # the other settings -> [(knob value, group)]
+    for key in keys:
+      values = dict(key.knobs)
+      if knob in values:
+        rest = tuple((n, v) for n, v in key.knobs if n != knob)
+        lines.setdefault((key.regime, key.samples, key.value, rest), []).append(
+            (values[knob], key))
+    for i, ((regime, samples, value, rest), points) in enumerate(lines.items()):
+      points.sort()
+      x = np.array([v for v, _ in points])
+      for j, g in enumerate(shown):
+        stats = np.array([[results.select(table, k.regime, k.value, k.samples, k.knobs)[f'{column}_{q}'][
+            min(g, last), 0] for q in ('q05', 'q50', 'q95')] for _, k in points])
+        tag = run_label(regime, samples, value, knob_values=rest,
+                        with_samples=several_m) + f', generation {g}'
+        line, = ax.plot(x, stats[:, 1], 'o-' if j == len(shown) - 1 else 'o--',
+                        color=f'C{i % 10}', label=tag, alpha=1.0 if j == len(shown) - 1 else 0.5)
+        ax.fill_between(x, stats[:, 0], stats[:, 2], color=line.get_color(), alpha=0.1,
+                        linewidth=0)
+    ax.set_xlabel(knob.replace('_', ' '))
+    ax.set_ylabel(label)
+    if np.all(table[f'{column}_q05'][np.isfinite(table[f'{column}_q05'])] > 0):
+      ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  _finish(fig, path, title)

@@ -11,11 +11,13 @@ import dataclasses
 
 
 def setting(default, help: str, *, flag: str | None = None, choices=None,  # noqa: A002
-            recorded: bool = True):
+            recorded: bool | str = True):
   """A config field with default `default`; `help` is its flag's help text (a callable is
   called when the flag is defined, for choices registered later); `flag` the flag's name
   (default: the field's); `choices` the values the flag accepts; `recorded=False` for where
-  things are rather than what the run is (left out of config.json, free to change on resume)."""
+  things are rather than what the run is (left out of config.json, free to change on resume);
+  `recorded='changed'` for a setting added to an experiment after runs were recorded: in
+  config.json only when it differs from its default, so those runs still resume."""
   meta = {'help': help, 'flag': flag, 'choices': choices, 'recorded': recorded}
   return dataclasses.field(default=default, metadata=meta)
 
@@ -34,5 +36,9 @@ def flag_name(cls, name: str) -> str:
   return documented(cls, name).get('flag') or name
 
 
-def recorded(cls, name: str) -> bool:
-  return documented(cls, name).get('recorded', True)
+def recorded(cls, name: str, value=None) -> bool:
+  """Whether config.json holds field `name` at `value`."""
+  how = documented(cls, name).get('recorded', True)
+  if how == 'changed':
+    return value != cls.__dataclass_fields__[name].default
+  return how

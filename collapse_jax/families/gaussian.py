@@ -548,7 +548,8 @@ class GaussianConfig(experiment.SweepConfig):
   true_mean: float = setting(0.0, 'Mean of the true distribution, in every dimension.')
   true_std: float = setting(1.0, 'Standard deviation of the true distribution.')
   known_std: bool = setting(False, "Fit the mean alone, the covariance known (the truth's, "
-                           'true_std^2 I): the setting of the weighted-mixing law (real_weight).')
+                           'true_std^2 I): the setting of the weighted-mixing law (real_weight).',
+                           recorded='changed')
   reward_target: float = setting(1.0, '--score=reward: the reward is -|x - c|^2 for c this '
                                  'value in every dimension.')
   checkpoint_every: int = 250
@@ -565,7 +566,18 @@ class GaussianConfig(experiment.SweepConfig):
 
 
 SMALL = dict(seeds=200, generations=100, samples=(10, 100), checkpoint_every=50)
-PRESETS = {'paper': {}, 'small': SMALL}
+PRESETS = {
+    'paper': {}, 'small': SMALL,
+    # sampling bias: each generation samples its successor's data at temperature t
+    'sampling': {**SMALL, 'temperatures': (0.9, 0.95, 1.0, 1.05, 1.1)},
+    # weighted real data (the golden-ratio law): fresh real rows, half of each generation
+    'weights': {**SMALL, 'samples': (20,), 'seeds': 2000, 'regimes': ('fresh', 'mix'),
+                'real_fractions': (0.5,), 'known_std': True,
+                'real_weights': (0.3, 0.5, 0.618, 0.8, 1.0)},
+    # a biased verifier: verify keeps the half of the candidates nearest its centre
+    'verifier': {**SMALL, 'samples': (1000,), 'generations': 20, 'regimes': ('verify',),
+                 'verifier_shifts': (0.0, 0.5, 1.0), 'verifier_scales': (0.5, 1.0, 2.0)},
+}
 
 
 def family(cfg: GaussianConfig) -> protocol.Family:
@@ -643,6 +655,6 @@ def run(cfg: GaussianConfig, workdir: str, progress: bool = True, log=print):
   """
   exp = experiment.Experiment(
       'gaussian', lambda: family(cfg), SUMMARY_COLUMNS, generations=(1, 10, 100, 1000),
-      rms=ERRORS, closed_form=closed_forms(cfg), curves_csv=True,
+      rms=ERRORS, closed_form=closed_forms(cfg), curves_csv=True, knob_metric='w2_sq',
       figures=functools.partial(figures, cfg))
   return experiment.run_experiment(exp, cfg, workdir, progress, log).curves
