@@ -5,6 +5,7 @@ fresh-input laws, the files and the resume; the fixed-design ridge laws run as c
 family's own functions, vmapped over seeds. Few compilations: XLA compiling dominates here.
 """
 
+import dataclasses
 import shutil
 
 import jax
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax.core import regimes, results, validation
+from collapse_jax.core import driver, regimes, results, validation
 from collapse_jax.families import regression
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
@@ -112,9 +113,12 @@ SAME = regression.RegressionConfig(samples=20, dims=5, alpha=0.5, noise=0.5, rid
                                    inputs='same', design_seed=3)
 
 
-def _chain(fam, n, generations, pooled):
-  """One run of replace (pooled=False) or accumulate from the family's functions: the
-  generations' metrics, (G + 1) x L each."""
+def _chain(fam, n, generations, pooled, temperature=None):
+  """One run of replace (pooled=False) or accumulate from the family's functions, sampled at
+  `temperature` where given: the generations' metrics, (G + 1) x L each."""
+  law = (lambda params: params) if temperature is None else (
+      lambda params: fam.biased(params, {'temperature': jnp.float32(temperature)}))
+
   def one(key):
     keys, ones = jax.random.split(key, generations + 1), jnp.ones(n)
     stats = fam.summary.of(fam.draw_real(keys[0], n), ones)
@@ -123,7 +127,7 @@ def _chain(fam, n, generations, pooled):
 
     def step(carry, k):
       params, stats = carry
-      new = fam.summary.of(fam.sample(params, k, n), ones)
+      new = fam.summary.of(fam.sample(law(params), k, n), ones)
       stats = fam.summary.combine(stats, new) if pooled else new
       params, fitted = fam.summary.fit(stats, None)
       return (params, stats), {**fitted, **fam.evaluate(params, None, {})}
@@ -168,6 +172,164 @@ def test_fixed_design_ridge_follows_its_linear_recursion(fixed_design, regime):
     assert not _in_ci(metrics['test_error'][:, 1, l], law['test_error'][0]), ridge
 
 
+@pytest.mark.parametrize('regime', ['replace', 'accumulate'])
+def test_fixed_design_temperature_scales_the_added_noise(regime):
+  """Sampled at t = 1.5, every generation after the first adds noise of variance t^2 sigma^2:
+  the recursions with the t^2 terms hold (ridge's bias included) and the t-free ones fail."""
+  fam, keys = regression.family(SAME), jax.random.split(jax.random.key(8), 3000)
+  metrics = jax.jit(jax.vmap(_chain(fam, 20, 4, regime == 'accumulate', 1.5)))(keys)
+  x_TxP = regression.design(20, 5, 0.5, 3)
+  lam_P = regression.spectrum(5, 0.5)
+  for l, ridge in enumerate(SAME.ridges):
+    law = regression.fixed_design_theory(regime, x_TxP, lam_P, 0.5, ridge, 4, temperature=1.5)
+    cold = regression.fixed_design_theory(regime, x_TxP, lam_P, 0.5, ridge, 4)
+    for g in (0, 1, 4):
+      for metric in ('test_error', 'param_error'):
+        assert _in_ci(metrics[metric][:, g, l], law[metric][g]), (ridge, metric, g)
+    assert not _in_ci(metrics['test_error'][:, 4, l], cold['test_error'][4]), ridge
+
+
+# ---------------------------------------------------------------- the knobs
+
+# d = 5, T = 20 (T - d - 7 > 0): replace refits from drawn statistics, fresh with no real
+# data fits drawn rows, accumulate pools them; each at temperatures 0.5 and 1.5.
+HOT = regression.RegressionConfig(seeds=1000, generations=4, samples=20, dims=5, alpha=1.0,
+                                  noise=0.5, regimes=('replace', 'accumulate', 'fresh'),
+                                  temperatures=(0.5, 1.5), checkpoint_every=4)
+
+
+@pytest.fixture(scope='session')
+def hot_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('regression_hot')
+  regression.run(HOT, str(workdir), progress=False, log=lambda *_: None)
+  return pd.read_csv(workdir / 'metrics.csv'), pd.read_csv(workdir / 'curves.csv')
+
+
+@pytest.mark.heavy  # three regimes' programs
+@pytest.mark.parametrize('temperature', [0.5, 1.5])
+def test_temperature_scales_each_generations_noise_by_t_squared(hot_run, temperature):
+  """Labels sampled as x w + t sigma z: the test error grows by t^2 sigma^2 d / (T - d - 1) a
+  generation under replace (refit and drawn rows alike), accumulate's terms after the first
+  scale by t^2, and so do the labels' variances; the t-free laws are rejected. curves.csv
+  carries each temperature's own closed form."""
+  table, curves = hot_run
+  lam_P = regression.spectrum(5, 1.0)
+  for regime in ('replace', 'fresh', 'accumulate'):
+    kind = 'accumulate' if regime == 'accumulate' else 'replace'
+    law = regression.fresh_ols_theory(kind, 20, lam_P, 0.5, 4, temperature)
+    cold = regression.fresh_ols_theory(kind, 20, lam_P, 0.5, 4)
+    rows = (table.regime == regime) & (table.temperature == temperature)
+    for g in (0, 1, 4):
+      for metric in regression.METRICS:
+        values = table[rows & (table.generation == g)][metric].to_numpy()
+        assert _in_ci(values, law[metric][g]), (regime, metric, g)
+    last = table[rows & (table.generation == 4)]
+    for metric in ('test_error', 'label_var'):
+      assert not _in_ci(last[metric].to_numpy(), cold[metric][4]), (regime, metric)
+    if regime != 'fresh':
+      shown = curves[(curves.regime == regime) & (curves.temperature == temperature)]
+      np.testing.assert_allclose(shown.test_error_mean_theory, law['test_error'], rtol=1e-6)
+  unit = 0.25 * 5 / 14  # sigma^2 d / (T - d - 1)
+  growth = regression.fresh_ols_theory('replace', 20, lam_P, 0.5, 4, temperature)['test_error']
+  np.testing.assert_allclose(np.diff(growth), temperature**2 * unit, rtol=1e-12)
+
+
+def test_a_fresh_fit_honours_the_real_rows_weight():
+  """fresh at real fraction 0.5: real_weight 1 fits the real rows alone, 0 the synthetic
+  rows alone (the previous model's last samples), to rounding."""
+  cfg = regression.RegressionConfig(seeds=1, generations=1, samples=20, dims=3, noise=0.5,
+                                    regimes=('fresh',), real_fractions=(0.5,),
+                                    real_weights=(0.0, 1.0)).validate()
+  fam, sweep = regression.family(cfg), cfg.sweep('fresh')
+
+  def shown(xy_NxD, w_N, key):  # the fit, reporting the rows and weights it was given
+    params, metrics = fam.fit(xy_NxD, w_N, key)
+    return params, {**metrics, 'rows': xy_NxD, 'weights': w_N}
+  watched = dataclasses.replace(fam, fit=shown)
+
+  @jax.jit
+  def generation_1(share):
+    const, carry, _ = driver._first_generation(
+        watched, sweep, jnp.int32(3), (jnp.float32(0.5), {'real_weight': share}))
+    return carry['last'], driver._generation(watched, sweep, const, carry, 1)[1]
+  for share in (0.0, 1.0):
+    last_NxD, metrics = generation_1(jnp.float32(share))
+    xy_NxD, w_N = metrics['rows'], metrics['weights']
+    np.testing.assert_array_equal(xy_NxD[10:], last_NxD[10:])
+    real_N = np.arange(20) < 10
+    np.testing.assert_array_equal(w_N == 0, real_N if share == 0 else ~real_N)
+    alone = xy_NxD[10:] if share == 0 else xy_NxD[:10]
+    expected = fam.evaluate(fam.fit(alone, jnp.ones(10), None)[0], None, {})
+    for k, v in expected.items():
+      np.testing.assert_allclose(metrics[k], v, rtol=1e-5, err_msg=(share, k))
+
+
+def test_a_shifted_verifier_drags_the_fit_to_the_shifted_truth():
+  """verify (keep half) ranked by the truth moved by s in every weight: the fit reaches
+  w* + s within a few generations (kept residuals symmetric about it); at s = 0 and scale 1
+  the verifier ranks as the truth does, so the runs equal --score=truth's exactly."""
+  base = dict(seeds=64, generations=6, samples=40, dims=3, noise=0.5, regimes=('verify',))
+  cfg = regression.RegressionConfig(**base, score='verifier', verifier_shifts=(0.0, 0.5)).validate()
+  truth = regression.RegressionConfig(**base, score='truth').validate().sweep('verify')
+  fam, sweep = regression.family(cfg), cfg.sweep('verify')
+
+  def weights(sweep, knob_values):
+    def one(seed):
+      value = (jnp.float32(0.5), knob_values) if knob_values else jnp.float32(0.5)
+      const, carry, _ = driver._first_generation(fam, sweep, seed, value)
+
+      def step(carry, g):
+        carry, _ = driver._generation(fam, sweep, const, carry, g)
+        return carry, carry['model']['w'][0]
+      return jax.lax.scan(step, carry, jnp.arange(1, 7))[1]
+    return jax.vmap(one)(jnp.arange(64))
+
+  @jax.jit
+  def runs(shift_V):
+    verifier = jax.vmap(lambda s: weights(sweep, {'verifier_shift': s,
+                                                  'verifier_scale': jnp.float32(1.0)}))(shift_V)
+    return weights(truth, None), verifier
+  by_truth, by_verifier = runs(jnp.array([0.0, 0.5]))
+  np.testing.assert_array_equal(by_verifier[0], by_truth)
+  moved_SxG = np.asarray(by_verifier[1] - regression.true_weights(3)).mean(axis=-1)
+  assert 0.1 < moved_SxG[:, 0].mean() < 0.45  # generation 1: part of the way
+  assert _in_ci(moved_SxG[:, -1], 0.5) and not _in_ci(moved_SxG[:, -1], 0.45)
+  assert _in_ci(np.asarray(by_truth - regression.true_weights(3)).mean(axis=-1)[:, -1], 0.0)
+
+
+def test_the_default_verifier_ranks_as_the_truth():
+  """Unswept (shift 0, scale 1 as Python numbers) the verifier's scores are the truth's."""
+  fam = regression.family(regression.RegressionConfig(dims=3, samples=40))
+  rows = fam.sample({'w': jnp.full((1, 3), 0.3)}, jax.random.key(0), 200)
+  by_truth = regimes.scorer(fam, 'truth')(None, None, rows, None)
+  by_verifier = regimes.scorer(fam, 'verifier')(None, None, rows, None)
+  np.testing.assert_array_equal(by_verifier.gap_N, by_truth.gap_N)
+  assert by_verifier.at == by_truth.at
+
+
+def test_gradient_through_a_fresh_generation_matches_finite_differences():
+  """The sampling noise is reparameterised and the fit smooth: d(test error)/d(temperature)
+  and d/d(real_weight) through the driver's generation 1 of fresh equal central differences
+  of the same draws."""
+  cfg = regression.RegressionConfig(seeds=1, generations=1, samples=30, dims=4, noise=0.5,
+                                    regimes=('fresh',), real_fractions=(0.5,),
+                                    temperatures=(0.5, 1.5), real_weights=(0.3, 0.7)).validate()
+  fam, sweep = regression.family(cfg), cfg.sweep('fresh')
+
+  def error(t, share):
+    const, carry, _ = driver._first_generation(
+        fam, sweep, jnp.int32(3), (jnp.float32(0.5), {'temperature': t, 'real_weight': share}))
+    return driver._generation(fam, sweep, const, carry, 1)[1]['test_error'][0]
+  t, share, eps = 1.2, 0.4, 1e-2
+  grad_t, grad_share = jax.jit(jax.grad(error, argnums=(0, 1)))(jnp.float32(t), jnp.float32(share))
+  t_4 = jnp.array([t + eps, t - eps, t, t], jnp.float32)
+  share_4 = jnp.array([share, share, share + eps, share - eps], jnp.float32)
+  f_4 = jax.jit(jax.vmap(error))(t_4, share_4)
+  assert grad_t > 0 and grad_share != 0
+  np.testing.assert_allclose(grad_t, (f_4[0] - f_4[1]) / (2 * eps), rtol=1e-2)
+  np.testing.assert_allclose(grad_share, (f_4[2] - f_4[3]) / (2 * eps), rtol=1e-2)
+
+
 # ---------------------------------------------------------------- pieces
 
 def test_the_fit_is_weighted_ridge_and_ignores_padding():
@@ -202,7 +364,9 @@ def test_the_fit_is_weighted_ridge_and_ignores_padding():
     (dict(samples=10, dims=10), 'samples'), (dict(inputs='random'), 'inputs'),
     (dict(noise=0.0), 'noise'), (dict(alpha=-1.0), 'alpha'), (dict(dims=0), 'dims'),
     (dict(regimes=('verify',), ridges=(0.0, 0.1)), 'ridge'),
-    (dict(real_fractions=(0.5,)), 'real_fraction'), (dict(keep_fractions=(0.2,)), 'keep_fraction')])
+    (dict(real_fractions=(0.5,)), 'real_fraction'), (dict(keep_fractions=(0.2,)), 'keep_fraction'),
+    (dict(top_ks=(3,)), 'top_k'),
+    (dict(regimes=('replace',), real_weights=(0.5,)), 'real_weight')])
 def test_bad_configs_name_their_flag(change, flag):
   with pytest.raises(validation.ConfigError, match=f'--{flag}'):
     regression.RegressionConfig(**change).validate()

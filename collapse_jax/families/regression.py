@@ -20,6 +20,12 @@ unchanged. A penalty lam minimises the weighted mean squared error plus
 lam |w|^2: w = (X^T W X / n + lam I)^-1 X^T W y / n, n = sum of the weights
 (0: ordinary least squares).
 
+Knobs (core/knobs.py): --temperature=t samples the next generation's labels with noise
+t sigma (labels x w + t sigma z, z ~ N(0, 1)), on the rows and on the refit alike;
+--real_weight reweights the real rows of the regimes that mix them, which the weighted fit
+honours; --score=verifier ranks by the truth with its weights moved by --verifier_shift and
+its noise widened --verifier_scale times.
+
 Shapes in names: N rows, D = P + L their width, P input dimensions, L penalties,
 K = P + 1 (an input and its noise).
 """
@@ -122,6 +128,18 @@ def labelled(w_LxP, key, n: int, scale_P, noise: float, design_TxP=None):
   return jnp.concatenate([x_NxP, y_NxL], axis=1)
 
 
+def tempered(params, knobs):
+  """The law the fit samples at temperature t (knobs: {'temperature': t}): its labels' noise
+  t sigma; the weights, what evaluate reads, unchanged."""
+  return {**params, 'temperature': knobs['temperature']}
+
+
+def label_noise(params, noise: float):
+  """The standard deviation of the noise the law `params` labels its samples with: sigma,
+  times its temperature where it is tempered (a traced factor, so a gradient reaches it)."""
+  return noise * params['temperature'] if 'temperature' in params else noise
+
+
 def chi_square(key, dof_K):
   """chi2(dof) draws, dof > 0: 2 x Gamma(dof / 2) by Marsaglia and Tsang's exact rejection
   (ACM TOMS 2000), shape a < 1 boosted as Gamma(a + 1) U^(1/a). All K draws share one
@@ -177,9 +195,11 @@ def refit(params, key, n: int, scale_P, noise: float, ridge_L):
   X^T X, X^T e, e^T e and the sums of x and e (drawn_statistics) give every statistic
   of the fit: X^T y_l = X^T X w_l + X^T e, sum y_l, sum y_l^2. The same law as fitting
   n drawn rows, at a cost that does not grow with n (tests: the closed forms hold for both).
+  A tempered `params` (tempered) draws e with its noise.
   """
   p = scale_P.shape[0]
-  drawn = drawn_statistics(key, n, jnp.concatenate([scale_P, jnp.full((1,), noise)]))
+  e_scale = label_noise(params, noise)
+  drawn = drawn_statistics(key, n, jnp.concatenate([scale_P, jnp.full((1,), e_scale)]))
   m_KxK, s_K = drawn['moment'], drawn['sum']
   w_LxP = params['w']
   xx_PxP, xe_P = m_KxK[:p, :p], m_KxK[:p, p]
@@ -212,44 +232,52 @@ def evaluate(params, w_star_P, lam_P):
 
 # ---------------------------------------------------------------- closed forms
 
-def fresh_ols_theory(regime: str, samples: int, lam_P, noise: float, generations: int):
+def fresh_ols_theory(regime: str, samples: int, lam_P, noise: float, generations: int,
+                     temperature: float = 1.0):
   """E test error, E parameter error and E training-label variance at generations 0..G
-  for ordinary least squares on fresh Gaussian inputs (T >= P + 2), any Sigma.
+  for ordinary least squares on fresh Gaussian inputs (T >= P + 2), any Sigma, the labels
+  of generation g >= 1 sampled at temperature t (noise t sigma; generation 0's are real).
 
   With delta_g = w_g - w*, each generation adds S_g^-1 X_g^T e_g, independent
-  zero-mean noise, where S_g is the Gram matrix of the data the fit pools:
+  zero-mean noise of variance s_g^2 (s_0 = sigma, s_g = t sigma), where S_g is the Gram
+  matrix of the data the fit pools:
     replace: delta_g = delta_{g-1} + (X_g^T X_g)^-1 X_g^T e_g; E (X^T X)^-1 =
       Sigma^-1 / (T - P - 1) (the inverse Wishart's mean), so every fit, generation 0's
-      on real labels included, adds sigma^2 P / (T - P - 1) to the test error:
-      E |delta_g|^2_Sigma = (g + 1) sigma^2 P / (T - P - 1) (Dohmatob, Feng and Kempe
-      2024, Model collapse demystified: the case of regression: linear growth in the
-      number of generations) and E |delta_g|^2 = (g + 1) sigma^2 tr Sigma^-1 / (T - P - 1).
+      on real labels included, adds s_g^2 P / (T - P - 1) to the test error:
+      E |delta_g|^2_Sigma = (1 + g t^2) sigma^2 P / (T - P - 1), a growth of
+      t^2 sigma^2 P / (T - P - 1) a generation (t = 1: Dohmatob, Feng and Kempe 2024, Model
+      collapse demystified: the case of regression: linear growth in the number of
+      generations) and E |delta_g|^2 = (1 + g t^2) sigma^2 tr Sigma^-1 / (T - P - 1).
     accumulate: the pool S_g = sum_{k<=g} X_k^T X_k and S_g delta_g = S_g delta_{g-1} +
       X_g^T e_g, so delta_g = sum_{k<=g} S_k^-1 X_k^T e_k. By exchangeability of the
       k + 1 blocks, E S_k^-1 A_k S_k^-1 = E S_k^-1 / (k + 1), S_k ~ Wishart((k + 1) T), so
-      E |delta_g|^2_Sigma = sigma^2 P sum_{j=1}^{g+1} 1 / (j (j T - P - 1)),
+      E |delta_g|^2_Sigma = P sum_{j=1}^{g+1} s_{j-1}^2 / (j (j T - P - 1)); at t = 1
       below sigma^2 P / (T - P - 1) sum 1/j^2 < (pi^2 / 6) x the one-shot error
       (Gerstgrasser et al. 2024, Is model collapse inevitable?); the 1/j^2 form is
       exact for the same inputs every generation (fixed_design_theory).
     labels: with Ew_k = w* (OLS is unbiased) and rows independent given the past,
       the pooled variance of N = (g + 1) T labels has E = T (N - 1) / N^2 x
-      sum_{k<=g} (|w*|^2_Sigma + sigma^2 + E |delta_{k-1}|^2_Sigma), delta_{-1} = 0.
+      sum_{k<=g} (|w*|^2_Sigma + s_k^2 + E |delta_{k-1}|^2_Sigma), delta_{-1} = 0.
   """
   lam_P = np.asarray(lam_P, np.float64)
   t, p, var = float(samples), lam_P.shape[0], noise**2
   j_G = np.arange(1, generations + 2, dtype=np.float64)  # fits so far, g + 1
-  step_G = 1 / (t - p - 1) if regime == 'replace' else 1 / (j_G * (j_G * t - p - 1))
-  unit_G = var * (j_G / (t - p - 1) if regime == 'replace' else np.cumsum(step_G))
+  heat_G = np.where(j_G > 1, float(temperature) ** 2, 1.0)  # s_g^2 / sigma^2
+  if regime == 'replace':
+    unit_G = var * (np.cumsum(heat_G) / (t - p - 1))
+  else:
+    unit_G = var * np.cumsum(heat_G / (j_G * (j_G * t - p - 1)))
   test_G, param_G = p * unit_G, np.sum(1 / lam_P) * unit_G
-  signal = float(np.sum(lam_P * true_weights(p).astype(np.float64) ** 2)) + var
-  block_G = signal + np.concatenate([[0.0], test_G[:-1]])  # E |y|^2 per row of block k
+  signal_G = float(np.sum(lam_P * true_weights(p).astype(np.float64) ** 2)) + var * heat_G
+  block_G = signal_G + np.concatenate([[0.0], test_G[:-1]])  # E |y|^2 per row of block k
   rows_G = j_G * t if regime == 'accumulate' else np.full_like(j_G, t)
   pooled_G = np.cumsum(block_G) if regime == 'accumulate' else block_G
   return {'test_error': test_G, 'param_error': param_G,
           'label_var': t * (rows_G - 1) / rows_G**2 * pooled_G}
 
 
-def fixed_design_theory(regime: str, x_TxP, lam_P, noise: float, ridge: float, generations: int):
+def fixed_design_theory(regime: str, x_TxP, lam_P, noise: float, ridge: float, generations: int,
+                        temperature: float = 1.0):
   """E test and parameter error at generations 0..G given the design X (--inputs=same),
   for any penalty: exact linear-Gaussian recursions over the noise.
 
@@ -260,7 +288,9 @@ def fixed_design_theory(regime: str, x_TxP, lam_P, noise: float, ridge: float, g
   u_g = (I + X^T X H / g) u_{g-1} + X^T e_g, u_0 = X^T X w* + X^T e_0. With lam = 0 these
   give E |delta_g|^2_M = sigma^2 tr((X^T X)^-1 M) x (g + 1) (replace) or x sum_{j<=g+1} 1/j^2
   (accumulate), whose average over X is the fresh-input forms' with T - P - 1.
-  E |delta|^2_M = (m - w*)^T M (m - w*) + tr(M C).
+  E |delta|^2_M = (m - w*)^T M (m - w*) + tr(M C). At temperature t the noise e_g of every
+  generation g >= 1 has variance t^2 sigma^2 in place of sigma^2 (generation 0's is real):
+  the means are unchanged, the covariances' added terms scale by t^2.
   """
   x_TxP = np.asarray(x_TxP, np.float64)
   t, p = x_TxP.shape
@@ -268,7 +298,7 @@ def fixed_design_theory(regime: str, x_TxP, lam_P, noise: float, ridge: float, g
   w_star = true_weights(p).astype(np.float64)
   g_PxP = x_TxP.T @ x_TxP
   h_PxP = np.linalg.inv(g_PxP + ridge * t * np.eye(p))
-  var = noise**2
+  var, hot = noise**2, noise**2 * float(temperature) ** 2  # e_0's variance, e_g's (g >= 1)
   out = {'test_error': [], 'param_error': []}
 
   def record(m_P, c_PxP):
@@ -278,33 +308,38 @@ def fixed_design_theory(regime: str, x_TxP, lam_P, noise: float, ridge: float, g
 
   if regime == 'replace':
     a_PxP, m_P, c_PxP = h_PxP @ g_PxP, w_star, np.zeros((p, p))
-    for _ in range(generations + 1):
-      m_P, c_PxP = a_PxP @ m_P, a_PxP @ c_PxP @ a_PxP.T + var * h_PxP @ g_PxP @ h_PxP
+    for g in range(generations + 1):
+      s2 = hot if g else var
+      m_P, c_PxP = a_PxP @ m_P, a_PxP @ c_PxP @ a_PxP.T + s2 * h_PxP @ g_PxP @ h_PxP
       record(m_P, c_PxP)
   else:
     mu_P, cov_PxP = g_PxP @ w_star, var * g_PxP
     for g in range(generations + 1):
       if g:
         f_PxP = np.eye(p) + g_PxP @ h_PxP / g
-        mu_P, cov_PxP = f_PxP @ mu_P, f_PxP @ cov_PxP @ f_PxP.T + var * g_PxP
+        mu_P, cov_PxP = f_PxP @ mu_P, f_PxP @ cov_PxP @ f_PxP.T + hot * g_PxP
       record(h_PxP @ mu_P / (g + 1), h_PxP @ cov_PxP @ h_PxP / (g + 1) ** 2)
   return {k: np.asarray(v) for k, v in out.items()}
 
 
 def theory(cfg: 'RegressionConfig', regime: str, value: float, ridge: float,
-           generations: int) -> dict[str, np.ndarray]:
+           generations: int, knob_values=None) -> dict[str, np.ndarray]:
   """Expectations over seeds of METRICS at generations 0..G where a closed form holds
-  (replace; accumulate with every generation weighted equally); NaN elsewhere."""
+  (replace; accumulate with every generation and row weighted equally), at the group's
+  temperature (`knob_values`: {knob: value} of the group); NaN elsewhere."""
+  knob_values = knob_values or {}
   nan = np.full(generations + 1, np.nan)
   out = {k: nan for k in METRICS}
-  if regime not in ('replace', 'accumulate') or (regime == 'accumulate' and value != 1.0):
+  if regime not in ('replace', 'accumulate') or (regime == 'accumulate' and (
+      value != 1.0 or 'real_weight' in knob_values)):
     return out
+  t = knob_values.get('temperature', 1.0)
   lam_P = spectrum(cfg.dims, cfg.alpha)
   if cfg.inputs == 'same':
     x_TxP = design(cfg.samples, cfg.dims, cfg.alpha, cfg.design_seed)
-    return {**out, **fixed_design_theory(regime, x_TxP, lam_P, cfg.noise, ridge, generations)}
+    return {**out, **fixed_design_theory(regime, x_TxP, lam_P, cfg.noise, ridge, generations, t)}
   if ridge == 0.0 and cfg.samples >= cfg.dims + 2:
-    return fresh_ols_theory(regime, cfg.samples, lam_P, cfg.noise, generations)
+    return fresh_ols_theory(regime, cfg.samples, lam_P, cfg.noise, generations, t)
   return out
 
 
@@ -355,12 +390,19 @@ class RegressionConfig(experiment.SweepConfig):
 
 SMALL = dict(seeds=1000, generations=50, samples=50, dims=10, ridges=(0.0, 0.1),
              checkpoint_every=25)
-PRESETS = {'paper': {}, 'small': SMALL}
+# The knobs on a CPU: replace and fresh (real fraction 0.5), temperatures 0.5, 1, 1.5, the real
+# rows' weight 0 .. 1 (fresh; 0.5 is the pooled fit's), every group of one regime in one program.
+KNOBS = dict(seeds=1000, generations=20, samples=50, dims=10, regimes=('replace', 'fresh'),
+             real_fractions=(0.5,), temperatures=(0.5, 1.0, 1.5),
+             real_weights=(0.0, 0.25, 0.5, 0.75, 1.0), checkpoint_every=10)
+PRESETS = {'paper': {}, 'small': SMALL, 'knobs': KNOBS}
 
 
 def family(cfg: RegressionConfig) -> protocol.Family:
   """The regression as a driver family: running statistics for accumulate, and under
-  replace with fresh inputs a refit drawn as sufficient statistics."""
+  replace with fresh inputs a refit drawn as sufficient statistics; sampled at a
+  temperature (tempered), ranked by a biased verifier (the truth's weights moved by a
+  shift, its noise widened by a scale)."""
   lam_P = spectrum(cfg.dims, cfg.alpha)
   scale_P, w_star_P = np.sqrt(lam_P), true_weights(cfg.dims)
   ridge_L = jnp.asarray(cfg.ridges, jnp.float32)
@@ -372,7 +414,8 @@ def family(cfg: RegressionConfig) -> protocol.Family:
   return protocol.Family(
       draw_real=lambda key, n: labelled(truth_LxP, key, n, scale_P, cfg.noise, x_TxP),
       fit=lambda xy_NxD, w_N, key: fit_statistics(statistics(xy_NxD, w_N, cfg.dims), ridge_L),
-      sample=lambda params, key, n: labelled(params['w'], key, n, scale_P, cfg.noise, x_TxP),
+      sample=lambda params, key, n: labelled(params['w'], key, n, scale_P,
+                                             label_noise(params, cfg.noise), x_TxP),
       reference=lambda params0, key: {},
       evaluate=lambda params, synth_NxD, ref: evaluate(params, w_star_P, lam_P),
       summary=protocol.Summary(lambda xy_NxD, w_N: statistics(xy_NxD, w_N, cfg.dims), combine,
@@ -381,7 +424,10 @@ def family(cfg: RegressionConfig) -> protocol.Family:
       if refitting else None,
       log_density=lambda params, xy_NxD: log_likelihood(params['w'], xy_NxD, cfg.noise),
       true_log_density=lambda xy_NxD: log_likelihood(truth_LxP, xy_NxD, cfg.noise),
-      reward=lambda xy_NxD: -jnp.mean((xy_NxD[:, cfg.dims:] - cfg.reward_target) ** 2, axis=1))
+      reward=lambda xy_NxD: -jnp.mean((xy_NxD[:, cfg.dims:] - cfg.reward_target) ** 2, axis=1),
+      biased=tempered, sampling_knobs=('temperature',),
+      verifier=lambda xy_NxD, shift, scale: log_likelihood(truth_LxP + shift, xy_NxD,
+                                                           cfg.noise * scale))
 
 
 # ---------------------------------------------------------------- tables and figures
@@ -406,30 +452,46 @@ def _with_ridge(table, ridge: float):
 def curves_table(cfg: RegressionConfig, sweeps):
   """Statistics over seeds per generation x regime x value x penalty, with the closed
   forms as *_mean_theory columns."""
-  def closed_form(ridge):
-    return lambda sweep, value: {f'{k}_mean_theory': v for k, v in
-                                 theory(cfg, sweep.regime, value, ridge, sweep.generations).items()}
+  def closed_form(ridge):  # over_seeds passes each group of runs, its knobs' values alone
+    return lambda sweep, value: {f'{k}_mean_theory': v for k, v in theory(
+        cfg, sweep.regime, value, ridge, sweep.generations,
+        {name: values[0] for name, values in sweep.knobs}).items()}
   return results.stacked([_with_ridge(results.over_seeds(pairs, extra=closed_form(ridge)), ridge)
                  for ridge, pairs in per_ridge(cfg, sweeps)])
 
 
+def _lines(curves):
+  """(regime, parameter value, knobs' values, penalty) of each group of runs, in the order
+  they appear, and each one's rows of the table."""
+  value_R = _values(curves)
+  for ridge in dict.fromkeys(curves['ridge']):
+    of_ridge_R = curves['ridge'] == ridge
+    for group in results.groups({k: v[of_ridge_R] for k, v in curves.items()}):
+      rows_R = of_ridge_R & (curves['regime'] == group.regime) & (value_R == group.value)
+      for k, v in group.knobs:
+        rows_R &= curves[k] == np.float32(v)
+      yield (group.regime, group.value, group.knobs, ridge), rows_R
+
+
 def draw(curves, path: str, title: str):
   """Mean test error and training-label variance against generation, a column per regime,
-  a line per parameter value and penalty with its 99.9% band, closed forms dashed."""
+  a line per parameter value, knobs' values and penalty with its 99.9% band, closed forms
+  dashed."""
   import matplotlib.pyplot as plt  # noqa: PLC0415 (plots set the backend)
-  value_R = _values(curves)
-  keys = list(dict.fromkeys(zip(curves['regime'], value_R, curves['ridge'])))
-  names = list(dict.fromkeys(r for r, _, _ in keys))
+  lines = list(_lines(curves))
+  names = list(dict.fromkeys(key[0] for key, _ in lines))
   panels = (('test_error', 'test error |w_n - w*|^2_Sigma'),
             ('label_var', "training labels' variance"))
   fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 7), squeeze=False, sharex=True)
   for col, name in enumerate(names):
-    for i, (regime, value, ridge) in enumerate(k for k in keys if k[0] == name):
-      rows = (curves['regime'] == regime) & (value_R == value) & (curves['ridge'] == ridge)
+    for i, ((regime, value, knob_values, ridge), rows) in enumerate(
+        item for item in lines if item[0][0] == name):
       g_G, n = curves['generation'][rows], curves['seeds'][rows]
       column = results.value_column(curves, regime)
       shown = column != 'real_fraction' or regimes.get(regime).parameter == column
-      label = (f'{column.replace("_", " ")} {value:g}, ' if shown else '') + f'ridge {ridge:g}'
+      label = ((f'{column.replace("_", " ")} {value:g}, ' if shown else '')
+               + ''.join(f'{k.replace("_", " ")} {v:g}, ' for k, v in knob_values)
+               + f'ridge {ridge:g}')
       for ax, (metric, ylabel) in zip(axes[:, col], panels):
         mean_G = curves[f'{metric}_mean'][rows]
         half_G = Z999 * curves[f'{metric}_sd'][rows] / np.sqrt(n)
