@@ -574,8 +574,9 @@ PRESETS = {
     'weights': {**SMALL, 'samples': (20,), 'seeds': 2000, 'regimes': ('fresh', 'mix'),
                 'real_fractions': (0.5,), 'known_std': True,
                 'real_weights': (0.3, 0.5, 0.618, 0.8, 1.0)},
-    # a biased verifier: verify keeps the half of the candidates nearest its centre
-    'verifier': {**SMALL, 'samples': (1000,), 'generations': 20, 'regimes': ('verify',),
+    # a biased verifier: verify keeps the half of the candidates nearest its centre, curate
+    # picks one of 4 with probability proportional to the verifier's density
+    'verifier': {**SMALL, 'samples': (1000,), 'generations': 20, 'regimes': ('verify', 'curate'),
                  'verifier_shifts': (0.0, 0.5, 1.0), 'verifier_scales': (0.5, 1.0, 2.0)},
 }
 
