@@ -4,6 +4,7 @@ from M of its own samples until it is absorbed in a single outcome.
   python -m experiments.discrete                         # Zipf over 20 outcomes, M = 100, 1,000 seeds
   python -m experiments.discrete --probs=0.5,0.3,0.15,0.05 --samples=20,100
   python -m experiments.discrete --preset=small          # a CPU-sized run in seconds
+  python -m experiments.discrete --preset=sampling       # temperature x top_k (nucleus: x top_p)
 
 --generations is a limit: a sweep stops once every seed is absorbed in one outcome.
 """

@@ -7,6 +7,10 @@ martingale, an outcome that reaches zero never returns, and the chain is
 absorbed in a single outcome with probability 1 (the paper's Markov-chain
 argument, Nature 2024, Section 3.1). Outcomes are stored as float32 indices,
 one column, so the driver's regimes apply unchanged.
+
+With the sampling knobs (--temperature, --top_k, --top_p) each generation samples its
+successor's data from its estimate tempered and truncated (`biased`), as a language model
+samples with a temperature and top-k or nucleus truncation.
 """
 
 import dataclasses
@@ -18,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.core import (experiment, placement, plots, protocol, results,
+from collapse_jax.core import (experiment, knobs, placement, plots, protocol, results,
                                validation)
 from collapse_jax.core.settings import setting
 
@@ -43,6 +47,46 @@ def sample(counts_K, key, n):
   return jnp.minimum(idx_N, last).astype(jnp.float32)[:, None]
 
 
+# ---------------------------------------------------------------- sampling bias
+
+def ranks(counts_K):
+  """Each outcome's rank by count, 0 the most likely; equal counts rank by index, the lower
+  first (a stable sort), so top_k and top_p cut ties the same way every time."""
+  order_K = jnp.argsort(-counts_K, stable=True)
+  return jnp.zeros(counts_K.shape[0], jnp.int32).at[order_K].set(jnp.arange(counts_K.shape[0]))
+
+
+def tempered(counts_K, t):
+  """Weights of the law q^(1/t) (logits over t), q = counts_K / sum: zero stays zero for
+  every t; at t = 1 the counts themselves, so the draws are those of the untempered law.
+  In float32 an outcome with (q / max q)^(1/t) below about 1e-38 gets weight 0."""
+  alive_K = counts_K > 0
+  logit_K = jnp.where(alive_K, jnp.log(jnp.where(alive_K, counts_K, 1.0)), -jnp.inf) / t
+  w_K = jnp.where(alive_K, jnp.exp(logit_K - jnp.max(logit_K)), 0.0)
+  return jnp.where(t == 1, counts_K, w_K)
+
+
+def biased(counts_K, chosen):
+  """The law the fit samples its successor's data from, as weights (what `sample` takes):
+  tempered at chosen['temperature'] (`tempered`), then kept on its top_k most likely outcomes
+  (0: all), then on the fewest most likely of those holding at least top_p of their mass
+  (their mass renormalised after top_k); only the knobs in `chosen` act.
+  Ranks follow the fit's counts, ties to the lower index (`ranks`); k arrives as a traced
+  float, so the cut is by rank, not lax.top_k. An outcome of count 0 keeps weight 0."""
+  w_K = tempered(counts_K, chosen['temperature']) if 'temperature' in chosen else counts_K
+  rank_K = ranks(counts_K)
+  if 'top_k' in chosen:
+    k = chosen['top_k']
+    w_K = jnp.where((k == 0) | (rank_K < k), w_K, 0.0)
+  if 'top_p' in chosen:
+    by_rank_K = jnp.zeros_like(w_K).at[rank_K].set(w_K)
+    cum_K = jnp.cumsum(by_rank_K)
+    before_K = jnp.concatenate([jnp.zeros(1), cum_K[:-1]])[rank_K]  # of the more likely ones
+    top_p = chosen['top_p']
+    w_K = jnp.where((top_p >= 1) | (before_K < top_p * cum_K[-1]), w_K, 0.0)
+  return w_K
+
+
 # ---------------------------------------------------------------- metrics
 
 def tail_outcomes(p_K: np.ndarray, tail: float) -> np.ndarray:
@@ -53,8 +97,9 @@ def tail_outcomes(p_K: np.ndarray, tail: float) -> np.ndarray:
   return mask
 
 
-def evaluate(counts_K, p_K, tail_K):
-  """Diversity of one estimate, and what it lost of the original distribution."""
+def evaluate(counts_K, p_K, tail_K, with_tv=False):
+  """Diversity of one estimate, and what it lost of the original distribution; with_tv: also
+  its total-variation distance from it (runs with sampling knobs)."""
   q_K = counts_K / jnp.sum(counts_K)
   alive_K = counts_K > 0
   gone_K = (p_K > 0) & ~alive_K
@@ -67,7 +112,8 @@ def evaluate(counts_K, p_K, tail_K):
           'tail_mass_lost': jnp.sum(jnp.where(tail_K & gone_K, p_K, 0.0)),
           'mass_lost': jnp.sum(jnp.where(gone_K, p_K, 0.0)),
           'max_prob': jnp.max(q_K), 'top_outcome': jnp.argmax(q_K).astype(jnp.int32),
-          'absorbed': support == 1, 'alive': alive_K}
+          'absorbed': support == 1, 'alive': alive_K,
+          **({'tv': 0.5 * jnp.sum(jnp.abs(q_K - p_K))} if with_tv else {})}
 
 
 # ---------------------------------------------------------------- closed forms
@@ -109,6 +155,97 @@ def curated_law(q_K, rewards_K, scale: float, k: int | None) -> np.ndarray:
     ways = math.factorial(k - 1) / np.prod([math.factorial(c) for c in counts])
     share_K += ways * np.prod(q_K ** c_K) * w_K / (w_K + np.sum(c_K * w_K))
   return k * q_K * share_K
+
+
+def tempered_law(p_K, t: float, generations: int) -> np.ndarray:
+  """p_g proportional to p^(1/t^g), g = 0..G (rows): the law of generation g's fit as M grows,
+  under `replace` with every generation's data sampled at temperature t.
+
+  Generation 0 is fitted to M samples of the truth p itself; generation g >= 1 to M samples of
+  generation g - 1's fit tempered once (generation 1's data, the first synthetic data, too).
+  A count of M samples has the law it samples as its mean, within O(1/sqrt M), and temperings
+  compose, (p^(1/t))^(1/t) = p^(1/t^2): so g temperings stand between generation g and p.
+  Outcomes with p = 0 stay at 0.
+  """
+  p_K = np.asarray(p_K, np.float64)
+  alive_K = p_K > 0
+  d_K = np.log(np.where(alive_K, p_K, 1.0)) - np.log(p_K.max())  # 0 at the most likely
+  with np.errstate(over='ignore', invalid='ignore'):  # t^-g overflows for t < 1, g large
+    e_G = float(t) ** -np.arange(generations + 1.0)
+    logit_GxK = np.where(d_K == 0, 0.0, d_K * e_G[:, None])  # the most likely stay at 0
+  w_GxK = np.where(alive_K, np.exp(logit_GxK), 0.0)
+  return w_GxK / w_GxK.sum(1, keepdims=True)
+
+
+def cut_mass(p_K, k: int) -> float:
+  """The truth's mass outside its k most likely outcomes (k = 0: none cut).
+
+  A law q on k outcomes S has TV(q, p) >= p(outside S) >= cut_mass(p, k), so every fit whose
+  data were sampled with top_k = k is at least this far from the truth, in every seed. As M
+  grows the first truncated generation (generation 1 under `replace`) sits on the floor: its
+  fit tends to p on its top k renormalised, whose TV from p is the cut mass exactly.
+  """
+  return float(np.sort(np.asarray(p_K, np.float64))[::-1][int(k):].sum()) if k else 0.0
+
+
+def biased_law(q_K, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+  """`biased` on a probability vector, in float64 on the host (the closed forms' version)."""
+  q_K = np.asarray(q_K, np.float64)
+  w_K = tempered_law(q_K, temperature, 1)[1]
+  order_K = np.argsort(-q_K, kind='stable')  # ties to the lower index, as `ranks`
+  rank_K = np.empty(len(q_K), int)
+  rank_K[order_K] = np.arange(len(q_K))
+  if top_k:
+    w_K = np.where(rank_K < top_k, w_K, 0.0)
+  if top_p < 1:
+    by_rank_K = w_K[order_K]
+    before_K = np.concatenate([[0.0], np.cumsum(by_rank_K)[:-1]])[rank_K]
+    w_K = np.where(before_K < top_p * by_rank_K.sum(), w_K, 0.0)
+  return w_K / w_K.sum()
+
+
+def large_m_law(p_K, generations: int, temperature: float = 1.0, top_k: int = 0,
+                top_p: float = 1.0) -> np.ndarray:
+  """q_0 = p, q_g = biased_law(q_{g-1}), g = 0..G (rows): the law of generation g's fit as M
+  grows under `replace` with the sampling knobs (tempered_law at a temperature alone)."""
+  q_GxK = [np.asarray(p_K, np.float64) / np.sum(p_K)]
+  for _ in range(generations):
+    q_GxK.append(biased_law(q_GxK[-1], temperature, top_k, top_p))
+  return np.stack(q_GxK)
+
+
+def follows_law(regime: str, value: float) -> bool:
+  """Whether a group trains every generation on M samples of its predecessor's law alone."""
+  return regime == 'replace' or (regime in validation.FRACTION_REGIMES and value == 0)
+
+
+def trains_on_law(regime: str, value: float) -> bool:
+  """Whether every generation after the first trains on draws of its predecessor's law alone
+  (some of them, under verify and curate): its support is within that law's."""
+  return follows_law(regime, value) or regime in ('verify', 'curate')
+
+
+def sampling_theory(p_K, regime: str, value: float, knob_values: dict,
+                    generations: int) -> dict[str, np.ndarray]:
+  """curves.csv's closed forms of a group of runs with sampling knobs (knob -> its value):
+  tv_floor_theory, the cut mass from generation 1 on (where top_k is set and the group trains
+  on its predecessor's law alone); tv_large_m_theory and entropy_bits_large_m_theory, the
+  large-M law's distance from the truth and entropy (under `replace`): the limits of
+  tv_mean and entropy_bits_mean as M grows. NaN where none holds."""
+  nan = np.full(generations + 1, np.nan)
+  t, k, top_p = (knob_values.get(name, knobs.KNOBS[name].default) for name in knobs.SAMPLING)
+  floor = nan.copy()
+  if k and trains_on_law(regime, value):
+    floor[1:] = cut_mass(p_K, k)
+  out = {'tv_floor_theory': floor, 'tv_large_m_theory': nan,
+         'entropy_bits_large_m_theory': nan}
+  if follows_law(regime, value):
+    q_GxK = large_m_law(p_K, generations, t, int(k), top_p)
+    p_K = np.asarray(p_K, np.float64)
+    out['tv_large_m_theory'] = 0.5 * np.abs(q_GxK - p_K / p_K.sum()).sum(1)
+    out['entropy_bits_large_m_theory'] = -np.sum(
+        np.where(q_GxK > 0, q_GxK * np.log2(np.where(q_GxK > 0, q_GxK, 1.0)), 0.0), 1) + 0.0
+  return out
 
 
 def _compositions(n: int, parts: int):
@@ -170,11 +307,28 @@ class DiscreteConfig(experiment.SweepConfig):
       raise validation.ConfigError('rewards', f'needs {len(self.true_probs())} finite values, one '
                                    f'per outcome, got {list(self.rewards)}')
     validation.validate_options(self, family(self))
+    k = len(self.true_probs())
+    if max(self.top_ks) > k:
+      raise validation.ConfigError('top_k', f'{max(self.top_ks):g} is more than the {k} '
+                                   'outcomes; pass at most that (0: every outcome)')
     return self
+
+  def biases(self) -> bool:
+    """Whether the run sets a sampling knob: its metrics then hold `tv`."""
+    return any(name in knobs.SAMPLING for name, _ in self.knob_settings())
 
 
 SMALL = dict(seeds=200, generations=1000, samples=(50,), outcomes=10, checkpoint_every=100)
-PRESETS = {'paper': {}, 'small': SMALL}
+# Sampling bias on the small chain under replace and under fresh with 20% real data, every
+# temperature x top_k (x top_p, for nucleus) a group of 200 runs in the regime's one program:
+#   python -m experiments.discrete --preset=sampling     (under a minute of CPU time)
+# Under replace t < 1 and top_k speed absorption (median generation 10 at t = 0.8, 39 at
+# top_k 2, against 71.5) and t > 1 stalls it (0.5% of seeds absorbed by 1000 at t = 1.25);
+# --preset=nucleus: top_p 0.8 brings it to 17.
+SAMPLING = dict(SMALL, regimes=('replace', 'fresh'), real_fractions=(0.2,),
+                temperatures=(0.8, 0.9, 1.0, 1.1, 1.25), top_ks=(0, 5, 2))
+NUCLEUS = dict(SAMPLING, temperatures=(0.8, 1.0, 1.25), top_ks=(0,), top_ps=(1.0, 0.95, 0.8, 0.5))
+PRESETS = {'paper': {}, 'small': SMALL, 'sampling': SAMPLING, 'nucleus': NUCLEUS}
 
 
 def family(cfg: DiscreteConfig) -> protocol.Family:
@@ -193,8 +347,9 @@ def family(cfg: DiscreteConfig) -> protocol.Family:
       fit=lambda x_Nx1, w_N, key: fit_counts(summarise(x_Nx1, w_N, k), key),
       sample=sample,
       reference=lambda counts0, key: {},
-      evaluate=lambda counts_K, synth, ref: evaluate(counts_K, p_K, tail_K),
-      summary=protocol.Summary(lambda x, w: summarise(x, w, k), jnp.add, fit_counts))
+      evaluate=lambda counts_K, synth, ref: evaluate(counts_K, p_K, tail_K, cfg.biases()),
+      summary=protocol.Summary(lambda x, w: summarise(x, w, k), jnp.add, fit_counts),
+      biased=biased, sampling_knobs=knobs.SAMPLING)
 
 
 def _log_floor(q_K):
@@ -242,17 +397,19 @@ def set_aside(cfg: DiscreteConfig, sweep, metrics):
   metrics = {k: v[:sweep.generations + 1] for k, v in metrics.items()}
   seed_B, fraction_B = sweep.runs()
   per_seed = {'regime': np.full(len(seed_B), sweep.regime), 'samples': np.full(len(seed_B), m),
-              **results.setting_columns(sweep, fraction_B, shown), 'value': fraction_B,
-              'seed': seed_B, 'absorbed_outcome': where_B, 'absorption_generation': when_B}
+              **results.setting_columns(sweep, fraction_B, shown, sweep.knob_runs()),
+              'value': fraction_B, 'seed': seed_B, 'absorbed_outcome': where_B,
+              'absorption_generation': when_B}
   per_outcome = []
-  for fraction in sweep.fractions:
-    cols_B = fraction_B == np.float32(fraction)
+  for fraction, knob_values in sweep.grid():
+    cols_B = results.group_rows(sweep, fraction, knob_values)
+    knob_K = {k: np.full(len(p), v, np.float32) for k, v in knob_values.items()}
     ext_SxK = extinct_BxK[cols_B]
     lost_SxK = ext_SxK >= 0
     mean_loss = np.where(lost_SxK, ext_SxK, 0).sum(0) / np.maximum(lost_SxK.sum(0), 1)
     per_outcome.append({
         'regime': np.full(len(p), sweep.regime), 'samples': np.full(len(p), m),
-        **results.setting_columns(sweep, np.full(len(p), fraction, np.float32), shown),
+        **results.setting_columns(sweep, np.full(len(p), fraction, np.float32), shown, knob_K),
         'outcome': np.arange(len(p)),
         'probability': p, 'tail': tail,
         'absorbed_frequency': np.bincount(where_B[cols_B][where_B[cols_B] >= 0],
@@ -261,8 +418,16 @@ def set_aside(cfg: DiscreteConfig, sweep, metrics):
         'lost_at_generation_0': (ext_SxK == 0).mean(0),
         'lost_at_generation_0_theory': (1 - p) ** m,
         'mean_loss_generation': np.where(lost_SxK.any(0), mean_loss, np.nan),
-        'mean_loss_generation_theory': loss_time_theory(p, m) - 1})
+        'mean_loss_generation_theory': loss_time_theory(p, m) - 1 if unbiased(knob_values)
+                                       else np.full(len(p), np.nan)})
   return sweep, metrics, (per_seed, per_outcome)
+
+
+def unbiased(knob_values: dict) -> bool:
+  """Whether a group's sampling knobs (knob -> value) are at their defaults: the model samples
+  its own law, as the unbiased chain's closed forms assume."""
+  return all(knob_values.get(k, knobs.KNOBS[k].default) == knobs.KNOBS[k].default
+             for k in knobs.SAMPLING)
 
 
 def figures(cfg: DiscreteConfig, out: experiment.Outcome) -> None:
@@ -285,10 +450,12 @@ def figures(cfg: DiscreteConfig, out: experiment.Outcome) -> None:
 
 def summary(out: experiment.Outcome) -> str:
   """The statistics over seeds, and the share of seeds absorbed and when."""
-  text = results.summary(out.curves, SUMMARY_COLUMNS, generations=(1, 10, 100, 1000))
-  absorbed = [f'{plots.run_label(r, m, f, with_samples=True)}: {np.mean(w >= 0):.1%} of seeds absorbed'
+  columns = SUMMARY_COLUMNS + (('tv',) if 'tv_mean' in out.curves else ())
+  text = results.summary(out.curves, columns, generations=(1, 10, 100, 1000))
+  absorbed = [f'{plots.run_label(r, m, f, with_samples=True, knob_values=kv)}: '
+              f'{np.mean(w >= 0):.1%} of seeds absorbed'
               + (f', median at generation {np.median(w[w >= 0]):g}' if np.any(w >= 0) else '')
-              for r, m, f, w in _absorption_lines([t for t, _ in out.kept])]
+              for r, m, f, kv, w in _absorption_lines([t for t, _ in out.kept])]
   return text + '\n' + '\n'.join(absorbed)
 
 
@@ -296,11 +463,13 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the discrete experiment in `workdir`; returns the curves.
 
   Leaves there: config.json, checkpoints/<regime>/M<samples>/, curves.csv (one
-  row per generation x regime x M x real fraction, statistics over seeds),
-  outcomes.csv (per outcome: original probability, absorption frequency,
-  extinction times), absorption.csv (per seed), metrics.csv with
+  row per generation x regime x M x real fraction (x the knobs' values, where set),
+  statistics over seeds), outcomes.csv (per outcome: original probability, absorption
+  frequency, extinction times), absorption.csv (per seed), metrics.csv with
   --per_seed_csv, chain.png, diversity.png, absorption.png, tradeoff.png and summary.txt.
-  Tables stop at the generation where the last seed was absorbed.
+  Tables stop at the generation where the last seed was absorbed. With sampling knobs the
+  metrics add tv (the distance from the truth) and curves.csv the closed forms of
+  sampling_theory.
   """
   if cfg.probs and abs(sum(cfg.probs) - 1) > 1e-6 and placement.is_primary():
     cfg.validate()  # flags wrong in other ways are refused before the note
@@ -310,9 +479,12 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
 
   def closed_form(sweep, fraction):
     g1 = sweep.generations + 1
+    chosen = {k: v[0] for k, v in sweep.knobs}  # the group's knobs (results.one_group)
     theory = (gini_simpson_theory(p, sweep.samples, sweep.generations)
-              if absorbing(cfg, sweep.regime) else np.full(g1, np.nan))
-    return {'gini_simpson_mean_theory': theory}
+              if absorbing(cfg, sweep.regime) and unbiased(chosen) else np.full(g1, np.nan))
+    return {'gini_simpson_mean_theory': theory, **(
+        sampling_theory(p, sweep.regime, fraction, chosen, sweep.generations)
+        if cfg.biases() else {})}
 
   def settled(sweep):
     return (lambda mb: bool(np.all(mb['absorbed']))) if absorbing(cfg, sweep.regime) else None
@@ -326,7 +498,11 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
 
 
 def _absorption_lines(per_seed):
+  """(regime, samples, value, knobs, absorption generations) of each group of runs."""
   for t in per_seed:
-    for fraction in np.unique(t['value']):
-      rows = t['value'] == fraction
-      yield t['regime'][0], int(t['samples'][0]), float(fraction), t['absorption_generation'][rows]
+    names = [k for k in knobs.KNOBS if k in t and np.all(np.isfinite(t[k]))]  # the sweep's
+    for group in sorted(set(zip(t['value'], *(t[k] for k in names)))):
+      rows = np.all([t[k] == v for k, v in zip(('value', *names), group)], axis=0)
+      yield (t['regime'][0], int(t['samples'][0]), float(group[0]),
+             tuple((k, float(v)) for k, v in zip(names, group[1:])),
+             t['absorption_generation'][rows])
