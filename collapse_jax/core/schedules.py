@@ -351,7 +351,7 @@ def summary(cfg: ScheduleConfig, named: dict, loss_K, loss_xS, seconds: float) -
   tail = loss_K[-max(cfg.steps // 10, 1):].mean()
   shown = {k: _read(k, v)[:1 if cfg.schedule == 'constant' else None]
            for k, v in named['learned'].items()}
-  lines = [f'{cfg.family} {",".join(cfg.family_options)}, {cfg.regime} {cfg.fraction():g}, '
+  lines = [f'{" ".join((cfg.family, *cfg.family_options))}, {cfg.regime} {cfg.fraction():g}, '
            f'M={cfg.samples}, G={cfg.generations}, {cfg.schedule} schedule for {cfg.objective}',
            'learned ' + '; '.join(f'{k} ' + ' '.join(f'{x:.4f}' for x in v)
                                   for k, v in shown.items()),
