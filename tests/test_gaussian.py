@@ -428,3 +428,13 @@ def test_a_biased_verifier_drags_the_model_by_the_truncated_normal_recursion(tmp
     assert _in_ci(metrics['sigma'][g] ** 2, var_G[g]), g
     assert not _in_ci(metrics['mean_error'][g], truth_G[g]), g
   assert mean_G[4] > 0.95 * shift  # settled near the verifier's centre
+
+
+def test_a_temperature_schedule_law_agrees_with_the_one_temperature_law():
+  """tempered_errors (a temperature a generation) at a constant t is theory's law at t."""
+  for estimator, t in (('mle', 1.1), ('unbiased', 0.9)):
+    one = gaussian.theory('replace', estimator, 10, 1, 1.0, 8, temperature=t)
+    law = gaussian.tempered_errors(np.full(9, t), 10, estimator)
+    np.testing.assert_allclose(law['mean_error'], one['mean_error_rms'][1:] ** 2, rtol=1e-10)
+    np.testing.assert_allclose(law['sigma_error'], one['sigma_error_rms'][1:] ** 2, rtol=1e-10)
+    np.testing.assert_allclose(law['w2_sq'], one['w2_sq_mean'][1:], rtol=1e-10)

@@ -20,6 +20,12 @@ def _in_ci(v_S, expected) -> bool:
   return abs(mean - expected) <= half
 
 
+def _mixing(w_G):
+  """n E (m_g - mu)^2 / sigma^2 at g = 1..G, fresh with n real and n synthetic rows, the real
+  ones weighted w_g (generation 0: the mean of the 2n real rows, 1/2)."""
+  return 50 * gaussian.weighted_mean_error(w_G, 0.5, 100, 1.0, len(w_G))[1:]
+
+
 def _setting(family: str, knob: str, samples: int = 20, generations: int = 4):
   """(family, sweep, objective) of the small settings the tests run."""
   if family == 'regression':
@@ -123,7 +129,7 @@ def test_a_few_steps_go_downhill_from_the_pooled_weight_compiling_once(monkeypat
 def test_weighted_mixing_follows_the_golden_law_and_wrong_laws_fail():
   """Long-run n MSE / sigma^2 of the fresh regime with the real rows weighted w, measured over
   4,000 seeds (generations 11..30, averaged per seed), against (w^2 + (1 - w)^2) / (w (2 - w))
-  (mixing_errors, its transient included); the pooling law 1 / (2 w (2 - w)) (w read as the
+  (gaussian.weighted_mean_error, its transient included); the pooling law 1 / (2 w (2 - w)) (w read as the
   real rows' share of 2n pooled rows) and w^2 / (1 - (1 - w)^2) (the synthetic rows' own noise
   left out) lie outside the same intervals."""
   fam, sw, objective = _setting('gaussian', 'real_weight', samples=100, generations=30)
@@ -133,25 +139,25 @@ def test_weighted_mixing_follows_the_golden_law_and_wrong_laws_fail():
   n = 50
   for w, s in zip(ws, schedule):
     v_S = n * np.asarray(run(s, jnp.arange(4000)))[:, 10:].mean(axis=1)
-    assert _in_ci(v_S, schedules.mixing_errors(np.full(30, w))[10:].mean()), w
-    assert abs(schedules.mixing_errors(np.full(30, w))[-1] - schedules.mixing_law(w)) < 1e-6
+    assert _in_ci(v_S, _mixing(np.full(30, w))[10:].mean()), w
+    assert abs(_mixing(np.full(30, w))[-1] - gaussian.golden_long_run(w)) < 1e-6
     assert not _in_ci(v_S, 1 / (2 * w * (2 - w))), w
     assert not _in_ci(v_S, w**2 / (1 - (1 - w) ** 2)), w
   grid = np.linspace(0.3, 0.9, 6001)
-  assert abs(grid[np.argmin(schedules.mixing_law(grid))] - GOLDEN) < 1e-3
+  assert abs(grid[np.argmin(gaussian.golden_long_run(grid))] - GOLDEN) < 1e-3
 
 
 def test_a_tempered_gaussian_follows_its_closed_form_and_untempered_laws_fail():
   """E sigma_error^2 and E W2^2 of the MLE Gaussian under replace at temperature 1.1, M = 10,
-  over 4,000 seeds, against tempered_errors; the untempered law, and the tempered one a
+  over 4,000 seeds, against gaussian.tempered_errors; the untempered law, and the tempered one a
   generation off, lie outside the same intervals."""
   fam, sw, _ = _setting('gaussian', 'temperature', samples=10, generations=6)
   t_G1 = np.full(7, 1.1)
   for objective in ('sigma_error', 'w2_sq'):
     got_SxG = np.asarray(schedules.errors(fam, sw, objective, {'temperature': jnp.asarray(
         t_G1, jnp.float32)}, jnp.arange(4000)))
-    law = schedules.tempered_errors(t_G1, 10)[objective]
-    plain = schedules.tempered_errors(np.ones(7), 10)[objective]
+    law = gaussian.tempered_errors(t_G1, 10)[objective]
+    plain = gaussian.tempered_errors(np.ones(7), 10)[objective]
     for g in (1, 3, 6):
       assert _in_ci(got_SxG[:, g - 1], law[g - 1]), (objective, g)
     for g in (3, 6):  # at g = 1 the temperature has had one draw to act on
@@ -165,16 +171,16 @@ def test_the_best_schedules_by_the_closed_forms():
   (u + 2) rises from 0.6 to it and beats every constant; the sigma_error temperature sits
   between 1 and sqrt(M / (M - 1))."""
   grid = np.linspace(0.55, 0.68, 1301)
-  constant = np.array([schedules.mixing_errors(np.full(20, w)).mean() for w in grid])
+  constant = np.array([_mixing(np.full(20, w)).mean() for w in grid])
   assert GOLDEN - 0.002 < grid[np.argmin(constant)] < GOLDEN
   u_G = [0.5]
   for _ in range(20):
     u_G.append((u_G[-1] + 1) / (u_G[-1] + 2))
   best_G = np.asarray(u_G[1:])
   assert best_G[0] == pytest.approx(0.6) and abs(best_G[-1] - GOLDEN) < 1e-6
-  assert schedules.mixing_errors(best_G).mean() < constant.min() - 1e-5
+  assert _mixing(best_G).mean() < constant.min() - 1e-5
   temps = np.linspace(0.95, 1.1, 1501)
-  sigma = [schedules.tempered_errors(np.full(21, t), 10)['sigma_error'].mean() for t in temps]
+  sigma = [gaussian.tempered_errors(np.full(21, t), 10)['sigma_error'].mean() for t in temps]
   assert 1.0 < temps[np.argmin(sigma)] < np.sqrt(10 / 9)
 
 
@@ -188,9 +194,10 @@ def test_bad_flags_are_one_line_before_anything_runs(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f'error: --{flag}:') and not workdir.exists(), lines
-  proc = run_experiment('schedule', '--preset=regression', '--knobs=temperature',
-                        f'--workdir={tmp_path / "r"}')
-  assert proc.stderr.strip() == 'error: --knobs: regression does not sample with a temperature'
+  # both families sample with a temperature; a family whose `sampling_knobs` lacks it is refused
+  for preset in ('golden', 'regression'):
+    cfg = schedules.ScheduleConfig(**{**schedules.PRESETS[preset], 'knobs': ('temperature',)})
+    cfg.validate()
 
 
 def test_a_small_run_writes_its_tables_figure_and_summary(tmp_path):

@@ -132,48 +132,6 @@ def interval(v_S) -> tuple[float, float]:
   return float(v_S.mean()), Z999 * float(v_S.std(ddof=1)) / math.sqrt(len(v_S))
 
 
-# ---------------------------------------------------------------- closed forms
-
-def mixing_law(w):
-  """Long-run n MSE / sigma^2 of a mean refitted to n fresh real and n synthetic rows, the real
-  ones weighted w (He, Xu and Cheng 2025); least at the golden ratio (sqrt 5 - 1) / 2 = w."""
-  return (w**2 + (1 - w) ** 2) / (w * (2 - w))
-
-
-def mixing_errors(w_G, first: float = 0.5):
-  """n E (m_g - mu)^2 / sigma^2 at g = 1..G under weights w_1..w_G: e_g = w a_g + (1 - w)
-  (e_{g-1} + b_g), a, b ~ N(0, sigma^2 / n) independent, so u_g = w^2 + (1 - w)^2 (u_{g-1} + 1);
-  `first`: u_0 (1/2: generation 0 fits the 2n real rows alone)."""
-  u, out = first, []
-  for w in np.asarray(w_G, np.float64):
-    u = w**2 + (1 - w) ** 2 * (u + 1)
-    out.append(u)
-  return np.asarray(out)
-
-
-def tempered_errors(t_G1, samples: int, estimator: str = 'mle') -> dict[str, np.ndarray]:
-  """E mean_error^2, E sigma_error^2 and E W2^2, over sigma^2, at g = 1..G of a 1-D Gaussian
-  refitted (replace) to M samples of the last fit tempered by t_g (t_0..t_G given).
-
-  The fit's spread is s_g = t_{g-1} s_{g-1} sqrt(chi2_{M-1} / v), v = M (mle) or M - 1, so
-  E s_g^2 = r^{g+1} prod_{j<g} t_j^2 and E s_g = a^{g+1} prod_{j<g} t_j (r = (M - 1) / v,
-  a = E sqrt(chi2_{M-1} / v)); the mean gains t_{g-1}^2 s_{g-1}^2 / M in variance a
-  generation: E (m_g - mu)^2 = (1 + sum_{j<g} t_j^2 E s_j^2) / M.
-  """
-  t_G1 = np.asarray(t_G1, np.float64)
-  m, k = float(samples), samples - 1.0
-  v = m if estimator == 'mle' else k
-  r = k / v
-  a = math.exp(0.5 * math.log(2 / v) + math.lgamma((k + 1) / 2) - math.lgamma(k / 2))
-  g_G1 = np.arange(len(t_G1), dtype=np.float64)
-  p_G1 = np.concatenate([[1.0], np.cumprod(t_G1[:-1])])  # prod_{j<g} t_j
-  s2_G1 = r ** (g_G1 + 1) * p_G1**2
-  mean_G1 = (1 + np.concatenate([[0.0], np.cumsum(t_G1[:-1] ** 2 * s2_G1[:-1])])) / m
-  sigma_G1 = s2_G1 - 2 * a ** (g_G1 + 1) * p_G1 + 1
-  return {'mean_error': mean_G1[1:], 'sigma_error': sigma_G1[1:],
-          'w2_sq': (mean_G1 + sigma_G1)[1:]}
-
-
 # ---------------------------------------------------------------- the experiment
 
 FAMILIES = {'gaussian': ('collapse_jax.families.gaussian', 'GaussianConfig'),
@@ -292,17 +250,19 @@ def read_schedule(path: str, generations: int, knobs) -> dict:
 
 
 def closed_form(cfg: ScheduleConfig, schedule: dict):
-  """E objective at g = 1..G under `schedule` where a closed form holds (mixing_errors,
-  tempered_errors), else None."""
+  """E objective at g = 1..G under `schedule` where the Gaussian's closed forms hold
+  (gaussian.weighted_mean_error, gaussian.tempered_errors), else None."""
   fam = cfg.family_config() if cfg.family == 'gaussian' else None
   if fam is None or fam.dims != 1:
     return None
+  gaussian = importlib.import_module(FAMILIES['gaussian'][0])
   var = fam.true_std**2
   if (cfg.knobs == ('real_weight',) and fam.known_std and cfg.regime == 'fresh'
-      and cfg.real_fraction == 0.5 and cfg.samples % 2 == 0 and cfg.objective == 'mean_error'):
-    return mixing_errors(schedule['real_weight'][1:]) * var / (cfg.samples // 2)
+      and cfg.objective == 'mean_error'):
+    return gaussian.weighted_mean_error(schedule['real_weight'][1:], cfg.real_fraction,
+                                        cfg.samples, fam.true_std, cfg.generations)[1:]
   if cfg.knobs == ('temperature',) and not fam.known_std and cfg.regime == 'replace':
-    return tempered_errors(schedule['temperature'], cfg.samples, fam.estimator).get(
+    return gaussian.tempered_errors(schedule['temperature'], cfg.samples, fam.estimator).get(
         cfg.objective, np.nan) * var
   return None
 
@@ -374,7 +334,8 @@ def summary(cfg: ScheduleConfig, named: dict, loss_K, loss_xS, seconds: float) -
         bounds=(0.01, 0.99) if knob == 'real_weight' else (0.5, 2.0), method='bounded')
     lines.append(f'closed form: the best constant {knob} is {best.x:.4f} ({best.fun:.7g})')
     if knob == 'real_weight':
-      lines.append(f'long-run n MSE / sigma^2 at w = {v[0]:.4f}: {mixing_law(v[0]):.6f} (golden '
+      law = importlib.import_module(FAMILIES['gaussian'][0]).golden_long_run(v[0])
+      lines.append(f'long-run n MSE / sigma^2 at w = {v[0]:.4f}: {law:.6f} (golden '
                    f'ratio 0.618034, pooled 0.666667); n = {cfg.samples // 2}')
   return '\n'.join(lines)
 

@@ -412,36 +412,61 @@ def theory(regime: str, estimator: str, samples: int, dims: int, true_std: float
   return out
 
 
-def weighted_mean_error(real_weight: float, real_fraction: float, samples: int, true_std: float,
+def weighted_mean_error(real_weight, real_fraction: float, samples: int, true_std: float,
                         generations: int) -> np.ndarray:
   """E (mu_g - mu)^2 at generations 0..G under `fresh` with the covariance known (--known_std),
   the real rows carrying a share w of the fit's weight (--real_weight; pooled: w = their share
-  of the rows).
+  of the rows); `real_weight` one value, or a schedule w_1..w_G.
 
   Each generation fits n_r = round(f M) fresh real rows and n_s = M - n_r rows of the last fit,
   so mu_g - mu = w eta_g + (1 - w)(mu_{g-1} - mu + eps_g), eta ~ N(0, sigma^2 / n_r),
   eps ~ N(0, sigma^2 / n_s), generation 0 the mean of M real rows:
-    V_g = a (1 - b^g) / (1 - b) + b^g sigma^2 / M,  a = sigma^2 (w^2 / n_r + (1 - w)^2 / n_s),
-  b = (1 - w)^2. Its long run, a / (w (2 - w)), at f = 1/2 (n = M/2 of each) is
-  n V / sigma^2 = (w^2 + (1 - w)^2) / (w (2 - w)), least at the golden ratio
-  w = (sqrt 5 - 1) / 2 = 0.618, where it is 0.618 itself, against 2/3 pooled and 1 for the
-  real rows alone (He, Xu and Cheng 2025).
+    V_g = w_g^2 sigma^2 / n_r + (1 - w_g)^2 (V_{g-1} + sigma^2 / n_s),  V_0 = sigma^2 / M.
+  At a constant w its long run is sigma^2 (w^2 / n_r + (1 - w)^2 / n_s) / (w (2 - w)), which at
+  f = 1/2 (n = M/2 of each) is n V / sigma^2 = (w^2 + (1 - w)^2) / (w (2 - w)) (golden_long_run),
+  least at the golden ratio w = (sqrt 5 - 1) / 2 = 0.618, where it is 0.618 itself, against 2/3
+  pooled and 1 for the real rows alone (He, Xu and Cheng 2025).
   """
-  g_G = np.arange(generations + 1, dtype=np.float64)
   n_r = round(real_fraction * samples)
   n_s = samples - n_r
-  w = real_weight
   var = true_std**2
-  a = var * ((w**2 / n_r if n_r else 0.0) + ((1 - w) ** 2 / n_s if n_s else 0.0))
-  b = (1 - w) ** 2
-  steady = a * g_G if b == 1.0 else a * (1 - b**g_G) / (1 - b)
-  return steady + b**g_G * var / samples
+  w_G = np.broadcast_to(np.asarray(real_weight, np.float64), (generations,))
+  v_G1 = [var / samples]
+  for w in w_G:
+    v_G1.append((w**2 * var / n_r if n_r else 0.0)
+                + ((1 - w) ** 2 * (v_G1[-1] + var / n_s) if n_s else 0.0))
+  return np.asarray(v_G1)
 
 
-def golden_long_run(real_weight: float) -> float:
-  """n MSE / sigma^2 in the long run of weighted_mean_error at equal real and synthetic rows."""
+def golden_long_run(real_weight):
+  """n MSE / sigma^2 in the long run of weighted_mean_error at equal real and synthetic rows
+  (of one weight or an array of them)."""
   w = real_weight
   return (w**2 + (1 - w) ** 2) / (w * (2 - w))
+
+
+def tempered_errors(t_G1, samples: int, estimator: str = 'mle') -> dict[str, np.ndarray]:
+  """E mean_error^2, E sigma_error^2 and E W2^2, over sigma^2, at g = 1..G of a 1-D Gaussian
+  refitted (replace) to M samples of the last fit tempered by t_g, a temperature a generation
+  (t_0..t_G; theory's laws at one temperature, as a schedule).
+
+  The fit's spread is s_g = t_{g-1} s_{g-1} sqrt(chi2_{M-1} / v), v = M (mle) or M - 1, so
+  E s_g^2 = r^{g+1} prod_{j<g} t_j^2 and E s_g = a^{g+1} prod_{j<g} t_j (r = (M - 1) / v,
+  a = E sqrt(chi2_{M-1} / v)); the mean gains t_{g-1}^2 s_{g-1}^2 / M in variance a
+  generation: E (m_g - mu)^2 = (1 + sum_{j<g} t_j^2 E s_j^2) / M.
+  """
+  t_G1 = np.asarray(t_G1, np.float64)
+  m, k = float(samples), samples - 1.0
+  v = m if estimator == 'mle' else k
+  r = k / v
+  a = math.exp(0.5 * math.log(2 / v) + math.lgamma((k + 1) / 2) - math.lgamma(k / 2))
+  g_G1 = np.arange(len(t_G1), dtype=np.float64)
+  p_G1 = np.concatenate([[1.0], np.cumprod(t_G1[:-1])])  # prod_{j<g} t_j
+  s2_G1 = r ** (g_G1 + 1) * p_G1**2
+  mean_G1 = (1 + np.concatenate([[0.0], np.cumsum(t_G1[:-1] ** 2 * s2_G1[:-1])])) / m
+  sigma_G1 = s2_G1 - 2 * a ** (g_G1 + 1) * p_G1 + 1
+  return {'mean_error': mean_G1[1:], 'sigma_error': sigma_G1[1:],
+          'w2_sq': (mean_G1 + sigma_G1)[1:]}
 
 
 def verified_moments(mean: float, var: float, keep: float, centre: float,
