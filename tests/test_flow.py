@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collapse_jax.core import regimes, results, sampling, validation
+from collapse_jax.core import regimes, results, sampling, scores, validation
 from collapse_jax.families import flow
 from conftest import run_experiment
 
@@ -118,6 +118,75 @@ def test_each_target_draws_what_its_density_integrates(name):
     assert abs(count_K[-1] - n * off) <= Z999 * math.sqrt(n * off * (1 - off)) + 1e-9
   if name == 'ring':
     assert abs(count_K[-1] - n * 0.0027) > Z999 * math.sqrt(n * 0.0027)
+
+
+# ---------------------------------------------------------------- sampling bias and verifiers
+
+TINY = flow.TrainConfig(hidden=8, layers=1, time_features=2, steps=4, batch=16, ode_steps=2,
+                        solver='euler')
+
+
+def test_a_temperature_scales_the_initial_noise_and_one_changes_nothing():
+  """With a zero velocity field a sample is its initial noise: tempered at t, the draws'
+  variance lies in the 99.9% chi-square interval of t^2 (t and 1 outside). A trained field
+  at t = 1 draws the untempered samples bit for bit, and a warm-start refit strips the
+  temperature from the weights it continues."""
+  zero = jax.tree.map(jnp.zeros_like, flow.init(TINY, jax.random.key(0)))
+  draw = jax.jit(functools.partial(flow.sample, TINY), static_argnums=2)
+  t, n = 1.25, 100_000
+  x = np.asarray(draw(flow.tempered(zero, {'temperature': jnp.float32(t)}), jax.random.key(1),
+                      n), np.float64)
+  lo, hi = (stats_chi2(q, 2 * n) for q in (0.0005, 0.9995))
+  assert lo <= np.mean(x**2) / t**2 <= hi, np.mean(x**2)
+  assert not lo <= np.mean(x**2) / t <= hi and not lo <= np.mean(x**2) <= hi
+  params, _ = jax.jit(functools.partial(flow.fit, TINY))(
+      jax.random.normal(jax.random.key(2), (64, 2)), jnp.ones(64), jax.random.key(3))
+  same = flow.tempered(params, {'temperature': jnp.float32(1.0)})
+  np.testing.assert_array_equal(draw(same, jax.random.key(4), 100),
+                                draw(params, jax.random.key(4), 100))
+  hot = flow.tempered(params, {'temperature': jnp.float32(t)})
+  warm, _ = jax.jit(lambda p, k: flow.refit_warm(TINY, p, k, 64))(hot, jax.random.key(5))
+  assert jax.tree.structure(warm) == jax.tree.structure(params)
+
+
+def stats_chi2(q, dof):
+  """The q quantile of chi-square(dof) / dof."""
+  from scipy import stats  # noqa: PLC0415
+  return stats.chi2.ppf(q, dof) / dof
+
+
+@pytest.mark.parametrize('name', list(flow.TARGETS))
+def test_the_verifier_is_the_target_moved_and_widened_about_the_origin(name):
+  """verifier(x, shift, scale) is the target's density under y = scale x + shift (every
+  target is centred at the origin): log p((x - shift) / scale) - d log scale; the ring's
+  Gaussians widened without their noise are rejected; shift 0 and scale 1 give the truth's
+  scores. The rows: draws of the target the verifier is, jittered by N(0, 0.1^2 I) (off the
+  board, for the checkerboard's stand-in)."""
+  tgt = flow.TARGETS[name](0.1)
+  fam = flow.family(flow.FlowConfig(target=name))
+  draw_key, jitter_key = jax.random.split(jax.random.key(7))
+  x0 = np.asarray(tgt.draw(draw_key, 400) + 0.1 * jax.random.normal(jitter_key, (400, 2)),
+                  np.float32)
+  x = 1.5 * x0 + np.float32(0.4)
+  verifier = jax.jit(lambda x, shift, scale: scores_values(fam.verifier(x, shift, scale)))
+  got = np.asarray(verifier(jnp.asarray(x), 0.4, 1.5), np.float64)
+  back = jnp.asarray((np.asarray(x, np.float64) - 0.4) / 1.5, jnp.float32)
+  want = np.asarray(tgt.log_density(back), np.float64) - 2 * math.log(1.5)
+  near = want > -60  # where float32's densities are exact enough to compare
+  np.testing.assert_allclose(got[near], want[near], rtol=1e-4, atol=1e-3)
+  if name == 'ring':
+    unscaled = scores_values(scores.isotropic_mixture(
+        jnp.asarray(x), 1.5 * jnp.asarray(tgt.centres_KxD) + 0.4,
+        jnp.full(8, -math.log(8)), 0.1))
+    assert np.max(np.abs(got - np.asarray(unscaled))[near]) > 1.0
+  np.testing.assert_allclose(verifier(jnp.asarray(x0), 0.0, 1.0),
+                             scores_values(fam.true_log_density(jnp.asarray(x0))),
+                             rtol=1e-5, atol=1e-4)
+
+
+def scores_values(s):
+  """A score function's values, plain or scores.Relative."""
+  return scores.relative(s).values_N
 
 
 # ---------------------------------------------------------------- generations
@@ -258,6 +327,21 @@ def test_the_command_line_runs_the_loop_which_resumes_exactly(tmp_path, command_
   shutil.rmtree(tmp_path / 'checkpoints' / 'replace' / '2')
   flow.run(flow.FlowConfig(**MINI), str(tmp_path), progress=False, log=lambda _: None)
   assert (tmp_path / 'metrics.csv').read_text() == first
+
+
+def test_a_temperature_sweep_runs_as_three_groups(tmp_path):
+  """MINI at temperatures (0.8, 1, 1.25) through run(): a temperature column and three groups
+  of runs, the same generation 0 in each (the fit precedes any sampling) and different
+  generations after."""
+  table = flow.run(flow.FlowConfig(**{**MINI, 'generations': 1},
+                                   temperatures=(0.8, 1.0, 1.25)),
+                   str(tmp_path), progress=False, log=lambda _: None)
+  groups = results.groups(table)
+  assert [dict(g.knobs)['temperature'] for g in groups] == pytest.approx([0.8, 1.0, 1.25])
+  sub = [results.select(table, 'replace', 0.0, knob_values=g.knobs) for g in groups]
+  for other in sub[1:]:
+    np.testing.assert_array_equal(other['train_loss'][0], sub[0]['train_loss'][0])
+    assert np.all(other['train_loss'][1] != sub[0]['train_loss'][1])
 
 
 # ---------------------------------------------------------------- bad input

@@ -218,3 +218,110 @@ def test_replace_collapses_and_accumulate_stays_bounded(tmp_path):
   assert l2_rep[60] > 3 * l2_rep[5]  # drift grows
   assert l2_acc[60] < 0.5 * l2_rep[60]  # accumulating bounds it
   assert np.median(rep['total_var'][60]) < 0.8 * np.median(rep['total_var'][0])
+
+
+# ---------------------------------------------------------------- sampling bias and verifiers
+
+Z999 = 3.2905  # two-sided 99.9% normal quantile
+
+
+def _in_ci(values_S, expected):
+  """Whether the mean of values_S lies in the 99.9% interval around `expected`."""
+  values_S = np.asarray(values_S, np.float64)
+  return abs(values_S.mean() - expected) <= Z999 * values_S.std(ddof=1) / math.sqrt(len(values_S))
+
+
+def test_a_temperature_scales_each_components_noise_and_one_changes_nothing():
+  """Tempered at t, a mixture's draws have total variance (between the means) + t^2 (within
+  the components), 99.9% interval over 400,000 draws; t (not t^2) on the noise, and t^2 on
+  the whole spread (the means moved too), are rejected. At t = 1 the draws are the
+  untempered ones, bit for bit."""
+  mix, t, n = _mixture(5), 1.3, 400_000
+  hot = gmm.tempered(mix, {'temperature': jnp.float32(t)})
+  np.testing.assert_array_equal(hot.weights, mix.weights)
+  np.testing.assert_array_equal(hot.means, mix.means)
+  draw = jax.jit(gmm.sample, static_argnums=2)
+  x = np.asarray(draw(hot, jax.random.key(6), n), np.float64)
+  sq_N = np.sum((x - np.asarray(mix.weights @ mix.means, np.float64)) ** 2, 1)
+  w, covs = np.asarray(mix.weights, np.float64), np.asarray(mix.covs, np.float64)
+  within = float(np.sum(w * np.trace(covs, axis1=1, axis2=2)))
+  between = float(gmm.total_variance(mix)) - within
+  assert _in_ci(sq_N, between + t**2 * within), (sq_N.mean(), between + t**2 * within)
+  assert not _in_ci(sq_N, between + t * within)
+  assert not _in_ci(sq_N, t**2 * (between + within))
+  same = gmm.tempered(mix, {'temperature': jnp.float32(1.0)})
+  np.testing.assert_array_equal(draw(same, jax.random.key(7), 1000),
+                                draw(mix, jax.random.key(7), 1000))
+
+
+TRUTH = dict(true_weights=(0.25, 0.75), true_means=((0.0, 3.0), (2.0, -1.0)),
+             true_covs=((1.0, 0.5, 0.5, 2.0), (0.3, 0.0, 0.0, 0.1)))
+
+
+def _scipy_mixture(weights, means, covs, x):
+  """log sum_k w_k N(x; m_k, S_k) in float64, by scipy."""
+  from scipy.stats import multivariate_normal  # noqa: PLC0415
+  p = sum(w * multivariate_normal(m, s).pdf(x) for w, m, s in zip(weights, means, covs))
+  return np.log(p)
+
+
+def test_the_verifier_is_the_true_mixture_moved_and_widened_about_its_mean():
+  """verifier(x, shift, scale) is, by scipy, the true mixture of means c + scale (m_k - c) +
+  shift (c its mean) and covariances scale^2 S_k; widening about the origin, or the means
+  left in place, is rejected; shift 0 and scale 1 give the truth's own scores."""
+  cfg = gmm.GMMConfig(**TRUTH).validate()
+  fam = gmm.family(cfg)
+  w, m, s = (np.asarray(v, np.float64) for v in cfg.true_mixture())
+  c = w @ m
+  x = np.random.default_rng(0).normal(size=(300, 2)) * 2 + [1.0, 1.0]
+  verifier = jax.jit(fam.verifier)
+  got = np.asarray(verifier(jnp.asarray(x, jnp.float32), 0.7, 1.5).values_N, np.float64)
+  x = np.asarray(np.float32(x), np.float64)
+  want = _scipy_mixture(w, c + 1.5 * (m - c) + 0.7, 1.5**2 * s, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  about_origin = _scipy_mixture(w, 1.5 * m + 0.7, 1.5**2 * s, x)
+  in_place = _scipy_mixture(w, m + 0.7, 1.5**2 * s, x)
+  for wrong in (about_origin, in_place):
+    assert np.max(np.abs(got - wrong)) > 0.1
+  truth = fam.true_log_density(jnp.asarray(x, jnp.float32))
+  plain = verifier(jnp.asarray(x, jnp.float32), 0.0, 1.0)
+  np.testing.assert_allclose(plain.values_N, truth.values_N, rtol=1e-6, atol=1e-5)  # by 0 and 1
+
+
+def test_the_verifier_ranks_candidates_far_narrower_than_it_exactly():
+  """Candidates 1e-6 apart, far from the moved truth: the verifier's gaps rank them as
+  float64 does; its plain float32 values (what the score would be without the Relative
+  form) do not."""
+  fam = gmm.family(gmm.GMMConfig(**TRUTH))
+  w, m, s = (np.asarray(v, np.float64) for v in gmm.GMMConfig(**TRUTH).true_mixture())
+  x32 = np.float32([3.0, -2.0] + 1e-6 * np.random.default_rng(1).normal(size=(64, 2)))
+  scored = fam.verifier(jnp.asarray(x32), 0.5, 2.0)
+  c = w @ m
+  want = _scipy_mixture(w, c + 2.0 * (m - c) + 0.5, 4.0 * s, np.asarray(x32, np.float64))
+  np.testing.assert_array_equal(np.argsort(np.asarray(scored.gap_N), kind='stable'),
+                                np.argsort(want, kind='stable'))
+  moved = gmm.moved(gmm.GMMConfig(**TRUTH).true_mixture(), 0.5, 2.0)
+  plain = np.asarray(gmm.log_prob(moved, jnp.asarray(x32)))
+  assert not np.array_equal(np.argsort(plain, kind='stable'), np.argsort(want, kind='stable'))
+
+
+def test_a_temperature_sweep_runs_as_three_groups_and_spreads_with_t(tmp_path):
+  """temperatures (0.8, 1, 1.25) through the driver: a temperature column, three groups of
+  runs under each regime, the fitted spread growing with t."""
+  cfg = gmm.GMMConfig(seeds=2, generations=3, samples=60, heldout=50, checkpoint_every=3,
+                      regimes=('replace', 'verify'), keep_fractions=(0.5,), score='verifier',
+                      temperatures=(0.8, 1.0, 1.25), verifier_shifts=(0.5,))
+  table = gmm.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
+  assert set(np.unique(table['temperature'])) == {np.float32(0.8), 1.0, np.float32(1.25)}
+  groups = results.groups(table)
+  for regime in ('replace', 'verify'):
+    mine = [g for g in groups if g.regime == regime]
+    assert [dict(g.knobs)['temperature'] for g in mine] == pytest.approx([0.8, 1.0, 1.25])
+  spread_T = [np.mean(results.select(table, 'replace', 0.0, knob_values=g.knobs)['total_var'][3])
+              for g in groups if g.regime == 'replace']
+  assert spread_T[0] < spread_T[1] < spread_T[2], spread_T
+
+
+def test_the_sampling_preset_sweeps_temperatures_in_its_regimes():
+  cfg = gmm.GMMConfig(**gmm.PRESETS['sampling']).validate()
+  assert len(cfg.temperatures) >= 3 and 1.0 in cfg.temperatures and len(cfg.regimes) >= 2

@@ -29,16 +29,16 @@ def _in_ci(values_S, expected):
   return abs(values_S.mean() - expected) <= Z999 * values_S.std(ddof=1) / math.sqrt(len(values_S))
 
 
-def _chain_spreads(rule, samples=16, bandwidth=0.5, seeds=3000, generations=20):
-  """Spreads of `seeds` replace runs (generations x seeds), the family's chain vmapped, and
-  the closed form's variants."""
+def _chain_spreads(rule, samples=16, bandwidth=0.5, seeds=3000, generations=20, knobs=None):
+  """Spreads of `seeds` replace runs (generations x seeds), the family's chain vmapped (each
+  fit sampled under the sampling knobs `knobs`), and the closed form's variants."""
   cfg = kde.KDEConfig(samples=samples, bandwidth_rule=rule, bandwidth=bandwidth)
   chains = jax.jit(jax.vmap(lambda s: kde.replace_chain(kde.family(cfg), s, samples,
-                                                        generations)[1]))
+                                                        generations, knobs)[1]))
   spread_GxS = np.asarray(chains(jnp.arange(seeds))).T
   var0 = kde.target_variance(cfg.truth, cfg.target_noise)
   law = lambda **kw: kde.spread_theory(  # noqa: E731
-      var0, 2, samples, rule, bandwidth, generations, **kw)
+      var0, 2, samples, rule, kw.pop('bandwidth', bandwidth), generations, **kw)
   return spread_GxS, law
 
 
@@ -69,6 +69,41 @@ def test_rule_bandwidth_spread_grows_geometrically():
   for g in (0, 3):
     assert not _in_ci(spread_GxS[g], naive[g]), g
     assert not _in_ci(spread_GxS[g], early[g]), g
+
+
+@pytest.mark.parametrize('t', [0.8, 1.25])
+def test_a_tempered_fixed_bandwidth_spread_follows_its_law(t):
+  """Sampled at temperature t, each draw's kernel noise is t^2 h^2 a dimension while every
+  fit keeps h: E S_g = r^n V_0 + d h^2 + t^2 d h^2 (r + ... + r^(n-1)). Inside 99.9% over
+  3,000 seeds; the untempered law, and the law of a KDE whose own bandwidth were t h, are
+  rejected."""
+  spread_GxS, law = _chain_spreads('fixed', knobs={'temperature': jnp.float32(t)})
+  exact, cold, wide = law(temperature=t), law(), law(bandwidth=0.5 * t)
+  for g in (0, 1, 5, 20):
+    assert _in_ci(spread_GxS[g], exact[g]), (g, spread_GxS[g].mean(), exact[g])
+  for g in (5, 20):
+    assert not _in_ci(spread_GxS[g], cold[g]), g
+  for g in (0, 1):  # the two differ by d h^2 (t^2 - 1) at every g: clearest where S is tight
+    assert not _in_ci(spread_GxS[g], wide[g]), g
+
+
+def test_a_tempered_rule_bandwidth_spread_grows_by_r_plus_t2_f2():
+  """Scott's rule at temperature t: E S_g = (r + f^2) V_0 (r + t^2 f^2)^(n-1); the
+  untempered (r + f^2)^n V_0 is rejected."""
+  t = 1.5
+  spread_GxS, law = _chain_spreads('scott', generations=3, knobs={'temperature': jnp.float32(t)})
+  exact, cold = law(temperature=t), law()
+  for g in range(4):
+    assert _in_ci(spread_GxS[g], exact[g]), (g, spread_GxS[g].mean(), exact[g])
+  assert not _in_ci(spread_GxS[3], cold[3])
+
+
+def test_the_closed_forms_at_temperature_1_are_the_untempered_ones_exactly():
+  for rule in kde.RULES:
+    for shift in (0, 1):
+      np.testing.assert_array_equal(
+          kde.spread_theory(1.3, 2, 50, rule, 0.2, 30, shift=shift, temperature=1.0),
+          kde.spread_theory(1.3, 2, 50, rule, 0.2, 30, shift=shift))
 
 
 # ---------------------------------------------------------------- the pieces
@@ -131,6 +166,54 @@ def test_samples_pick_live_points_by_weight():
   share = np.bincount(picked, minlength=8) / len(picked)
   np.testing.assert_array_less(np.abs(share - w), Z999 * np.sqrt(w * (1 - w) / len(picked)) + 1e-9)
   assert np.std(x[:, 0] - picked) == pytest.approx(1e-4, rel=0.02)  # the kernel's noise
+
+
+def test_a_temperature_widens_the_kernel_and_one_changes_nothing():
+  """Tempered at t, the draws' kernel noise has standard deviation t h (its variance inside
+  the 99.9% chi-square interval over 100,000 draws; h and t^2 h are outside); the points
+  and weights are the fit's; at t = 1 the draws are the untempered ones, bit for bit."""
+  points = np.arange(8, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+  params = {'points': jnp.asarray(points), 'weights': jnp.full(8, 0.125),
+            'bandwidth': jnp.float32(0.01)}
+  draw = jax.jit(kde.sample, static_argnums=2)
+  t, n = 1.25, 100_000
+  hot = kde.tempered(params, {'temperature': jnp.float32(t)})
+  assert hot['points'] is params['points'] and hot['weights'] is params['weights']
+  x = np.asarray(draw(hot, jax.random.key(0), n), np.float64)
+  noise = x - np.round(x[:, :1])
+  lo, hi = (stats.chi2.ppf(q, 2 * n) / (2 * n) for q in (0.0005, 0.9995))
+  ratio = lambda h: np.mean(noise**2) / h**2  # noqa: E731
+  assert lo <= ratio(t * 0.01) <= hi, ratio(t * 0.01)
+  assert not lo <= ratio(0.01) <= hi and not lo <= ratio(t * t * 0.01) <= hi
+  same = kde.tempered(params, {'temperature': jnp.float32(1.0)})
+  np.testing.assert_array_equal(draw(same, jax.random.key(1), 100),
+                                draw(params, jax.random.key(1), 100))
+
+
+@pytest.mark.parametrize('name', ['blobs', 'circles'])
+def test_the_verifier_is_the_target_moved_and_widened_about_its_mean(name):
+  """verifier(x, shift, scale) is the target's density under y = c + scale (x - c) + shift
+  (c the target's mean): log p(c + (x - c - shift) / scale) - d log scale. Blobs widened
+  about the origin instead are rejected; shift 0 and scale 1 give the truth's scores. The
+  targets without a density have no verifier."""
+  target = kde.TARGETS[name]
+  fam = kde.family(kde.KDEConfig(target=name))
+  noise = target.noise
+  c = np.asarray(target.mean, np.float64)
+  x = np.random.default_rng(6).uniform(-1.5, 2.0, (300, 2)).astype(np.float32)
+  x64 = np.asarray(x, np.float64)
+  got = np.asarray(jax.jit(fam.verifier)(jnp.asarray(x), 0.3, 1.4).values_N, np.float64)
+  back = jnp.asarray(c + (x64 - c - 0.3) / 1.4, jnp.float32)
+  want = np.asarray(target.log_density(back, noise), np.float64) - 2 * math.log(1.4)
+  near = want > -60  # where float32's densities are exact enough to compare
+  np.testing.assert_allclose(got[near], want[near], rtol=1e-4, atol=1e-3)
+  if name == 'blobs':
+    about_origin = np.asarray(target.log_density(jnp.asarray((x64 - 0.3) / 1.4, jnp.float32),
+                                                 noise)) - 2 * math.log(1.4)
+    assert np.max(np.abs(got - about_origin)[near]) > 1.0
+  np.testing.assert_allclose(fam.verifier(jnp.asarray(x), 0.0, 1.0).values_N,
+                             fam.true_log_density(jnp.asarray(x)).values_N, rtol=1e-5, atol=1e-4)
+  assert kde.family(kde.KDEConfig(target='moons')).verifier is None
 
 
 @pytest.mark.parametrize('name', list(kde.TARGETS))
@@ -211,6 +294,32 @@ def test_the_command_line_prints_one_line_and_writes_nothing(tmp_path):
 
 
 # ---------------------------------------------------------------- the driver
+
+def test_a_temperature_sweep_runs_as_three_groups_with_their_closed_forms(tmp_path):
+  """temperatures (0.8, 1, 1.25) through run(): a temperature column in the curves, three
+  groups of runs, each with the spread's closed form at its own temperature and each seed's
+  spreads those of replace_chain at that temperature (the chain the laws are tested on)."""
+  cfg = kde.KDEConfig(seeds=3, generations=3, samples=20, heldout=20, target='blobs',
+                      regimes=('replace',), temperatures=(0.8, 1.0, 1.25), checkpoint_every=3)
+  curves = kde.run(cfg, str(tmp_path), **QUIET)
+  table = results.load(str(tmp_path))
+  groups = results.groups(curves)
+  assert [dict(g.knobs)['temperature'] for g in groups] == pytest.approx([0.8, 1.0, 1.25])
+  var0 = kde.target_variance(cfg.truth, cfg.target_noise)
+  for g in groups:
+    sub = results.select(curves, 'replace', 0.0, 20, g.knobs)
+    t = dict(g.knobs)['temperature']
+    np.testing.assert_allclose(sub['spread_theory'][:, 0], kde.spread_theory(
+        var0, 2, 20, 'fixed', cfg.bandwidth, 3, temperature=t), rtol=1e-6)
+    assert np.all(sub['seeds'] == 3) and np.all(np.isfinite(sub['spread_mean']))
+    rows = table[np.isclose(table['temperature'], t)]  # read back as float64: not float32(t)
+    chain = jax.jit(lambda seed: kde.replace_chain(kde.family(cfg), seed, 20, 3,
+                                                    {'temperature': jnp.float32(t)})[1])
+    for seed in range(3):
+      mine = rows[rows['seed'] == seed].sort_values('generation')['spread']
+      np.testing.assert_allclose(chain(seed), mine, rtol=1e-5)
+  assert (tmp_path / 'spread.png').stat().st_size > 0
+
 
 ALL = kde.KDEConfig(seeds=3, generations=4, samples=12, heldout=10, target='blobs',
                     bandwidth_rule='silverman', regimes=tuple(regimes.REGIMES),

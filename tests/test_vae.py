@@ -120,6 +120,47 @@ def test_fresh_batches_are_new_decoder_outputs():
   assert bool(jnp.all((a > 0) & (a < 1)))  # probabilities, used as the targets themselves
 
 
+def test_a_temperature_widens_the_latent_prior_and_one_changes_nothing():
+  """Tempered at t, the latents drawn have variance inside the 99.9% chi-square interval of
+  t^2 (1 and t outside), and the images are the decoder's of those latents, in generate and
+  in a fresh batch alike; at t = 1 the images are the untempered ones, bit for bit."""
+  from scipy import stats  # noqa: PLC0415
+  cfg = vae.TrainConfig(batch=8)
+  params = vae.init(conv_vae.VAE(cfg.latent), jax.random.key(0))
+  t, n = 1.25, 5000
+  hot = vae.tempered(params, {'temperature': jnp.float32(t)})
+  own, z_NxL = vae.prior_draws(hot, jax.random.key(1), n, cfg.latent)
+  assert jax.tree.structure(own) == jax.tree.structure(params)
+  dof = n * cfg.latent
+  lo, hi = (stats.chi2.ppf(q, dof) / dof for q in (0.0005, 0.9995))
+  var = float(jnp.mean(z_NxL**2))
+  assert lo <= var / t**2 <= hi and not lo <= var / t <= hi and not lo <= var <= hi, var
+  decode = lambda z: jax.nn.sigmoid(conv_vae.VAE(cfg.latent).apply(  # noqa: E731
+      {'params': params}, z, method=conv_vae.VAE.decode))
+  z8 = t * jax.random.normal(jax.random.key(2), (8, cfg.latent))
+  np.testing.assert_allclose(vae.generate(cfg.latent, hot, jax.random.key(2), 8), decode(z8),
+                             atol=1e-6)
+  np.testing.assert_allclose(vae.decoded_batch(cfg, hot, jax.random.key(2)), decode(z8),
+                             atol=1e-6)
+  same = vae.tempered(params, {'temperature': jnp.float32(1.0)})
+  np.testing.assert_array_equal(vae.generate(cfg.latent, same, jax.random.key(3), 8),
+                                vae.generate(cfg.latent, params, jax.random.key(3), 8))
+
+
+def test_a_temperature_sweep_runs_as_three_groups(tmp_path, cache):
+  """temperatures (0.8, 1, 1.25) through run(): a temperature column and three groups of
+  runs, generation 0 the same in each (its fit precedes any sampling), generation 1 not."""
+  cfg = _tiny(generations=1, samples=128, eval_images=64, test_images=64,
+              classifier_cache=cache, temperatures=(0.8, 1.0, 1.25))
+  table = vae.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
+  groups = results.groups(table)
+  assert [dict(g.knobs)['temperature'] for g in groups] == pytest.approx([0.8, 1.0, 1.25])
+  sub = [results.select(table, 'replace', 0.0, knob_values=g.knobs) for g in groups]
+  for other in sub[1:]:
+    np.testing.assert_array_equal(other['test_nelbo'][0], sub[0]['test_nelbo'][0])
+    assert np.all(other['train_loss'][1] != sub[0]['train_loss'][1])
+
+
 def test_fresh_and_fixed_synthetic_data_share_generation_0_only(tmp_path, cache, tiny_run):
   fresh = pd.read_csv(os.path.join(tiny_run, 'metrics.csv'))
   fixed = vae.run(_tiny(generations=1, classifier_cache=cache, fresh_batches=False),

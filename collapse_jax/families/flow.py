@@ -69,13 +69,16 @@ class Target:
   """A 2-D truth: draw(key, n) -> x_NxD; log_density(x_NxD) -> l_N; region(x_NxD) -> r_N in
   0..REGIONS, REGIONS for a row in none; centres_KxD, a point of each region; scores(x_NxD):
   log_density as scores.Relative where it is a Gaussian mixture (exact ranking of candidates
-  however close), else log_density itself."""
+  however close), else log_density itself; moved(x_NxD, shift, scale): the scores of the
+  truth moved by shift in every coordinate and widened scale times about its centre, the
+  origin (every target is centred there)."""
   name: str
   draw: Callable[..., Any]
   log_density: Callable[..., Any]
   region: Callable[..., Any]
   centres_KxD: np.ndarray
   scores: Callable[..., Any] | None = None
+  moved: Callable[..., Any] | None = None
 
   def scorer(self):
     return self.scores or self.log_density
@@ -85,6 +88,14 @@ def _nearest(x_NxD, points_QxD):
   """(index, squared distance) of each row's nearest point."""
   d2_NxQ = sampling.squared_distances(x_NxD, points_QxD)
   return jnp.argmin(d2_NxQ, -1), jnp.min(d2_NxQ, -1)
+
+
+def _moved_mixture(points_KxD, noise: float):
+  """moved of an equal-weight isotropic mixture centred at the origin: its points times
+  scale plus shift, its noise times scale, as scores.Relative."""
+  k = points_KxD.shape[0]
+  return lambda x_NxD, shift, scale: scores.isotropic_mixture(
+      x_NxD, scale * jnp.asarray(points_KxD) + shift, jnp.full(k, -math.log(k)), scale * noise)
 
 
 def ring(noise: float, radius: float = 2.0) -> Target:
@@ -109,7 +120,7 @@ def ring(noise: float, radius: float = 2.0) -> Target:
   def relative(x_NxD):
     return scores.isotropic_mixture(x_NxD, jnp.asarray(c_KxD), jnp.full(REGIONS, -math.log(REGIONS)),
                                     noise)
-  return Target('ring', draw, log_density, region, c_KxD, relative)
+  return Target('ring', draw, log_density, region, c_KxD, relative, _moved_mixture(c_KxD, noise))
 
 
 MOON_QUADRATURE = 256  # midpoint-rule points per half circle for the moons' density
@@ -155,7 +166,8 @@ def moons(noise: float) -> Target:
   def relative(x_NxD):
     return scores.isotropic_mixture(x_NxD, jnp.asarray(points_QxD), jnp.full(2 * q, -math.log(2 * q)),
                                     noise)
-  return Target('moons', draw, log_density, region, centres_KxD, relative)
+  return Target('moons', draw, log_density, region, centres_KxD, relative,
+                _moved_mixture(points_QxD, noise))
 
 
 OFF_BOARD_SCALE = 0.01  # the checkerboard's stand-in log density falls as -d^2 / (2 * this^2)
@@ -186,7 +198,9 @@ def checkerboard() -> Target:
   def region(x_NxD):
     g_NxK = gap2(x_NxD)
     return jnp.where(jnp.min(g_NxK, -1) == 0.0, jnp.argmin(g_NxK, -1), REGIONS)
-  return Target('checkerboard', draw, log_density, region, corner_KxD + 0.5)
+  def moved(x_NxD, shift, scale):  # the squares widened and moved, the stand-in with them
+    return log_density((x_NxD - shift) / scale) - DIMS * jnp.log(scale)
+  return Target('checkerboard', draw, log_density, region, corner_KxD + 0.5, moved=moved)
 
 
 TARGETS = {'ring': ring, 'moons': moons, 'checkerboard': lambda noise: checkerboard()}
@@ -307,9 +321,28 @@ def integrate(cfg: TrainConfig, params, x_NxD, forward: bool = True):
   return jax.lax.fori_loop(0, cfg.ode_steps, step, x_NxD)
 
 
+TEMPERATURE = 'temperature'  # the entry `tempered` adds to a network's params
+
+
+def tempered(params, knobs):
+  """The law the flow samples at temperature t (knobs: {'temperature': t}): its initial
+  noise N(0, t^2 I), carried by the same ODE."""
+  return {**params, TEMPERATURE: knobs['temperature']}
+
+
+def network(params):
+  """(the network's own params, the initial noise's scale t or None) of params that
+  `tempered` may have marked."""
+  if TEMPERATURE not in params:
+    return params, None
+  return {k: v for k, v in params.items() if k != TEMPERATURE}, params[TEMPERATURE]
+
+
 def sample(cfg: TrainConfig, params, key, n):
-  """n samples: N(0, I) noise carried from t = 0 to 1 by the learned ODE."""
-  return integrate(cfg, params, gaussian_pairs(uniforms(key, n, 2)))
+  """n samples: N(0, I) noise (times t, tempered) carried from t = 0 to 1 by the learned ODE."""
+  params, t = network(params)
+  x0_NxD = gaussian_pairs(uniforms(key, n, 2))
+  return integrate(cfg, params, x0_NxD if t is None else t * x0_NxD)
 
 
 def velocity_and_divergence(cfg: TrainConfig, params, x_NxD, t):
@@ -348,10 +381,11 @@ def log_density(cfg: TrainConfig, params, x_NxD):
 
 
 def refit_warm(cfg: TrainConfig, params, key, n):
-  """replace with a warm start: n samples of the model, then training continued from its
-  weights (Adam's moments start afresh)."""
+  """replace with a warm start: n samples of the model (its tempered law, where the
+  driver passes one), then training continued from its weights (Adam's moments start
+  afresh)."""
   sample_key, fit_key = jax.random.split(key)
-  return fit(cfg, sample(cfg, params, sample_key, n), jnp.ones(n), fit_key, params)
+  return fit(cfg, sample(cfg, params, sample_key, n), jnp.ones(n), fit_key, network(params)[0])
 
 
 # ---------------------------------------------------------------- metrics
@@ -535,6 +569,7 @@ def family(cfg: FlowConfig) -> protocol.Family:
       log_density=functools.partial(log_density, train),
       true_log_density=tgt.scorer(),
       reward=lambda x_NxD: scores.squared_distance(x_NxD, reward_D),
+      biased=tempered, sampling_knobs=('temperature',), verifier=tgt.moved,
       # On a CPU, 8 vmapped runs train at 0.85x the steps per second of one run alone
       # (benchmarks/flow_throughput.py): there they run one after another, as the VAE's do.
       one_at_a_time_on_cpu=True)

@@ -66,7 +66,8 @@ class Target:
   """centre(key, n) -> c_NxD: the noiseless points; mean_D, variance: the mean and the
   total variance (trace) of the noiseless points; log_density(x_NxD, noise) -> l_N or
   None; noise: the default noise's standard deviation; scores(x_NxD, noise): log_density
-  as scores.Relative."""
+  as scores.Relative; moved(x_NxD, noise, shift, scale): the same of the target moved by
+  shift in every coordinate and widened scale times about its mean (a biased verifier's)."""
   name: str
   centre: Callable
   mean: tuple[float, float]
@@ -74,6 +75,7 @@ class Target:
   log_density: Callable | None
   noise: float
   scores: Callable | None = None  # log_density as scores.Relative, for verify and curate
+  moved: Callable | None = None  # a biased verifier's log density, as scores.Relative
 
 
 BLOB_CENTRES = ((-1.0, 0.0), (1.0, 0.0), (0.0, 1.5))
@@ -115,16 +117,16 @@ def blobs_log_density(x_NxD, noise):
           - jnp.log(2 * jnp.pi * noise**2))
 
 
-def circles_log_density(x_NxD, noise, per_circle: bool = False):
+def circles_log_density(x_NxD, noise, per_circle: bool = False, radii=CIRCLE_RADII):
   """log (1/2) sum_c p_c(x): a circle of radius a blurred by N(0, s^2 I) has density
   p(x) = (1 / 2 pi s^2) exp(-(rho^2 + a^2) / 2 s^2) I_0(rho a / s^2), rho = |x|
   (the angular integral of the Gaussian is the Bessel function's integral form,
   Abramowitz and Stegun 9.6.16); with I_0(z) = i0e(z) e^z the exponent is -(rho - a)^2 / 2 s^2."""
   rho_N = jnp.sqrt(jnp.sum(x_NxD**2, 1))
-  a_C = jnp.asarray(CIRCLE_RADII)
+  a_C = jnp.asarray(radii)
   z_NxC = rho_N[:, None] * a_C / noise**2
   log_NxC = (-(rho_N[:, None] - a_C) ** 2 / (2 * noise**2) + jnp.log(jax.scipy.special.i0e(z_NxC))
-             - jnp.log(2 * jnp.pi * noise**2) - math.log(len(CIRCLE_RADII)))
+             - jnp.log(2 * jnp.pi * noise**2) - math.log(len(radii)))
   return log_NxC if per_circle else _logsumexp(log_NxC)
 
 
@@ -133,6 +135,23 @@ def blobs_scores(x_NxD, noise):
   k = len(BLOB_CENTRES)
   return scores.isotropic_mixture(x_NxD, jnp.asarray(BLOB_CENTRES), jnp.full(k, -math.log(k)),
                                   noise)
+
+
+def blobs_moved(x_NxD, noise, shift, scale):
+  """blobs_scores of the blobs moved by shift and widened scale times about their mean: the
+  centres c + scale (c_k - c) + shift, the noise times scale."""
+  centres_KxD = jnp.asarray(BLOB_CENTRES)
+  c_D = jnp.mean(centres_KxD, 0)
+  k = len(BLOB_CENTRES)
+  return scores.isotropic_mixture(x_NxD, c_D + scale * (centres_KxD - c_D) + shift,
+                                  jnp.full(k, -math.log(k)), scale * noise)
+
+
+def circles_moved(x_NxD, noise, shift, scale):
+  """circles_scores of the circles moved by shift and widened scale times about their centre,
+  the origin: radii and noise times scale, centred at (shift, shift)."""
+  return circles_scores(x_NxD, scale * noise, scale * jnp.asarray(CIRCLE_RADII),
+                        jnp.full(DIMS, shift, jnp.float32))
 
 
 def _log_i0_slope(z_N):
@@ -156,20 +175,22 @@ def _log_i0e_gap(zc, dz_N):
   return jnp.where(near_N, dz_N * _log_i0_slope(zc + 0.5 * dz_N), plain_N)
 
 
-def circles_scores(x_NxD, noise):
+def circles_scores(x_NxD, noise, radii=CIRCLE_RADII, origin_D=None):
   """circles_log_density as scores.Relative: each circle's term at the candidates' mean c
-  and its exact gap, through rho - rho_c = (x - c) . (x + c) / (rho + rho_c)."""
+  and its exact gap, through rho - rho_c = (x - c) . (x + c) / (rho + rho_c). radii and
+  origin_D (default: the origin) place the circles elsewhere (a biased verifier's)."""
   c_D = scores.centre(x_NxD)
-  a_C = jnp.asarray(CIRCLE_RADII)
-  rho_N, rho_c = jnp.sqrt(jnp.sum(x_NxD**2, 1)), jnp.sqrt(jnp.sum(c_D**2))
+  y_NxD, yc_D = (x_NxD, c_D) if origin_D is None else (x_NxD - origin_D, c_D - origin_D)
+  a_C = jnp.asarray(radii)
+  rho_N, rho_c = jnp.sqrt(jnp.sum(y_NxD**2, 1)), jnp.sqrt(jnp.sum(yc_D**2))
   both_N = rho_N + rho_c
-  drho_N = jnp.sum((x_NxD - c_D) * (x_NxD + c_D), 1) / jnp.where(both_N > 0, both_N, 1.0)
+  drho_N = jnp.sum((x_NxD - c_D) * (y_NxD + yc_D), 1) / jnp.where(both_N > 0, both_N, 1.0)
   # -(rho - a)^2 / 2 s^2 + log i0e(rho a / s^2), relative to rho_c, for each circle
   quad_NxC = -drho_N[:, None] * ((rho_N[:, None] - a_C) + (rho_c - a_C)) / (2 * noise**2)
   bessel_NxC = jax.vmap(lambda a: _log_i0e_gap(rho_c * a / noise**2, drho_N * a / noise**2),
                         out_axes=1)(a_C)
-  return scores.mixture_gap(circles_log_density(c_D[None], noise, per_circle=True)[0],
-                            -2 * (quad_NxC + bessel_NxC))
+  at_C = circles_log_density(yc_D[None], noise, per_circle=True, radii=radii)[0]
+  return scores.mixture_gap(at_C, -2 * (quad_NxC + bessel_NxC))
 
 
 def _swiss_moments():
@@ -192,10 +213,11 @@ def _moons_moments():
 
 
 TARGETS = {
-    'blobs': Target('blobs', _blobs, (0.0, 0.5), 3.5 / 3, blobs_log_density, 0.25, blobs_scores),
+    'blobs': Target('blobs', _blobs, (0.0, 0.5), 3.5 / 3, blobs_log_density, 0.25, blobs_scores,
+                    blobs_moved),
     'moons': Target('moons', _moons, *_moons_moments(), None, 0.1),
     'circles': Target('circles', _circles, (0.0, 0.0), sum(a * a for a in CIRCLE_RADII) / 2,
-                      circles_log_density, 0.05, circles_scores),
+                      circles_log_density, 0.05, circles_scores, circles_moved),
     'swiss_roll': Target('swiss_roll', _swiss_roll, *_swiss_moments(), None, 0.05),
 }
 
@@ -282,6 +304,12 @@ def sample(params, key, n):
           + params['bandwidth'] * jax.random.normal(noise_key, (n, params['points'].shape[1])))
 
 
+def tempered(params, knobs):
+  """The law the KDE samples at temperature t (knobs: {'temperature': t}): its bandwidth
+  times t, the stored points and weights unchanged."""
+  return {**params, 'bandwidth': params['bandwidth'] * knobs['temperature']}
+
+
 def log_density(params, x_NxD):
   """log sum_r w_r N(x; p_r, h^2 I) of each row (a logsumexp over the stored points)."""
   h = params['bandwidth']
@@ -306,20 +334,26 @@ def spread(params):
 # ---------------------------------------------------------------- closed forms
 
 def spread_theory(var0: float, dims: int, samples: int, rule: str, bandwidth: float,
-                  generations: int, finite: bool = True, shift: int = 1) -> np.ndarray:
+                  generations: int, finite: bool = True, shift: int = 1,
+                  temperature: float = 1.0) -> np.ndarray:
   """E S_g for g = 0..G under `replace` (module docstring), n = g + shift fits.
 
   finite=False and shift=0 give the plausible wrong variants the tests reject: no
   finite-sample factor (r = 1: V_0 + n d h^2, and V_0 (1 + f^2)^n for a rule), and a
-  generation off by one.
+  generation off by one. At temperature t each generation's samples carry kernel noise
+  t^2 h^2 a dimension while its fit keeps h: for a fixed h the n - 1 draws add
+  (t^2 - 1) d h^2 (r + ... + r^(n-1)) more; for a rule each grows the stored scatter by
+  r + t^2 f^2 in place of r + f^2.
   """
   n_G = np.arange(generations + 1, dtype=np.float64) + shift
   r = (samples - 1) / samples if finite else 1.0
+  hot = temperature**2 - 1.0  # 0 at t = 1: the untempered law, exactly
   if rule == 'fixed':
     grown = n_G * dims * bandwidth**2 if r == 1.0 else dims * bandwidth**2 * (1 - r**n_G) / (1 - r)
-    return r**n_G * var0 + grown
+    drawn = n_G - 1 if r == 1.0 else (r - r**n_G) / (1 - r)
+    return r**n_G * var0 + grown + hot * dims * bandwidth**2 * drawn
   f = float(rule_factor(np.float64(samples), dims, rule))
-  return (r + f**2) ** n_G * var0
+  return (r + f**2) ** n_G * var0 * ((r + temperature**2 * f**2) / (r + f**2)) ** (n_G - 1)
 
 
 # ---------------------------------------------------------------- the experiment
@@ -363,7 +397,7 @@ class KDEConfig(experiment.SweepConfig):
               ('reward_target', len(self.reward_target) == DIMS, f'needs {DIMS} coordinates')]
     validation.check_fields(self, checks)
     score = self.active_score(self.regimes)
-    if score in ('truth', 'noisy') and self.truth.log_density is None:
+    if score in ('truth', 'noisy', 'verifier') and self.truth.log_density is None:
       exact = ', '.join(t for t, v in TARGETS.items() if v.log_density is not None)
       raise validation.ConfigError('score', f'{score!r} needs the true density, which the '
                                    f'{self.target} target has in no closed form (only {exact} '
@@ -425,23 +459,27 @@ def family(cfg: KDEConfig, rows: int | None = None) -> protocol.Family:
       sample=sample, reference=reference, evaluate=evaluate,
       one_at_a_time_on_cpu=True,  # a run's N x N kernel sums stay in cache: 2x faster here
       log_density=log_density_scores, true_log_density=true_scores,
-      reward=lambda x_NxD: scores.squared_distance(x_NxD, target_D))
+      reward=lambda x_NxD: scores.squared_distance(x_NxD, target_D),
+      biased=tempered, sampling_knobs=('temperature',),
+      verifier=None if truth.moved is None else (
+          lambda x_NxD, shift, scale: truth.moved(x_NxD, noise, shift, scale)))
 
 
 # ---------------------------------------------------------------- figures
 
-def replace_chain(fam: protocol.Family, seed, n: int, generations: int):
+def replace_chain(fam: protocol.Family, seed, n: int, generations: int, knobs=None):
   """One run under `replace` as the driver draws it, in a scan of the family's own fit and
   sample: the keys split(key(seed), 3) into data, reference and run keys, generation g's
   fit and sample keys split(fold_in(run_key, g), 3)[1:] (tests/test_kde.py checks it
-  against the driver's run). Returns every generation's samples and spread, (G+1) x N x D
-  and G+1: for figures of one seed and for laws over many (vmapped)."""
+  against the driver's run); each fit sampled under the sampling knobs `knobs` where given
+  (fam.biased). Returns every generation's samples and spread, (G+1) x N x D and G+1: for
+  figures of one seed and for laws over many (vmapped)."""
   data_key, _, run_key = jax.random.split(jax.random.key(seed), 3)
 
   def generation(x_NxD, g):
     _, fit_key, sample_key = jax.random.split(jax.random.fold_in(run_key, g), 3)
     params, _ = fam.fit(x_NxD, jnp.ones(n), fit_key)
-    synth_NxD = fam.sample(params, sample_key, n)
+    synth_NxD = fam.sample(fam.biased(params, knobs) if knobs else params, sample_key, n)
     return synth_NxD, (synth_NxD, spread(params))
   _, (x_GxNxD, spread_G) = jax.lax.scan(generation, fam.draw_real(data_key, n),
                                         jnp.arange(generations + 1))
@@ -472,21 +510,27 @@ def scatter(cfg: KDEConfig, path: str, generations=(0, 10, 50, 100, 200, 500, 10
 
 def spread_figure(curves, cfg: KDEConfig, path: str):
   """Mean spread over seeds under replace against the closed form, and the closed form
-  without the finite-sample factor (the wrong variant the tests reject)."""
-  sub = results.select(curves, 'replace', 0.0, cfg.samples)
-  g_G = sub['generation'][:, 0]
-  mean_G, sd_G = sub['spread_mean'][:, 0], sub['spread_sd'][:, 0]
-  half_G = 3.2905 * sd_G / np.sqrt(cfg.seeds)  # the 99.9% interval of the mean
+  without the finite-sample factor (the wrong variant the tests reject); one of each per
+  group of runs where knobs (a temperature) make several."""
+  shown = [grp for grp in results.groups(curves)
+           if grp.regime == 'replace' and grp.samples == cfg.samples]
   var0 = target_variance(cfg.truth, cfg.target_noise)
-  naive_G = spread_theory(var0, DIMS, cfg.samples, cfg.bandwidth_rule, cfg.bandwidth,
-                          cfg.generations, finite=False)
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  ax.plot(g_G, mean_G, color='C0', label=f'mean over {cfg.seeds} seeds')
-  ax.fill_between(g_G, mean_G - half_G, mean_G + half_G, color='C0', alpha=0.25, linewidth=0,
-                  label='its 99.9% interval')
-  ax.plot(g_G, sub['spread_theory'][:, 0], 'k--', linewidth=1,
-          label='closed form (finite-sample factor (N-1)/N)')
-  ax.plot(g_G, naive_G, ':', color='C3', label='without the factor')
+  for i, grp in enumerate(shown):
+    sub = results.select(curves, 'replace', 0.0, cfg.samples, grp.knobs)
+    g_G = sub['generation'][:, 0]
+    mean_G, sd_G = sub['spread_mean'][:, 0], sub['spread_sd'][:, 0]
+    half_G = 3.2905 * sd_G / np.sqrt(cfg.seeds)  # the 99.9% interval of the mean
+    naive_G = spread_theory(var0, DIMS, cfg.samples, cfg.bandwidth_rule, cfg.bandwidth,
+                            cfg.generations, finite=False,
+                            temperature=dict(grp.knobs).get('temperature', 1.0))
+    tag = ''.join(f', {k} {v:g}' for k, v in grp.knobs)
+    ax.plot(g_G, mean_G, color=f'C{2 * i}', label=f'mean over {cfg.seeds} seeds{tag}')
+    ax.fill_between(g_G, mean_G - half_G, mean_G + half_G, color=f'C{2 * i}', alpha=0.25,
+                    linewidth=0, label='its 99.9% interval' if i == 0 else None)
+    ax.plot(g_G, sub['spread_theory'][:, 0], 'k--', linewidth=1,
+            label='closed form (finite-sample factor (N-1)/N)' if i == 0 else None)
+    ax.plot(g_G, naive_G, ':', color='C3', label='without the factor' if i == 0 else None)
   ax.set_xlabel('generation')
   ax.set_ylabel('spread: trace of the KDE covariance')
   if cfg.bandwidth_rule != 'fixed':
@@ -523,8 +567,9 @@ def closed_forms(cfg: KDEConfig):
     del fraction
     if sweep.regime != 'replace':
       return {'spread_theory': np.full(sweep.generations + 1, np.nan)}
+    t = dict(sweep.knobs).get('temperature', (1.0,))[0]
     return {'spread_theory': spread_theory(var0, DIMS, sweep.samples, cfg.bandwidth_rule,
-                                           cfg.bandwidth, sweep.generations)}
+                                           cfg.bandwidth, sweep.generations, temperature=t)}
   return closed_form
 
 

@@ -108,9 +108,34 @@ def fit(cfg: TrainConfig, x_NxD, w_N, key, epoch_rows: int | None = None):
   return _train(cfg, rows, batches, key)
 
 
+TEMPERATURE = 'temperature'  # the entry `tempered` adds to a VAE's params
+
+
+def tempered(params, knobs):
+  """The law the VAE samples at temperature t (knobs: {'temperature': t}): its latent prior
+  N(0, t^2 I), the decoder unchanged."""
+  return {**params, TEMPERATURE: knobs['temperature']}
+
+
+def network(params):
+  """(the VAE's own params, the latent prior's scale t or None) of params that `tempered`
+  may have marked."""
+  if TEMPERATURE not in params:
+    return params, None
+  return {k: v for k, v in params.items() if k != TEMPERATURE}, params[TEMPERATURE]
+
+
+def prior_draws(params, key, n: int, latent: int):
+  """(the VAE's own params, n latents z ~ N(0, t^2 I), t = 1 unless tempered), n x latent."""
+  params, t = network(params)
+  z_NxL = jax.random.normal(key, (n, latent))
+  return params, z_NxL if t is None else t * z_NxL
+
+
 def decoded_batch(cfg: TrainConfig, params, key):
-  """A batch of images decoded from z ~ N(0, I): the decoder's pixel probabilities."""
-  z_BxL = jax.random.normal(key, (cfg.batch, cfg.latent))
+  """A batch of images decoded from z ~ N(0, I) (N(0, t^2 I), tempered): the decoder's pixel
+  probabilities."""
+  params, z_BxL = prior_draws(params, key, cfg.batch, cfg.latent)
   return jax.nn.sigmoid(VAE(cfg.latent).apply({'params': params}, z_BxL, method=VAE.decode))
 
 
@@ -123,9 +148,10 @@ def fit_fresh(cfg: TrainConfig, params_prev, key, rows: int):
 
 
 def generate(latent: int, params, key, n, chunk: int = 1000):
-  """n images decoded from z ~ N(0, I): the decoder's pixel probabilities."""
+  """n images decoded from z ~ N(0, I) (N(0, t^2 I), tempered): the decoder's pixel
+  probabilities."""
   model = VAE(latent)
-  z_NxL = jax.random.normal(key, (n, latent))
+  params, z_NxL = prior_draws(params, key, n, latent)
   decode = lambda z_L: model.apply({'params': params}, z_L[None], method=VAE.decode)[0]
   return jax.nn.sigmoid(jax.lax.map(decode, z_NxL, batch_size=min(chunk, n)))
 
@@ -320,6 +346,7 @@ def family(cfg: VAEConfig, data) -> protocol.WithData:
                                                      cfg.eval_images),
         log_density=lambda params, x_NxD: elbo(cfg.latent, params, x_NxD),
         reward=lambda x_NxD: digit_log_prob(data['classifier'], cfg.preferred_digit, x_NxD),
+        biased=tempered, sampling_knobs=('temperature',),
         one_at_a_time_on_cpu=True)  # vmapped convolutions cost more than a loop there
   return protocol.WithData(make, data)
 
