@@ -156,3 +156,10 @@ def test_noisy_scores_add_their_noise_to_the_truths_gaps():
   np.testing.assert_allclose(noisy.gap_N - truth.gap_N, 0.5 * jax.random.normal(key, (N,)),
                              rtol=1e-6, atol=1e-6)
   assert noisy.at == truth.at
+
+
+def test_a_component_whose_share_underflows_still_counts_where_it_dominates():
+  """A component e^-120 of the mixture at c (0 in float32) but near a candidate x: the gap is
+  log(e^-1 + e^-0.4) there, not log1p over the other components alone (-1)."""
+  gap = scores.mixture_gap(jnp.asarray([0.0, -120.0]), jnp.asarray([[2.0, -239.2], [2.0, 0.0]]))
+  np.testing.assert_allclose(gap.gap_N, [np.log(np.exp(-1) + np.exp(-0.4)), -1.0], atol=2e-6)

@@ -189,11 +189,12 @@ def select(table, regime, fraction, samples=None, knob_values=()):
   """The (generation x seed) matrix of every column for one sweep (its parameter's value
   `fraction`, its knobs' `knob_values`: (knob, value) pairs); from an over_seeds table,
   generation x 1; from a table without generations, row x 1."""
-  rows = (table['regime'] == regime) & (table[value_column(table, regime)] == np.float32(fraction))
+  as32 = lambda column: np.asarray(table[column], np.float32)  # noqa: E731 (float64 when read back)
+  rows = (table['regime'] == regime) & (as32(value_column(table, regime)) == np.float32(fraction))
   if samples is not None:
     rows &= table['samples'] == samples
   for k, v in knob_values:
-    rows &= table[k] == np.float32(v)
+    rows &= as32(k) == np.float32(v)
   g1 = int(table['generation'][rows].max()) + 1 if 'generation' in table else int(rows.sum())
   return {k: v[rows].reshape(g1, -1) for k, v in table.items()}
 

@@ -61,7 +61,10 @@ def mixture_gap(logc_K, dq_NxK):
   t_N = jax.nn.logsumexp(logr_K - 0.5 * dq_NxK, axis=-1)
   small_NxK = jnp.where(r_K > 0, r_K * jnp.expm1(-0.5 * dq_NxK), 0.0)
   u_N = jnp.log1p(jnp.sum(small_NxK, axis=-1))
-  return Relative(at, jnp.where(jnp.abs(t_N) < 0.5, u_N, t_N))
+  # log1p's sum leaves out the components whose share at c underflows to 0: it holds only
+  # where those add nothing at x either (below e^-30 of the whole)
+  dropped_N = jnp.max(jnp.where(r_K > 0, -jnp.inf, logr_K - 0.5 * dq_NxK), axis=-1)
+  return Relative(at, jnp.where((jnp.abs(t_N) < 0.5) & (dropped_N < -30.0), u_N, t_N))
 
 
 def gaussian(x_NxD, m_D, whiten, log_norm, c_D=None) -> Relative:
