@@ -7,9 +7,11 @@ on text it generated itself (64-token prompts, 64 new tokens, 5-beam search).
   python -m experiments.opt --preset=tiny                              # a small random OPT, CPU, offline
   python -m experiments.opt --preset=tiny --decoding=sample --regime=replace,verify,curate \
       --keep_fraction=0.5 --score=gen0   # blocks ranked by the generation-0 model's likelihood
+  python -m experiments.opt --preset=tiny --decoding=sample --temperature=0.5,1,2  # a group each
 
 verify and curate rank generated blocks by their log-likelihood under --score=gen0 or self;
-they, and augment above 1, need --decoding=sample.
+they, and augment above 1, need --decoding=sample, as do --temperature, --top_k and --top_p
+(each value, and each combination, a group of runs).
 
 WikiText-2 and, for --preset=tiny, OPT's tokenizer come from the data directory (--data_dir, else
 $COLLAPSE_JAX_DATA, else ~/.cache/collapse_jax); python -m collapse_jax.data download fills it.

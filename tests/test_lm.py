@@ -13,10 +13,12 @@ import orbax.checkpoint as ocp
 import pandas as pd
 import pytest
 
+from collapse_jax.core import knobs as knobs_module
 from collapse_jax.core import regimes, results, validation
 from collapse_jax.families import lm
-from collapse_jax.families.lm import arrays, inputs, measurement, training
-from collapse_jax.nets import opt_train, opt_weights
+from collapse_jax.families.lm import arrays, decoding, inputs, measurement, training
+from collapse_jax.nets import opt, opt_train, opt_weights
+from experiments import opt as opt_experiment
 
 try:  # main.py's measure, by transformers' OPT; PyTorch is in the [test] extra on Python 3.11
   import torch
@@ -232,6 +234,61 @@ def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, da
     dataclasses.replace(cfg, score='truth').validate()
 
 
+def test_sampling_knobs_are_groups_of_runs_with_their_own_folders_and_columns(tmp_path, data,
+                                                                             monkeypatch):
+  """--temperature=0.5,1,2: three groups, each in its own folder and with its value in every
+  table, sharing generation 0's model (trained once) but not its text, decoded by one
+  compiled program; hotter text is less likely under the generation-0 model."""
+  cfg = dataclasses.replace(CFG, generations=1, decoding='sample', temperatures=(0.5, 1.0, 2.0))
+  lm.run(cfg, str(tmp_path), progress=False, log=quiet)
+  metrics = pd.read_csv(tmp_path / 'metrics.csv')
+  assert metrics['temperature'].tolist() == [0.5, 1.0, 2.0] * 2
+  assert metrics['generation'].tolist() == [0, 0, 0, 1, 1, 1]
+  assert 'top_k' not in metrics and 'top_p' not in metrics
+  for name in ('continuations.csv', 'generated_perplexity.csv'):
+    table = pd.read_csv(tmp_path / name)
+    named = 'replace_temperature_' + table['temperature'].map('{:g}'.format)
+    assert (table['setting'] == named).all()
+    assert table['temperature'].nunique() == 3
+  assert 'temperature' in (tmp_path / 'summary.txt').read_text()
+
+  gen0 = [tmp_path / f'replace_temperature_{t}' / 'seed_0' / 'gen_00' for t in ('0.5', '1', '2')]
+  assert not gen0[0].is_symlink() and not (gen0[0] / 'model').is_symlink()
+  assert all((g / 'model').is_symlink() and not g.is_symlink() for g in gen0[1:])
+  first = metrics[metrics['generation'] == 0]
+  assert first['test_ppl'].nunique() == 1  # one model
+  text = [np.load(g / 'generated' / '00000000.npy') for g in gen0]
+  assert not np.array_equal(text[0], text[1]) and not np.array_equal(text[1], text[2])
+  assert first['generated_ppl_median'].is_monotonic_increasing
+  config = opt.OPTConfig(**opt.TINY, dtype=cfg.dtype)
+  assert decoding._continuer(cfg, config)._cache_size() == 1
+
+  before = (tmp_path / 'metrics.csv').read_text()
+  monkeypatch.setattr(training, 'fine_tune', lambda *a, **k: pytest.fail('retrained'))
+  lm.run(cfg, str(tmp_path), progress=False, log=quiet)
+  assert (tmp_path / 'metrics.csv').read_text() == before
+
+
+def test_old_sampling_flags_are_one_value_sweeps_and_a_run_without_knobs_records_as_before():
+  fv = opt_experiment.FLAGS
+  fv.unparse_flags()
+  fv(['opt', '--preset=tiny', '--decoding=sample', '--temperature=0.7', '--top_k=1,5,0'])
+  cfg = opt_experiment.config()
+  fv.unparse_flags()
+  assert (cfg.temperatures, cfg.top_ks, cfg.top_ps) == ((0.7,), (1, 5, 0), (1.0,))
+  assert [knobs for _, knobs in cfg.validate().sweep('replace', 0.0, 24).grid()] == [
+      {'temperature': 0.7, 'top_k': k} for k in (1.0, 5.0, 0.0)]
+  record = cfg.record()
+  assert record['temperatures'] == [0.7] and record['top_ks'] == [1, 5, 0]
+  assert record['top_p'] == 1.0 and 'temperature' not in record and 'top_ps' not in record
+  # As LMConfig recorded its scalar sampling settings before they were knobs.
+  plain = lm.LMConfig(**lm.PRESETS['tiny']).record()
+  assert {k: plain[k] for k in ('temperature', 'top_k', 'top_p')} == {
+      'temperature': 1.0, 'top_k': 0, 'top_p': 1.0}
+  assert not set(plain) & set(knobs_module.FIELDS.values())
+  assert 'parallel_seeds' not in plain and 'data_dir' not in plain
+
+
 @pytest.mark.torch
 def test_the_default_paper_preset_is_the_authors_main_py():
   """github.com/iliaishacked/curse_recurse: main.py's defaults (-lr 2e-5, -m 5, -b 128,
@@ -311,6 +368,13 @@ def test_blocks_are_ranked_only_by_the_models_own_likelihoods():
     (dict(data_dir='/no/such/dir'), 'data_dir'),
     (dict(regimes=('mix',), real_fractions=(0.1,), new_tokens=8), 'new_tokens'),
     (dict(regimes=('sideways',)), 'regime'),
+    (dict(temperatures=(0.5,)), 'temperature'),  # beam search
+    (dict(decoding='greedy', top_ks=(5,)), 'top_k'),
+    (dict(decoding='sample', top_ps=(0.5, 0.5000001)), 'top_p'),  # one folder
+    (dict(decoding='sample', top_ks=(2, -1)), 'top_k'),
+    (dict(decoding='sample', regimes=('mix',), real_fractions=(0.1,), real_weights=(0.5,)),
+     'real_weight'),
+    (dict(decoding='sample', verifier_shifts=(1.0,)), 'verifier_shift'),
 ])
 def test_bad_flags_fail_in_one_line_before_anything_runs(tmp_path, change, flag):
   cfg = dataclasses.replace(CFG, **change)

@@ -95,6 +95,90 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
   np.testing.assert_array_equal(kept, [[True, True, True, False]])
 
 
+def kept_by_numpy(logits_V, top_k, top_p, crossing=True):
+  """The tokens top-k then top-p sampling keeps, computed directly: the k likeliest (0: all),
+  then the fewest likeliest whose probability (renormalised over those k) reaches top_p;
+  crossing=False leaves out the token that crosses top_p (a plausible wrong reading)."""
+  order = np.argsort(-logits_V.astype(np.float64))
+  k = top_k or len(order)
+  p_K = np.exp(logits_V[order[:k]] - logits_V[order[0]])
+  cum_K = np.cumsum(p_K / p_K.sum())
+  n = int(np.searchsorted(cum_K, top_p)) + 1 if top_p < 1 else k
+  n = min(n, k) if crossing else max(int((cum_K <= top_p).sum()), 1)
+  kept_V = np.zeros(len(order), bool)
+  kept_V[order[:n]] = True
+  return kept_V
+
+
+@pytest.mark.parametrize('top_k, top_p', [(0, 0.3), (0, 0.9), (5, 1.0), (1, 1.0), (7, 0.5),
+                                          (50, 0.99), (0, 1.0)])
+def test_truncation_keeps_what_a_direct_computation_keeps_static_or_traced(top_k, top_p):
+  """truncate against NumPy on random logits, with settings fixed at compile time (as the
+  sampler's defaults) and traced (a sweep's knobs: one program for every value); the
+  computation tells the right reading of top_p from one that drops the crossing token."""
+  logits_BxV = np.random.default_rng(top_k + int(100 * top_p)).normal(0, 2, (64, 50)).astype(
+      np.float32)
+  expected = np.stack([kept_by_numpy(row, top_k, top_p) for row in logits_BxV])
+  static = np.asarray(opt_decode.truncate(jnp.asarray(logits_BxV), top_k, top_p))
+  traced = np.asarray(jax.jit(opt_decode.truncate)(jnp.asarray(logits_BxV), jnp.float32(top_k),
+                                                   jnp.float32(top_p)))
+  np.testing.assert_array_equal(np.isfinite(static), expected)
+  np.testing.assert_array_equal(traced, static)  # the same logits, bit for bit
+  np.testing.assert_array_equal(static[expected], logits_BxV[expected])
+  if 0 < top_p < 1:
+    wrong = np.stack([kept_by_numpy(row, top_k, top_p, crossing=False) for row in logits_BxV])
+    assert (wrong != expected).any()
+
+
+def test_traced_knobs_sample_as_the_static_settings_and_reach_greedy(params):
+  """The sampler with its settings as traced knobs draws what it draws with them fixed at
+  compile time, token for token; top_k 1 and a temperature near 0 are greedy decoding."""
+  x = ids(3, 6)
+  mask = jnp.ones_like(x)
+  key = jax.random.key(4)
+  knobs = {'temperature': jnp.float32(0.7), 'top_k': jnp.float32(5), 'top_p': jnp.float32(0.9)}
+  static = opt_decode.sample(SMALL, params, x, mask, key, 10, 2.0, 0.7, 5, 0.9)
+  np.testing.assert_array_equal(opt_decode.sample(SMALL, params, x, mask, key, 10, 2.0, 1.0,
+                                                  knobs=knobs), static)
+  free = opt_decode.sample(SMALL, params, x, mask, key, 10, 2.0, 1.0)
+  assert (np.asarray(free) != np.asarray(static)).any()  # the knobs changed something
+  greedy = opt_decode.sample(SMALL, params, x, mask, None, 10, 2.0)
+  for knob, value in (('top_k', 1.0), ('temperature', 1e-6)):
+    np.testing.assert_array_equal(opt_decode.sample(SMALL, params, x, mask, key, 10, 2.0, 1.0,
+                                                    knobs={knob: jnp.float32(value)}), greedy)
+
+
+def test_the_first_sampled_token_follows_the_tempered_truncated_law(params):
+  """4,000 draws of a prompt's first new token under temperature 0.25, top_k 8 and top_p 0.9
+  (traced knobs) against that law, computed directly from the prompt's logits: a chi-square
+  test at the 99.9% level accepts it and rejects the law with the temperature left out."""
+  from scipy import stats  # noqa: PLC0415
+  n, x = 4000, ids(1, 6, seed=5)
+  knobs = {'temperature': jnp.float32(0.25), 'top_k': jnp.float32(8), 'top_p': jnp.float32(0.9)}
+  first_N = np.asarray(opt_decode.sample(SMALL, params, jnp.tile(x, (n, 1)),
+                                         jnp.ones((n, 6), jnp.int32), jax.random.key(0), 2, 1.0,
+                                         1.0, knobs=knobs))[:, 0]
+  logits_V = np.asarray(opt_decode.prefill(SMALL, params, x, jnp.ones_like(x), 1)[0][0], np.float64)
+  logits_V[SMALL.eos_token_id] = -np.inf
+
+  def law(temperature):
+    kept_V = kept_by_numpy(logits_V / temperature, 8, 0.9)
+    p_V = np.where(kept_V, np.exp(logits_V / temperature - logits_V.max() / temperature), 0.0)
+    return p_V / p_V.sum()
+
+  counts_V = np.bincount(first_N, minlength=SMALL.vocab_size)
+
+  def rejected(p_V):
+    if counts_V[p_V == 0].any():
+      return True
+    expected_V = n * p_V[p_V > 0]
+    chi2 = ((counts_V[p_V > 0] - expected_V) ** 2 / expected_V).sum()
+    return chi2 > stats.chi2.ppf(0.999, (p_V > 0).sum() - 1)
+
+  assert (law(0.25) > 0).sum() >= 3 and not rejected(law(0.25))
+  assert rejected(law(1.0))
+
+
 def test_training_lowers_the_loss_and_block_nll_is_the_mean_token_nll(params):
   x = ids(4, 16)
   tx = opt_train.optimizer(opt_train.TrainConfig(learning_rate=3e-3, batch=4), 30)

@@ -63,18 +63,24 @@ def _no_eos(scores_BxV, eos: int):
                                              'temperature', 'top_k', 'top_p'))
 def sample(config: OPTConfig, params, prompt_BxT, mask_BxT, key, new_tokens: int,
            repetition_penalty: float = 1.0, temperature: float = 0.0, top_k: int = 0,
-           top_p: float = 1.0):
-  """new_BxN: greedy (temperature 0) or sampled continuations of left-padded prompts."""
+           top_p: float = 1.0, knobs=None):
+  """new_BxN: greedy (temperature 0) or sampled continuations of left-padded prompts.
+
+  `knobs` ({'temperature', 'top_k', 'top_p'}: traced scalars, those a sweep sets) replace
+  the static settings of the same names, so every value of a sweep runs one compiled
+  program; temperature 0 (greedy) ignores them."""
   logits_BxV, cache, key_mask = prefill(config, params, prompt_BxT, mask_BxT, new_tokens)
   params = unstack(params)  # once, not every token
   t = prompt_BxT.shape[1]
   position_B = positions(mask_BxT)[:, -1] + 1
+  law = {'temperature': temperature, 'top_k': top_k, 'top_p': top_p, **(knobs or {})}
 
   def choose(logits_BxV, seen_BxV, step):
     scores = _no_eos(penalise(logits_BxV, seen_BxV, repetition_penalty), config.eos_token_id)
     if temperature == 0.0:
       return jnp.argmax(scores, axis=-1)
-    return jax.random.categorical(jax.random.fold_in(key, step), truncate(scores / temperature, top_k, top_p))
+    return jax.random.categorical(jax.random.fold_in(key, step),
+                                  truncate(scores / law['temperature'], law['top_k'], law['top_p']))
 
   def step(carry, n):
     logits_BxV, cache, seen_BxV = carry
@@ -89,17 +95,31 @@ def sample(config: OPTConfig, params, prompt_BxT, mask_BxT, key, new_tokens: int
   return jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
 
 
-def truncate(logits_BxV, top_k: int, top_p: float):
-  """Logits outside the top k, or outside the smallest set holding probability top_p, to -inf."""
-  if top_k:
-    kth_B = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
-    logits_BxV = jnp.where(logits_BxV < kth_B, -jnp.inf, logits_BxV)
-  if top_p < 1.0:
-    sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-    before_BxV = jnp.cumsum(jax.nn.softmax(sorted_BxV, axis=-1), axis=-1) - jax.nn.softmax(sorted_BxV, axis=-1)
-    cut_B = jnp.min(jnp.where(before_BxV < top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
-    logits_BxV = jnp.where(logits_BxV < cut_B, -jnp.inf, logits_BxV)
-  return logits_BxV
+def truncate(logits_BxV, top_k=0, top_p=1.0):
+  """Logits outside the k most likely (0: all), or outside the smallest set of the most likely
+  holding probability top_p (1: all), to -inf; ties with the last one kept stay. top_k and
+  top_p may be traced (a sweep's knobs; top_k a float, as knobs come): then a top_k of 0 and a
+  top_p of 1 keep every logit too."""
+  if _static(top_k, 0) and _static(top_p, 1.0):
+    return logits_BxV
+  sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+  cut_Bx1 = jnp.full((logits_BxV.shape[0], 1), -jnp.inf, logits_BxV.dtype)
+  if not _static(top_k, 0):
+    k = jnp.clip(jnp.asarray(top_k).astype(jnp.int32), 0, logits_BxV.shape[-1])
+    kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, jnp.maximum(k, 1) - 1, 1, axis=1)
+    cut_Bx1 = jnp.where(k > 0, kth_Bx1, cut_Bx1)
+    sorted_BxV = jnp.where(sorted_BxV < cut_Bx1, -jnp.inf, sorted_BxV)
+  if not _static(top_p, 1.0):
+    p_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    before_BxV = jnp.cumsum(p_BxV, axis=-1) - p_BxV  # the mass of the likelier ones
+    last_Bx1 = jnp.min(jnp.where(before_BxV < top_p, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+    cut_Bx1 = jnp.maximum(cut_Bx1, jnp.where(jnp.asarray(top_p) < 1.0, last_Bx1, -jnp.inf))
+  return jnp.where(logits_BxV < cut_Bx1, -jnp.inf, logits_BxV)
+
+
+def _static(value, off) -> bool:
+  """Whether a setting is a Python number that leaves the logits as they are."""
+  return isinstance(value, (int, float)) and value == off
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'new_tokens', 'beams', 'repetition_penalty'))

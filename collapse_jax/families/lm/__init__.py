@@ -13,7 +13,7 @@ Everything a generation produces is on disk before the next starts, and a
 killed run resumes at the last finished epoch or batch of prompts, drawing the
 same random numbers: keys are folded from (seed, generation, epoch, step).
 
-The rooms: config (LMConfig, its checks, PRESETS, SCORES), inputs (the tokenizer and
+The rooms: config (LMConfig, its checks, PRESETS, SCORES, folder), inputs (the tokenizer and
 blocks, the starting model, each generation's training blocks), training (fine_tune,
 block_nll), decoding (continue_prompts, regenerate), measurement (measure, METRICS),
 generations (run_seeds: one setting's seeds through every generation), experiment (run:

@@ -1,11 +1,12 @@
 """The language-model experiment's settings: LMConfig, its checks and its presets."""
 
 import dataclasses
+import json
 
 import jax
 
 from collapse_jax import data
-from collapse_jax.core import protocol, regimes, validation
+from collapse_jax.core import knobs, protocol, regimes, validation
 from collapse_jax.core.settings import setting
 from collapse_jax.data import wikitext
 from collapse_jax.nets import opt_train
@@ -26,7 +27,9 @@ class LMConfig(regimes.Options):
   generation-0 model (gen0, the default) or the model being measured (self): the per-block
   perplexities the experiment reports. A regime that needs more blocks than there are prompts
   (verify, curate, augment with a ratio above 1) continues each prompt again, which takes
-  --decoding=sample (beam search would repeat itself).
+  --decoding=sample (beam search would repeat itself). Sampled text may be tempered and
+  truncated (the knobs temperatures, top_ks, top_ps: each value, and each combination, a group
+  of runs in a folder of its own, `folder`).
   """
   DEFAULT_SCORE = 'gen0'
   model: str = setting('facebook/opt-125m', "Hub name or local Hugging Face OPT directory; 'tiny':"
@@ -64,10 +67,8 @@ class LMConfig(regimes.Options):
   repetition_penalty: float = setting(3.0, "CTRL repetition penalty (1: none, the paper's text; it"
                                            ' ablates 2; main.py uses 3).')
   decoding: str = setting('beam', 'How new text is made: beam search (the paper), greedy, or '
-                                  'sampling.', choices=('beam', 'greedy', 'sample'))
-  temperature: float = setting(1.0, 'Sampling temperature (--decoding=sample).')
-  top_k: int = setting(0, 'Sample among the k most likely tokens (0: all).')
-  top_p: float = setting(1.0, 'Sample among the most likely tokens holding this probability.')
+                                  'sampling (--temperature, --top_k, --top_p: each value a group '
+                                  'of runs).', choices=('beam', 'greedy', 'sample'))
   from_previous: bool = setting(False, "Start each generation from the previous generation's "
                                        'weights instead of the pretrained ones.')
   train_blocks: int = setting(0, 'Use only the first N training blocks (0: all).')
@@ -102,9 +103,6 @@ class LMConfig(regimes.Options):
         ('beams', self.beams >= 1, 'must be at least 1'),
         ('repetition_penalty', self.repetition_penalty > 0, 'must be positive'),
         ('decoding', self.decoding in ('beam', 'greedy', 'sample'), 'must be beam, greedy or sample'),
-        ('temperature', self.temperature > 0, 'must be positive'),
-        ('top_k', self.top_k >= 0, 'must be non-negative'),
-        ('top_p', 0 < self.top_p <= 1, 'must be in (0, 1]'),
         ('train_blocks', self.train_blocks >= 0, 'must be non-negative'),
         ('eval_blocks', self.eval_blocks >= 0, 'must be non-negative'),
         ('train_split', self.train_split in wikitext.SPLITS, f'must be one of {wikitext.SPLITS}'),
@@ -123,7 +121,8 @@ class LMConfig(regimes.Options):
          'must be sample for a regime that continues a prompt more than once (verify, curate, '
          'augment with a ratio above 1)')]
     validation.check_fields(self, checks)
-    validation.validate_options(self, SCORES)
+    _check_knobs(self)
+    validation.validate_options(self, SCORES + knobs.SAMPLING)
     return self
 
   def values(self, regime: str) -> tuple[float, ...]:
@@ -137,12 +136,52 @@ class LMConfig(regimes.Options):
     fields['settings'] = tuple((p, (value,) if p == parameter else v) for p, v in fields['settings'])
     reals = (value,) if parameter == 'real_fraction' else (0.0,)
     return protocol.Sweep(regime, self.seeds, self.generations, blocks, reals, self.first_seed,
-                        **fields)
+                          **fields, knobs=self.knobs_for(regime, self.regimes))
+
+  def record(self) -> dict:
+    """config.json's content: the fields that say what the run is (not where its files are, nor
+    how many seeds run at once), as JSON values. A knob left at its default is left out, and
+    a sampling knob so left is recorded as runs before knobs recorded it, so their workdirs
+    resume."""
+    where = {'tokenizer', 'data_dir', 'parallel_seeds'}
+    off = {k for k in knobs.KNOBS if knobs.at_default(k, getattr(self, knobs.FIELDS[k]))}
+    fields = json.loads(json.dumps(dataclasses.asdict(self)))
+    fields = {k: v for k, v in fields.items()
+              if k not in where | {knobs.FIELDS[name] for name in off}}
+    return {**fields, **{k: v for k, v in BEFORE_KNOBS.items() if k in off}}
 
   @property
   def train(self) -> opt_train.TrainConfig:
     return opt_train.TrainConfig(self.learning_rate, self.batch, self.weight_decay,
                                  self.warmup_steps, self.schedule, self.min_learning_rate, self.epochs)
+
+
+# The sampling settings as LMConfig recorded them before they were knobs (scalar fields).
+BEFORE_KNOBS = {'temperature': 1.0, 'top_k': 0, 'top_p': 1.0}
+
+
+def _check_knobs(cfg: LMConfig) -> None:
+  """The knobs the language model takes: the sampling ones, with --decoding=sample, each value
+  naming a folder of its own; not real_weight (it fine-tunes on its blocks unweighted) nor a
+  verifier's (it has no biased verifier)."""
+  refused = {'weight': 'the language model fine-tunes on its blocks unweighted',
+             'verifier': 'the language model has no biased verifier (--score=verifier)'}
+  for name, values in cfg.knob_settings():
+    acts_on = knobs.KNOBS[name].acts_on
+    if acts_on in refused:
+      raise validation.ConfigError(name, f'must be left unset: {refused[acts_on]}')
+    if cfg.decoding != 'sample':
+      raise validation.ConfigError(name, f'applies only to --decoding=sample, not {cfg.decoding}')
+    if len({f'{v:g}' for v in values}) < len(set(values)):  # (repeats: validate_knobs)
+      raise validation.ConfigError(name, 'values must differ in their first 6 significant digits, '
+                                   "which name each group's folder")
+
+
+def folder(regime: str, value: float, knob_values: dict) -> str:
+  """A group of runs' folder: the regime, its parameter's value (unless quiet) and the value of
+  each knob the run sets (none: the folder runs before knobs had)."""
+  name = regime if regimes.get(regime).quiet(value) else f'{regime}_{value:g}'
+  return name + ''.join(f'_{k}_{v:g}' for k, v in knob_values.items())
 
 
 # The released code (the defaults); the paper's text, whose two settings name no optimiser

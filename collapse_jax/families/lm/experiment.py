@@ -1,8 +1,6 @@
 """The language-model experiment: every setting's seeds through their generations, then the
 tables, figures and summary of the whole run."""
 
-import dataclasses
-import json
 import os
 
 import jax
@@ -10,7 +8,7 @@ import numpy as np
 
 from collapse_jax.core import checkpoints, files, placement, plots, regimes, results, validation
 from collapse_jax.families.lm import generations, inputs, records
-from collapse_jax.families.lm.config import LMConfig
+from collapse_jax.families.lm.config import LMConfig, folder
 from collapse_jax.families.lm.measurement import METRICS, SCORE_METRICS
 
 DECODED = {'beam': 'beam-search', 'greedy': 'greedy', 'sample': 'sampled'}  # for titles
@@ -19,66 +17,58 @@ DECODED = {'beam': 'beam-search', 'greedy': 'greedy', 'sample': 'sampled'}  # fo
 def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
   """Runs, resumes or reloads the experiment in `workdir`; returns its metrics table.
 
-  Leaves there: config.json; <regime>[_<value>]/seed_<s>/gen_<g>/ with the best
-  weights (Orbax), the generated blocks, their perplexities under the generation-0
-  model (and their scores, for a run with one) and the metrics; metrics.csv (a row per
-  regime x value of its parameter x seed x generation), generated_perplexity.csv (a row per generated block),
+  Leaves there: config.json; <regime>[_<value>][_<knob>_<value>...]/seed_<s>/gen_<g>/ (a
+  folder per group of runs: a regime, a value of its parameter and, where the run sweeps
+  sampling knobs, one value of each) with the best weights (Orbax), the generated blocks,
+  their perplexities under the generation-0 model (and their scores, for a run with one)
+  and the metrics; metrics.csv (a row per regime x value of its parameter x knobs' values x
+  seed x generation), generated_perplexity.csv (a row per generated block),
   continuations.csv, perplexity.png, histograms.png, tails.png and summary.txt.
   """
   cfg.validate()
   data = inputs.load_data(cfg)  # missing data or tokenizer fail here, before anything is written
-  # Where things are and how many seeds run at once, not what the run is.
-  where = {'tokenizer', 'data_dir', 'parallel_seeds'}
-  validation.check_config(workdir, {k: v for k, v in json.loads(json.dumps(
-      dataclasses.asdict(cfg))).items() if k not in where})
+  validation.check_config(workdir, cfg.record())
   log(f'{len(data["train"])} training blocks of {cfg.block} tokens, {len(data["valid"])} '
       f'validation, {len(data["test"])} test; {jax.device_count()} {jax.default_backend()} device(s)')
 
-  # -- every setting x seed: a host loop over generations
-  sweeps, hist, texts, first_name = [], [], [], None
+  # -- every group of runs (a regime, a value of its parameter, the knobs' values) x seed: a
+  # host loop over generations
+  sweeps, hist, texts, firsts = [], [], [], {}
   metric_names = METRICS + (SCORE_METRICS if cfg.active_score(cfg.regimes) else ())
   for regime in cfg.regimes:
-    reg = regimes.get(regime)
     for value in cfg.values(regime):
-      name = regime if reg.quiet(value) else f'{regime}_{value:g}'
-      real = value if reg.parameter == 'real_fraction' else 0.0
-      first_name = first_name or name
-      seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
-      if name != first_name:
-        for seed in seeds:
-          _share_first_generation(os.path.join(workdir, first_name, f'seed_{seed}'),
-                                  os.path.join(workdir, name, f'seed_{seed}'))
-      together, per_seed = seeds_at_once(cfg), []
-      for i in range(0, cfg.seeds, together):
-        try:
-          per_seed += generations.run_seeds(cfg, regime, value, seeds[i:i + together], data,
-                                            os.path.join(workdir, name), progress, log)
-        except jax.errors.JaxRuntimeError as e:
-          if 'RESOURCE_EXHAUSTED' not in str(e) or together == 1:
-            raise
-          raise validation.ConfigError(
-              'parallel_seeds', f'{together} seeds at once ran out of device memory; rerun with '
-              f'--parallel_seeds={together // 2}, which resumes where this run stopped') from None
-      for seed, rows in zip(seeds, per_seed):
-        for row in rows:
-          ppl = np.load(checkpoints.checked(os.path.join(
-              workdir, name, f'seed_{seed}', f'gen_{row["generation"]:02d}', 'generated_ppl.npy')))
-          hist.append((regime, real, name, seed, row['generation'], ppl))
-          texts.append((regime, real, name, seed, row['generation'], row['continuation']))
       sweep = cfg.sweep(regime, value, len(data['train']))
-      metrics = {m: np.array([[rows[g][m] for rows in per_seed] for g in range(cfg.generations + 1)],
+      per_run = []  # each run's rows, in the order of sweep.runs()
+      for _, knob_values in sweep.grid():
+        name = folder(regime, value, knob_values)
+        _share(workdir, name, firsts, tuple(knob_values.items()), cfg)
+        per_seed = _run_group(cfg, regime, value, knob_values, data, os.path.join(workdir, name),
+                              progress, log)
+        real = value if regimes.get(regime).parameter == 'real_fraction' else 0.0
+        head = (regime, real, *knob_values.values(), name)
+        for seed, rows in zip(range(cfg.first_seed, cfg.first_seed + cfg.seeds), per_seed):
+          for row in rows:
+            g = row['generation']
+            ppl = np.load(checkpoints.checked(os.path.join(
+                workdir, name, f'seed_{seed}', f'gen_{g:02d}', 'generated_ppl.npy')))
+            hist.append((*head, seed, g, ppl))
+            texts.append((*head, seed, g, row['continuation']))
+        per_run += per_seed
+      metrics = {m: np.array([[rows[g][m] for rows in per_run] for g in range(cfg.generations + 1)],
                              np.float64) for m in metric_names}
       sweeps.append((sweep, metrics))
 
   # -- tables, figures, summary
   table = results.long_table(sweeps, first=metric_names)
   results.write_csv(table, os.path.join(workdir, 'metrics.csv'))
-  # setting: the regime and its parameter's value, as the run's folder is named
-  records.write_rows(os.path.join(workdir, 'continuations.csv'),
-                   ('regime', 'real_fraction', 'setting', 'seed', 'generation', 'text'), texts)
+  # the knobs the run sets, then setting: the regime, its parameter's value and the knobs', as
+  # the group's folder is named
+  head = ('regime', 'real_fraction', *(k for k, _ in cfg.knob_settings()), 'setting', 'seed',
+          'generation')
+  records.write_rows(os.path.join(workdir, 'continuations.csv'), (*head, 'text'), texts)
   records.write_rows(os.path.join(workdir, 'generated_perplexity.csv'),
-                   ('regime', 'real_fraction', 'setting', 'seed', 'generation', 'block', 'perplexity'),
-                   [(*head, i, f'{p:.6g}') for *head, ppl in hist for i, p in enumerate(ppl)])
+                   (*head, 'block', 'perplexity'),
+                   [(*row, i, f'{p:.6g}') for *row, ppl in hist for i, p in enumerate(ppl)])
   curves = results.over_seeds(sweeps)
   plots.curves(curves, [('test_ppl', 'test perplexity', True),
                         ('generated_ppl_median', 'median perplexity of generated blocks\n'
@@ -91,7 +81,7 @@ def run(cfg: LMConfig, workdir: str, progress: bool = True, log=print):
                          False),
                         ('repeated_4grams', 'repeated 4-grams within a block', False)],
                os.path.join(workdir, 'tails.png'), title='Tails of the generated text')
-  plots.perplexity_histograms([(name, *rest) for _, _, name, *rest in hist],
+  plots.perplexity_histograms([row[-4:] for row in hist],
                               os.path.join(workdir, 'histograms.png'))
   text = results.summary(curves, ('test_ppl', 'generated_ppl_median', 'distinct_tokens',
                                   'rare_share', 'repeated_4grams'), generations=(1, 5))
@@ -108,11 +98,44 @@ def seeds_at_once(cfg: LMConfig) -> int:
   return 1 if jax.default_backend() == 'cpu' else cfg.seeds
 
 
-def _share_first_generation(source: str, directory: str):
-  """Links generation 0 of a finished setting into another: it trains on the original data
-  with the seed's keys whatever the regime, so it is the same run."""
-  link = os.path.join(directory, 'gen_00')
-  if placement.is_primary() and not os.path.lexists(link):
-    os.makedirs(directory, exist_ok=True)
-    os.symlink(os.path.relpath(os.path.join(source, 'gen_00'), directory), link)
-  placement.barrier(f'{link} shared')
+def _run_group(cfg: LMConfig, regime: str, value: float, knob_values: dict, data, directory: str,
+               progress: bool, log) -> list:
+  """One group's seeds through every generation, as many at once as fit: each seed's rows."""
+  seeds = list(range(cfg.first_seed, cfg.first_seed + cfg.seeds))
+  together, per_seed = seeds_at_once(cfg), []
+  for i in range(0, cfg.seeds, together):
+    try:
+      per_seed += generations.run_seeds(cfg, regime, value, seeds[i:i + together], data,
+                                        directory, progress, log, knob_values)
+    except jax.errors.JaxRuntimeError as e:
+      if 'RESOURCE_EXHAUSTED' not in str(e) or together == 1:
+        raise
+      raise validation.ConfigError(
+          'parallel_seeds', f'{together} seeds at once ran out of device memory; rerun with '
+          f'--parallel_seeds={together // 2}, which resumes where this run stopped') from None
+  return per_seed
+
+
+def _share(workdir: str, name: str, firsts: dict, knob_values: tuple, cfg: LMConfig):
+  """Links generation 0 of the first group with the same knobs into group `name` (it trains
+  on the original data with the seed's keys and decodes alike whatever the regime, so it is
+  the same run), or, for the first group with other knobs, only its model."""
+  origin = next(iter(firsts.values()), name)
+  first = firsts.setdefault(knob_values, name)
+  for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
+    source, directory = (os.path.join(workdir, n, f'seed_{seed}') for n in (first, name))
+    if name != first:
+      _link(source, directory, 'gen_00')
+    elif name != origin:
+      _link(os.path.join(workdir, origin, f'seed_{seed}'), directory,
+            os.path.join('gen_00', 'model'), os.path.join('gen_00', 'train.json'))
+
+
+def _link(source: str, directory: str, *paths: str):
+  """Links each of `paths` under `source` to the same path under `directory`."""
+  for path in paths:
+    link = os.path.join(directory, path)
+    if placement.is_primary() and not os.path.lexists(link):
+      os.makedirs(os.path.dirname(link), exist_ok=True)
+      os.symlink(os.path.relpath(os.path.join(source, path), os.path.dirname(link)), link)
+    placement.barrier(f'{link} shared')

@@ -40,6 +40,7 @@ class _Setting:
   candidates: int  # blocks each generation generates
   prompts: np.ndarray  # prompt c continued by block c
   ckptr: ocp.StandardCheckpointer
+  knobs: dict  # the sampling knobs' values the group sets (knobs.SAMPLING), traced when decoding
 
   @property
   def label(self) -> str:
@@ -86,11 +87,12 @@ class _History:
 
 
 def run_seeds(cfg: LMConfig, regime: str, value: float, seeds, data, directory: str,
-              progress: bool = True, log=print):
-  """All generations of `seeds` under a regime and its parameter's value, trained and
-  decoded together, seed s's in directory/seed_<s>; returns each seed's metrics (a list per
-  seed of a dict per generation)."""
-  setting = _setting(cfg, regime, value, seeds, data, directory, progress, log)
+              progress: bool = True, log=print, knob_values=None):
+  """All generations of `seeds` under a regime and its parameter's value (and the sampling
+  knobs' `knob_values`, {name: value}), trained and decoded together, seed s's in
+  directory/seed_<s>; returns each seed's metrics (a list per seed of a dict per
+  generation)."""
+  setting = _setting(cfg, regime, value, seeds, data, directory, progress, log, knob_values or {})
   history = _History(*([[] for _ in seeds] for _ in range(3)))
   params, params0 = setting.pretrained, None
   for g in range(cfg.generations + 1):
@@ -115,7 +117,7 @@ def run_seeds(cfg: LMConfig, regime: str, value: float, seeds, data, directory: 
 
 
 def _setting(cfg: LMConfig, regime: str, value: float, seeds, data, directory: str, progress: bool,
-             log) -> _Setting:
+             log, knob_values: dict) -> _Setting:
   config, pretrained = inputs.start_model(cfg, seeds)
   pretrained = arrays.replicated(pretrained)
   one_seed = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=x.sharding),
@@ -124,7 +126,8 @@ def _setting(cfg: LMConfig, regime: str, value: float, seeds, data, directory: s
   candidates = inputs.candidate_blocks(cfg, regime, value, blocks)
   return _Setting(cfg, regime, value, seeds, data, directory, progress, log, config, pretrained,
                   one_seed, [jax.random.key(seed) for seed in seeds], candidates,
-                  data['train'][np.arange(candidates) % blocks], ocp.StandardCheckpointer())
+                  data['train'][np.arange(candidates) % blocks], ocp.StandardCheckpointer(),
+                  knob_values)
 
 
 def _generation(setting: _Setting, g: int) -> _Generation:
@@ -182,7 +185,8 @@ def _generate(setting: _Setting, gen: _Generation, params):
   """new_SxCxT: every seed's continuation of every prompt (regenerate: only what is missing)."""
   return decoding.regenerate(setting.cfg, setting.config, params, setting.prompts,
                              jnp.stack(gen.gen_keys), [os.path.join(d, 'generated') for d in gen.dirs],
-                             f'{setting.label} gen {gen.g} generate', setting.progress)
+                             f'{setting.label} gen {gen.g} generate', setting.progress,
+                             setting.knobs)
 
 
 def _measure(setting: _Setting, gen: _Generation, history: _History, params, params0, new_SxCxT):
@@ -197,7 +201,8 @@ def _measure(setting: _Setting, gen: _Generation, history: _History, params, par
     metrics[s].update(valid_ppl=float(np.exp(np.nanmin(losses))),
                       best_epoch=int(np.nanargmin(losses)) + 1,
                       continuation=decoding.continuation(cfg, setting.config,
-                                                         arrays.seed(params, s), data['tokenizer']))
+                                                         arrays.seed(params, s), data['tokenizer'],
+                                                         setting.knobs))
     records.save_npy(os.path.join(gdir, 'generated_ppl.npy'), gen_ppl_SxN[s].astype(np.float32))
     if setting.scored:
       records.save_npy(os.path.join(gdir, 'scores.npy'), scores_SxC[s].astype(np.float32))
@@ -214,6 +219,7 @@ def _read_back(setting: _Setting, gen: _Generation, history: _History):
     with open(path) as f:
       metrics = json.load(f)
     rows.append({'generation': gen.g, **metrics})
-    setting.log(f'{setting.regime} {setting.value:g} seed {seed} gen {gen.g}: test ppl '
+    knobs = ''.join(f' {k} {v:g}' for k, v in setting.knobs.items())
+    setting.log(f'{setting.regime} {setting.value:g}{knobs} seed {seed} gen {gen.g}: test ppl '
                 f'{metrics["test_ppl"]:.1f}, generated ppl (gen-0 model) median '
                 f'{metrics["generated_ppl_median"]:.1f}')
