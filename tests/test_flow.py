@@ -329,6 +329,7 @@ def test_the_command_line_runs_the_loop_which_resumes_exactly(tmp_path, command_
   assert (tmp_path / 'metrics.csv').read_text() == first
 
 
+@pytest.mark.heavy  # a whole run of every group: the tempered law's unit tests stay fast
 def test_a_temperature_sweep_runs_as_three_groups(tmp_path):
   """MINI at temperatures (0.8, 1, 1.25) through run(): a temperature column and three groups
   of runs, the same generation 0 in each (the fit precedes any sampling) and different

@@ -305,6 +305,7 @@ def test_the_verifier_ranks_candidates_far_narrower_than_it_exactly():
   assert not np.array_equal(np.argsort(plain, kind='stable'), np.argsort(want, kind='stable'))
 
 
+@pytest.mark.heavy  # a whole run of every group: the tempered law's unit tests stay fast
 def test_a_temperature_sweep_runs_as_three_groups_and_spreads_with_t(tmp_path):
   """temperatures (0.8, 1, 1.25) through the driver: a temperature column, three groups of
   runs under each regime, the fitted spread growing with t."""

@@ -295,6 +295,7 @@ def test_the_command_line_prints_one_line_and_writes_nothing(tmp_path):
 
 # ---------------------------------------------------------------- the driver
 
+@pytest.mark.heavy  # a whole run of every group: the tempered law's unit tests stay fast
 def test_a_temperature_sweep_runs_as_three_groups_with_their_closed_forms(tmp_path):
   """temperatures (0.8, 1, 1.25) through run(): a temperature column in the curves, three
   groups of runs, each with the spread's closed form at its own temperature and each seed's

@@ -147,6 +147,7 @@ def test_a_temperature_widens_the_latent_prior_and_one_changes_nothing():
                                 vae.generate(cfg.latent, params, jax.random.key(3), 8))
 
 
+@pytest.mark.heavy  # a whole run of every group: the tempered law's unit tests stay fast
 def test_a_temperature_sweep_runs_as_three_groups(tmp_path, cache):
   """temperatures (0.8, 1, 1.25) through run(): a temperature column and three groups of
   runs, generation 0 the same in each (its fit precedes any sampling), generation 1 not."""
