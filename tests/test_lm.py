@@ -234,6 +234,7 @@ def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, da
     dataclasses.replace(cfg, score='truth').validate()
 
 
+@pytest.mark.heavy  # three groups of a whole run
 def test_sampling_knobs_are_groups_of_runs_with_their_own_folders_and_columns(tmp_path, data,
                                                                              monkeypatch):
   """--temperature=0.5,1,2: three groups, each in its own folder and with its value in every

@@ -130,6 +130,7 @@ def test_truncation_keeps_what_a_direct_computation_keeps_static_or_traced(top_k
     assert (wrong != expected).any()
 
 
+@pytest.mark.heavy  # several decoders compiled
 def test_traced_knobs_sample_as_the_static_settings_and_reach_greedy(params):
   """The sampler with its settings as traced knobs draws what it draws with them fixed at
   compile time, token for token; top_k 1 and a temperature near 0 are greedy decoding."""
