@@ -92,7 +92,8 @@ class Options:
       'likely outcomes (discrete families; 0: all).', flag='top_k', recorded='changed')
   top_ps: tuple[float, ...] = setting(
       (1.0,), 'Comma-separated p, each a group of runs: the model samples among its most '
-      'likely outcomes holding probability p (discrete families; 1: all).', flag='top_p', recorded='changed')
+      'likely outcomes holding probability p (discrete families; 1: all).', flag='top_p',
+      recorded='changed')
   real_weights: tuple[float, ...] = setting(
       (), 'Comma-separated weights w in [0, 1], each a group of runs: in the regimes that mix '
       'real and synthetic rows (mix, fresh, augment, accumulate), the real rows carry a share '
@@ -100,7 +101,8 @@ class Options:
       flag='real_weight', recorded='changed')
   verifier_shifts: tuple[float, ...] = setting(
       (0.0,), 'Comma-separated shifts, each a group of runs: --score=verifier ranks by the '
-      'truth moved this far in every coordinate (a biased verifier).', flag='verifier_shift', recorded='changed')
+      'truth moved this far in every coordinate (a biased verifier).', flag='verifier_shift',
+      recorded='changed')
   verifier_scales: tuple[float, ...] = setting(
       (1.0,), 'Comma-separated scales, each a group of runs: --score=verifier ranks by the '
       'truth widened this many times about its centre.', flag='verifier_scale', recorded='changed')
@@ -117,6 +119,4 @@ def at_default(name: str, values) -> bool:
   return len(values) == 0 if math.isnan(default) else tuple(values) == (default,)
 
 
-FIELDS = {'temperature': 'temperatures', 'top_k': 'top_ks', 'top_p': 'top_ps',
-          'real_weight': 'real_weights', 'verifier_shift': 'verifier_shifts',
-          'verifier_scale': 'verifier_scales'}
+FIELDS = {f.metadata['flag']: f.name for f in dataclasses.fields(Options)}  # knob -> its field

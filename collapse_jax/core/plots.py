@@ -289,10 +289,11 @@ def along_knobs(table, metric, path, title=None, generations=None):
     for i, ((regime, samples, value, rest), points) in enumerate(lines.items()):
       points.sort()
       x = np.array([v for v, _ in points])
+      subs = [results.select(table, k.regime, k.value, k.samples, k.knobs) for _, k in points]
       for j, g in enumerate(shown):
-        subs = [results.select(table, k.regime, k.value, k.samples, k.knobs) for _, k in points]
         stats = np.array([[sub[f'{column}_{q}'][min(g, len(sub[column + '_q50']) - 1), 0]
-                           for q in ('q05', 'q50', 'q95')] for sub in subs])  # a run cut short: its last
+                           for q in ('q05', 'q50', 'q95')]
+                          for sub in subs])  # a run cut short (absorbed): its last generation
         tag = run_label(regime, samples, value, knob_values=rest,
                         with_samples=several_m) + f', generation {g}'
         line, = ax.plot(x, stats[:, 1], 'o-' if j == len(shown) - 1 else 'o--',

@@ -68,6 +68,7 @@ def validate_options(config, family) -> None:
 def validate_knobs(config, family) -> None:
   """Each knob's values in range, and set only where it acts: sampling knobs on a family that
   samples so, real_weight with a regime that mixes real rows, a verifier's with its score."""
+  mixing = [r for r, reg in _regimes.REGIMES.items() if reg.real_rows is not None]
   for name, knob in _knobs.KNOBS.items():
     values = getattr(config, _knobs.FIELDS[name])
     if not values and not _knobs.at_default(name, values):
@@ -82,7 +83,6 @@ def validate_knobs(config, family) -> None:
     if knob.acts_on == 'sampling' and name not in _sampling_knobs(family):
       raise ConfigError(name, 'this family does not sample with it; it takes '
                         f'{", ".join("--" + k for k in _sampling_knobs(family)) or "none"}')
-    mixing = [r for r, reg in _regimes.REGIMES.items() if reg.real_rows is not None]
     if knob.acts_on == 'weight' and not set(config.regimes) & set(mixing):
       raise ConfigError(name, f'applies only to the regimes that mix real rows: {", ".join(mixing)}')
     if knob.acts_on == 'verifier' and config.active_score(config.regimes) != 'verifier':
