@@ -266,7 +266,10 @@ def test_knobs_at_their_defaults_draw_what_an_unbiased_run_draws(tmp_path):
   rows = results.group_rows(sweep, 0.0, {'temperature': 1.0, 'top_k': 0, 'top_p': 1.0})
   assert set(metrics) == set(plain) | {'tv'}
   for k, v in plain.items():
-    np.testing.assert_array_equal(metrics[k][:, rows], v, err_msg=k)
+    if np.issubdtype(v.dtype, np.floating):  # 64 runs vectorise otherwise than 8: a last bit
+      np.testing.assert_allclose(metrics[k][:, rows], v, rtol=1e-6, atol=1e-7, err_msg=k)
+    else:  # what the counts are, exactly: which outcomes live, how many, the likeliest
+      np.testing.assert_array_equal(metrics[k][:, rows], v, err_msg=k)
   other = results.group_rows(sweep, 0.0, {'temperature': 0.7, 'top_k': 0, 'top_p': 1.0})
   assert not np.array_equal(metrics['entropy_bits'][:, other], plain['entropy_bits'])
 
