@@ -2,10 +2,11 @@
 in-process.
 
 Tiers (markers; `python -m pytest -q` runs the default, untiered tests):
+  e2e          whole runs end to end: a family's run or command writing its tables, resuming
   integration  several processes or device counts, command lines in a fresh interpreter
   heavy        laws over thousands of seeds, every regime of a family at once
   torch        compares with PyTorch (`transformers`, the reference VAE); needs torch
-`-m ""` runs every test; `-m integration`, `-m heavy` one tier.
+`-m ""` runs every test; `-m e2e`, `-m integration`, `-m heavy` one tier.
 """
 
 import contextlib

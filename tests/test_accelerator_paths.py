@@ -36,6 +36,7 @@ def test_a_cpu_runs_em_and_the_language_models_seeds_one_at_a_time():
   assert experiment.seeds_at_once(lm.LMConfig(seeds=3)) == 1
 
 
+@pytest.mark.e2e
 def test_em_vectorised_over_a_devices_runs_stops_each_at_its_own_convergence(tmp_path):
   cfg = gmm.GMMConfig(seeds=8, generations=2, samples=150, heldout=50,
                       checkpoint_every=2).validate()
@@ -96,6 +97,7 @@ def float32_losses():
   return _fine_tune(SMALL)
 
 
+@pytest.mark.e2e
 def test_stacked_seeds_train_as_one_seed_does(float32_losses):
   one = float32_losses
   three = _fine_tune(SMALL, stacked_seeds=3)
@@ -103,6 +105,7 @@ def test_stacked_seeds_train_as_one_seed_does(float32_losses):
     np.testing.assert_allclose(three[:, s], one, rtol=2e-5)
 
 
+@pytest.mark.e2e
 def test_bfloat16_fine_tuning_follows_float32(float32_losses):
   full = float32_losses
   half = _fine_tune(opt.OPTConfig(**{**SMALL.__dict__, 'dtype': 'bfloat16'}))

@@ -160,6 +160,7 @@ def test_every_step_damaged_starts_again_from_the_beginning(finished, tmp_path, 
   assert _lines(err, 'step 4', 'has changed since it was saved')
 
 
+@pytest.mark.e2e
 def test_the_command_line_names_a_damaged_step_on_one_line(tmp_path):
   """The GMM experiment, end to end: 64 bytes overwritten in the last step of a finished run
   (which, without digests, were read back in silence as 55 different rows of metrics.csv).
@@ -200,6 +201,7 @@ def test_a_damaged_classifier_cache_is_trained_again(tmp_path, capsys, monkeypat
 
 # ---------------------------------------------------------------- the language model
 
+@pytest.mark.e2e
 def test_the_language_model_remakes_what_was_damaged(tmp_path, capsys, monkeypatch):
   """An epoch's training state, a model, a batch of generated blocks and their perplexities,
   all damaged: each is named and made again, the same. A micro OPT on random tokens keeps it

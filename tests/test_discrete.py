@@ -62,6 +62,7 @@ def test_outcomes_vanish_at_generation_0_with_probability_one_minus_p_to_the_m(c
   alive = metrics['alive']
   assert not np.any(alive[1:] & ~alive[:-1])
 
+@pytest.mark.e2e
 def test_stopping_once_absorbed_equals_running_every_generation(tmp_path):
   cfg = discrete.DiscreteConfig(seeds=6, generations=400, samples=(8,), probs=(0.6, 0.4),
                                 checkpoint_every=50)
@@ -96,6 +97,7 @@ def test_bad_configs_name_their_flag(change, flag):
   with pytest.raises(validation.ConfigError, match=f'--{flag}'):
     discrete.DiscreteConfig(**change).validate()
 
+@pytest.mark.e2e
 def test_run_stops_at_absorption_and_writes_its_tables(tmp_path):
   cfg = discrete.DiscreteConfig(seeds=30, generations=3000, samples=(10,), outcomes=5,
                                 regimes=('replace', 'accumulate'), checkpoint_every=100)
@@ -224,6 +226,7 @@ def truncated_chain(tmp_path_factory):
   return chain(20, 30, (0.8, 1.0)), chain(10_000, 2, (1.0,))
 
 
+@pytest.mark.heavy  # 2,400 chains
 def test_top_k_floors_the_distance_from_the_truth_at_the_cut_mass(truncated_chain):
   """After a generation sampled with top_k = k, TV >= the truth's mass outside its top k, in
   every seed and generation, at any temperature; and seeds sit on it, so no larger floor holds
@@ -238,6 +241,7 @@ def test_top_k_floors_the_distance_from_the_truth_at_the_cut_mass(truncated_chai
         sweep, 0.0, {'temperature': t, 'top_k': k})] <= k)
 
 
+@pytest.mark.heavy  # the same chains
 def test_first_truncated_generation_sits_on_the_floor_at_large_m(truncated_chain):
   """At M = 10,000, E TV at generation 1 (the first fitted to data sampled with top_k) is the
   cut mass; neither the cut mass of k - 1 or k + 1 outcomes (k off by one), nor the untruncated
@@ -255,6 +259,7 @@ def test_first_truncated_generation_sits_on_the_floor_at_large_m(truncated_chain
       assert abs(tv_S.mean() - wrong) > ci, (k, wrong)
 
 
+@pytest.mark.e2e
 def test_knobs_at_their_defaults_draw_what_an_unbiased_run_draws(tmp_path):
   base = discrete.DiscreteConfig(seeds=8, generations=20, samples=(15,), outcomes=6,
                                  checkpoint_every=20)
@@ -274,6 +279,7 @@ def test_knobs_at_their_defaults_draw_what_an_unbiased_run_draws(tmp_path):
   assert not np.array_equal(metrics['entropy_bits'][:, other], plain['entropy_bits'])
 
 
+@pytest.mark.e2e
 def test_a_run_with_knobs_writes_a_group_per_knob_value_and_their_closed_forms(tmp_path):
   cfg = discrete.DiscreteConfig(seeds=12, generations=60, samples=(10,), outcomes=5,
                                 regimes=('replace', 'accumulate'), temperatures=(0.8, 1.0),

@@ -89,8 +89,8 @@ def _run(tmp, sweep, every=3, calls=None):
   return driver.run(_gaussian_family(calls), sweep, str(tmp), every, progress=False)
 
 
-@pytest.mark.parametrize('regime, fractions', [('accumulate-subsample', (0.0,)),
-                                               ('fresh', (0.0, 0.5))])
+@pytest.mark.parametrize('regime, fractions', [
+    ('accumulate-subsample', (0.0,)), pytest.param('fresh', (0.0, 0.5), marks=pytest.mark.e2e)])
 def test_resume_is_bit_identical(tmp_path, regime, fractions, monkeypatch):
   sweep = _sweep(regime, fractions=fractions)
   whole = _run(tmp_path / 'whole', sweep)
@@ -161,6 +161,7 @@ def test_validation_names_the_flag(kwargs, flag):
     validation.validate_sweep(**{**args, **kwargs})
 
 
+@pytest.mark.e2e
 def test_shared_data_gives_the_closures_results(tmp_path):
   """A family reading a dataset through WithData computes what the same family
   closing over the dataset computes."""
@@ -179,6 +180,7 @@ def test_shared_data_gives_the_closures_results(tmp_path):
     np.testing.assert_array_equal(shared[k], closed[k])
 
 
+@pytest.mark.e2e
 def test_group_width_changes_only_the_last_bits(tmp_path):
   """Why results may differ between device counts in their last bits: a device's runs are
   vectorised in groups of its width, and XLA compiles another width to code that rounds

@@ -38,6 +38,7 @@ COMMON = ['--preset=small', '--seeds=6', '--generations=12', '--checkpoint_every
           '--regime=replace,mix', '--real_fraction=0.1,0.5']
 
 
+@pytest.mark.e2e
 def test_a_run_writes_its_outputs_and_a_rerun_recomputes_nothing(tmp_path):
   one = run_experiment('gmm', *COMMON, f'--workdir={tmp_path}')
   assert one.returncode == 0, one.stderr[-2000:]

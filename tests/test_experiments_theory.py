@@ -20,6 +20,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, module, flag, value)
   assert not workdir.exists()
 
 
+@pytest.mark.e2e
 def test_small_presets_run_end_to_end(tmp_path):
   for module, table in (('gaussian', 'curves.csv'), ('discrete', 'outcomes.csv')):
     proc = run_experiment(module, '--preset=small', '--seeds=20', f'--workdir={tmp_path / module}')

@@ -22,6 +22,7 @@ def test_the_guides_family_runs_under_every_regime(tmp_path):
   assert table[['rate', 'train_score', 'sample_score']].notna().all().all()
 
 
+@pytest.mark.heavy  # 4,000 seeds
 def test_the_rate_is_a_martingale_whose_variance_grows_by_rate_over_m(tmp_path):
   """rate_n = mean of M Poisson(rate_{n-1}): E rate_n = rate, Var rate_n = n rate / M."""
   cfg = poisson.PoissonConfig(seeds=4000, generations=10, samples=20, checkpoint_every=10)

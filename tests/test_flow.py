@@ -262,6 +262,7 @@ def _regime_rows(fam, params0, key):
   return policies(keys[2])
 
 
+@pytest.mark.e2e
 def test_every_regime_gives_the_flow_rows_and_vmapped_runs_equal_a_loop(ring_fit):
   """Every regime builds generation 1 from the flow's samples, densities and reward; curate's
   rows lie nearer the reward's target than replace's. augment's rows (weight 0 on the
@@ -310,6 +311,7 @@ def command_lines(tmp_path_factory):
   return done.__getitem__
 
 
+@pytest.mark.e2e
 def test_the_command_line_runs_the_loop_which_resumes_exactly(tmp_path, command_lines):
   returncode, err, workdir = command_lines('run')
   assert returncode == 0, err
@@ -362,6 +364,7 @@ def test_bad_configs_name_their_flag(change, flag):
   assert '\n' not in str(e.value)
 
 
+@pytest.mark.e2e
 def test_the_command_line_reports_bad_input_in_one_line(command_lines):
   returncode, err, workdir = command_lines('bad')
   assert returncode == 2

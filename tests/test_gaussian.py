@@ -89,6 +89,7 @@ def test_mle_variance_shrinks_geometrically(tmp_path):
   assert np.all(gaussian.theory('replace', 'mle', 20, 1, 1.0, 10_000)['w2_sq_mean'] < 2)
 
 
+@pytest.mark.heavy  # 2,000 seeds
 def test_accumulating_bounds_the_mean_error_by_pi_squared_over_six(tmp_path):
   metrics, theory = _simulate(tmp_path, regime='accumulate', samples=50)
   for g in (0, 1, 30):
@@ -96,6 +97,7 @@ def test_accumulating_bounds_the_mean_error_by_pi_squared_over_six(tmp_path):
   assert theory['mean_error_rms'][-1] ** 2 < np.pi**2 / 6 / 50
 
 
+@pytest.mark.heavy  # 2,000 seeds
 def test_d_dimensional_log_det_and_mean(tmp_path):
   metrics, theory = _simulate(tmp_path, dims=3, seeds=2000, generations=20)
   for g in (0, 1, 20):
@@ -119,6 +121,7 @@ def test_combined_statistics_equal_those_of_the_joined_data():
                              rtol=1e-3, atol=1e-7)
 
 
+@pytest.mark.e2e
 def test_running_summary_equals_fitting_the_whole_pool(tmp_path):
   cfg = gaussian.GaussianConfig(seeds=3, generations=12, samples=(16,), dims=2,
                                 regimes=('accumulate',), checkpoint_every=12)
@@ -170,6 +173,7 @@ def test_bad_configs_name_their_flag(change, flag):
     gaussian.GaussianConfig(**change).validate()
 
 
+@pytest.mark.e2e
 def test_run_writes_curves_with_closed_forms_and_figures(tmp_path):
   cfg = gaussian.GaussianConfig(seeds=5, generations=6, samples=(8, 30), checkpoint_every=3,
                                 regimes=('replace', 'mix'), real_fractions=(0.0, 0.5),
@@ -220,7 +224,9 @@ def test_a_singular_fit_reports_rank_trace_and_pseudo_determinant():
   np.testing.assert_allclose(out['w2_sq'], expected_w2, rtol=1e-3)
 
 
-@pytest.mark.parametrize('dims, samples, generations', [(1, 10, 1000), (10, 32, 100), (100, 10, 100)])
+@pytest.mark.parametrize('dims, samples, generations', [  # the longest and widest runs in e2e
+    pytest.param(1, 10, 1000, marks=pytest.mark.e2e), (10, 32, 100),
+    pytest.param(100, 10, 100, marks=pytest.mark.e2e)])
 def test_collapse_is_followed_in_float32_to_the_end(tmp_path, dims, samples, generations):
   """Deep collapse ends with finite metrics: the variance far below float32's range in
   1-D, an ill-conditioned 10-D fit, a singular 100-D one (rank M - 1 throughout); where
@@ -325,7 +331,9 @@ def test_log_gamma_draws_follow_the_gamma_law(monkeypatch):
 
 
 @pytest.mark.heavy
-@pytest.mark.parametrize('dims, samples, generations', [(1, 10, 1000), (10, 32, 100), (100, 10, 100)])
+@pytest.mark.parametrize('dims, samples, generations', [  # the longest and widest runs in e2e
+    pytest.param(1, 10, 1000, marks=pytest.mark.e2e), (10, 32, 100),
+    pytest.param(100, 10, 100, marks=pytest.mark.e2e)])
 def test_collapse_over_a_thousand_seeds(tmp_path, dims, samples, generations):
   """The deep-collapse runs over 1,000 seeds: finite metrics, rank M - 1 or d throughout, and
   the log-determinant's closed form at the last generation where one exists."""

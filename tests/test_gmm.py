@@ -126,6 +126,7 @@ def _notebook_l2(p, q):
   return term(p, p) + term(q, q) - 2 * term(p, q)
 
 
+@pytest.mark.e2e
 def test_the_papers_measure_is_the_notebooks_squared_distance(tmp_path):
   """Generation-g fits of a short run, against the notebook's formula evaluated
   independently on the same fitted mixtures (read back from the table)."""

@@ -90,6 +90,7 @@ def test_a_schedule_is_read_a_generation_at_a_time():
   assert knobs.sampling(run, 0) == {'temperature': 0.5}
 
 
+@pytest.mark.e2e
 def test_tables_carry_a_column_per_knob_and_keep_its_groups_apart(tmp_path):
   cfg = _cfg(regimes=('replace', 'fresh'), real_fractions=(0.5,), temperatures=(0.8, 1.25),
              real_weights=(0.2, 0.9)).validate()

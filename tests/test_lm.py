@@ -51,6 +51,7 @@ def _main_py_perplexity(config, params, ids_NxL, directory) -> float:
     return float(np.exp(model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids).loss.item()))
 
 
+@pytest.mark.e2e
 def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch):
   measured = []  # each generation's model and the blocks its own_train_ppl was measured on
   measure = measurement.measure
@@ -102,6 +103,7 @@ def test_a_run_writes_its_tables_and_resumes_exactly(tmp_path, data, monkeypatch
   assert (tmp_path / 'metrics.csv').read_text() == before
 
 
+@pytest.mark.e2e
 def test_settings_share_generation_0(tmp_path, data):
   cfg = dataclasses.replace(CFG, generations=1, regimes=('replace', 'mix'), real_fractions=(0.5,))
   lm.run(cfg, str(tmp_path), progress=False, log=quiet)
@@ -116,6 +118,7 @@ def test_settings_share_generation_0(tmp_path, data):
   pd.testing.assert_frame_equal(table[metrics.columns].astype({'seed': int}), metrics)
 
 
+@pytest.mark.e2e
 def test_seeds_run_together_as_they_do_one_at_a_time(tmp_path, data):
   cfg = dataclasses.replace(CFG, seeds=2, generations=1)
   alone = lm.run(dataclasses.replace(cfg, parallel_seeds=1), str(tmp_path / 'alone'), progress=False,
@@ -143,6 +146,7 @@ def test_seeds_run_together_as_they_do_one_at_a_time(tmp_path, data):
   assert not list((tmp_path / 'together' / 'replace').glob('train_seeds_*'))
 
 
+@pytest.mark.e2e
 def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, data, monkeypatch):
   def out_of_memory(*args, **kwargs):
     raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 2.3GiB')
@@ -153,6 +157,7 @@ def test_seeds_that_run_out_of_memory_together_say_how_many_to_run(tmp_path, dat
   assert e.value.flag == 'parallel_seeds' and '--parallel_seeds=2' in str(e.value)
 
 
+@pytest.mark.e2e
 def test_fine_tuning_killed_after_an_epoch_resumes_to_the_same_weights(tmp_path, data, monkeypatch):
   cfg = dataclasses.replace(CFG, schedule='cosine', min_learning_rate=1e-4)  # main.py's, per epoch
   config, params = inputs.start_model(cfg, [0, 1])
@@ -209,6 +214,7 @@ def test_verify_curate_and_augment_choose_among_generated_blocks(data):
   assert inputs.candidate_blocks(CFG, 'augment', 0.5, 24) == 24
 
 
+@pytest.mark.e2e
 def test_a_verified_run_ranks_blocks_by_the_first_models_likelihood(tmp_path, data):
   """Generation 1 trains on the likelier half, under generation 0's model, of twice as many
   sampled blocks as prompts (generation 0 shared with replace, which made half as many), and

@@ -64,6 +64,7 @@ def test_sampling_with_top_k_1_is_greedy_and_never_ends(params):
   assert free.shape == (3, 10) and not np.any(np.asarray(free) == SMALL.eos_token_id)
 
 
+@pytest.mark.e2e
 def test_beam_search_beats_or_ties_greedy_on_its_own_score(params):
   """Beam search maximises the summed log-probability; greedy is one of its candidates' paths."""
   x = ids(4, 6)
@@ -180,6 +181,7 @@ def test_the_first_sampled_token_follows_the_tempered_truncated_law(params):
   assert rejected(law(1.0))
 
 
+@pytest.mark.e2e
 def test_training_lowers_the_loss_and_block_nll_is_the_mean_token_nll(params):
   x = ids(4, 16)
   tx = opt_train.optimizer(opt_train.TrainConfig(learning_rate=3e-3, batch=4), 30)

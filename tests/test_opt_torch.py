@@ -90,7 +90,7 @@ def test_a_wrong_layer_is_noticed(saved):
   assert np.abs(ours[real] - torch_logits(model, ids, mask)[real]).max() > 1e-3
 
 
-@pytest.mark.parametrize('beams', [1, 5])
+@pytest.mark.parametrize('beams', [1, pytest.param(5, marks=pytest.mark.e2e)])  # 5: e2e
 def test_generation_equals_transformers_generate(saved, beams):
   """Token for token, with the paper's repetition penalty and without one; exactly 16 new tokens."""
   model, directory = saved

@@ -130,6 +130,7 @@ def test_the_truncated_normal_factor():
   assert gaussian.verify_factor(0.682689) == pytest.approx(1 - 2 * 0.2419707 / 0.682689, 1e-5)
 
 
+@pytest.mark.heavy  # 2,000 rows, 32 candidates
 def test_curation_approaches_the_tilted_gaussian_as_candidates_grow(tmp_path):
   scale, target = 1.0, 1.0
   mean, var = gaussian.curate_limit(0.0, 1.0, scale, target)
@@ -180,6 +181,7 @@ def test_augment_keeps_the_mean_error_bounded_as_its_recursion_says(tmp_path):
   assert not _in_ci(err_GxS[g], (g + 1) / m)
 
 
+@pytest.mark.heavy  # 1,500 chains
 def test_curating_the_chain_at_scale_zero_is_absorbed_as_replace_is(tmp_path):
   """At reward scale 0 each kept row is a uniform pick among its candidates: the chain is
   replace's, absorbed in outcome i with probability p_i; with a reward, the best outcome's
@@ -273,6 +275,7 @@ def test_every_family_on_the_driver_scores_every_way():
     ('fresh', dict(real_fractions=(0.5,), real_weights=(0.3, 0.7), temperatures=(0.9, 1.1))),
     ('verify', dict(verifier_shifts=(0.0, 1.0), verifier_scales=(2.0,))),
 ])
+@pytest.mark.e2e
 def test_resume_is_bit_identical_under_the_new_regimes(tmp_path, regime, options, monkeypatch):
   cfg = gaussian.GaussianConfig(seeds=3, generations=6, samples=(16,), dims=2,
                                 regimes=(regime,), checkpoint_every=3, **options).validate()

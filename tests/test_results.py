@@ -32,6 +32,7 @@ def runs(tmp_path_factory):
   return root
 
 
+@pytest.mark.e2e
 def test_a_run_reads_as_its_per_seed_table_with_its_settings(runs):
   table = results.load(runs / 'gmm')
   assert len(table) == 2 * 4 and list(table.columns[:7]) == [
@@ -43,6 +44,7 @@ def test_a_run_reads_as_its_per_seed_table_with_its_settings(runs):
   pd.testing.assert_frame_equal(table[written.columns].astype({'seed': int}), written)
 
 
+@pytest.mark.e2e
 def test_runs_of_every_experiment_and_setting_concatenate(runs):
   table = results.load([runs / 'gmm', runs / 'gaussian', runs / 'gaussian_per_seed',
                         runs / 'discrete'])

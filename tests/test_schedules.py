@@ -50,6 +50,7 @@ def _theta(knob, value_G1):
 @pytest.mark.parametrize('family, knob, value', [
     ('gaussian', 'real_weight', 0.7), ('gaussian', 'temperature', 1.1),
     ('regression', 'real_weight', 0.3)])
+@pytest.mark.e2e
 def test_the_loss_of_a_constant_schedule_is_the_drivers_metric(tmp_path, family, knob, value):
   """driver.run of the knob at one value (its sweep, as an experiment runs it) gives the same
   per-generation metric as the loss, seed for seed."""
@@ -85,9 +86,9 @@ def test_a_schedule_per_generation_is_what_the_drivers_programs_read():
 
 # ---------------------------------------------------------------- the gradient
 
-@pytest.mark.parametrize('family, knob', [('gaussian', 'real_weight'),
-                                          ('gaussian', 'temperature'),
-                                          ('regression', 'real_weight')])
+@pytest.mark.parametrize('family, knob', [  # one in the fast tier, each family's in e2e
+    ('gaussian', 'real_weight'), pytest.param('gaussian', 'temperature', marks=pytest.mark.e2e),
+    pytest.param('regression', 'real_weight', marks=pytest.mark.e2e)])
 def test_the_gradient_is_finite_and_the_losss_finite_difference(family, knob):
   """d loss / d theta of a per-generation schedule against central differences (the same
   seeds: the loss is smooth in theta); the entries the driver never reads get none."""
@@ -147,6 +148,7 @@ def test_weighted_mixing_follows_the_golden_law_and_wrong_laws_fail():
   assert abs(grid[np.argmin(gaussian.golden_long_run(grid))] - GOLDEN) < 1e-3
 
 
+@pytest.mark.heavy  # 4,000 seeds
 def test_a_tempered_gaussian_follows_its_closed_form_and_untempered_laws_fail():
   """E sigma_error^2 and E W2^2 of the MLE Gaussian under replace at temperature 1.1, M = 10,
   over 4,000 seeds, against gaussian.tempered_errors; the untempered law, and the tempered one a
@@ -200,6 +202,7 @@ def test_bad_flags_are_one_line_before_anything_runs(tmp_path):
     cfg.validate()
 
 
+@pytest.mark.e2e
 def test_a_small_run_writes_its_tables_figure_and_summary(tmp_path):
   proc = run_experiment('schedule', '--schedule=per_generation', '--generations=3',
                         '--samples=20', '--seeds=8', '--steps=5', '--eval_seeds=16',

@@ -53,6 +53,7 @@ def _tiny(**change):
   return vae.VAEConfig(**{**base, **change})
 
 
+@pytest.mark.e2e
 def test_training_lowers_the_loss_on_real_digits():
   x, _ = mnist.load('train', data.require('mnist'))
   x = jnp.asarray(x[:512])
@@ -75,6 +76,7 @@ def tiny_run(tmp_path_factory, cache):
   return workdir
 
 
+@pytest.mark.e2e
 def test_generation_loop_is_finite_and_resumes_exactly(tmp_path, cache, tiny_run):
   cfg = _tiny(classifier_cache=cache)
   shutil.copytree(tiny_run, tmp_path, dirs_exist_ok=True)
@@ -91,6 +93,7 @@ def test_generation_loop_is_finite_and_resumes_exactly(tmp_path, cache, tiny_run
   assert (tmp_path / 'metrics.csv').read_text() == first
 
 
+@pytest.mark.e2e
 def test_the_run_reads_back_as_one_table(tiny_run):
   table = results.load(tiny_run)
   assert (table['experiment'] == 'vae').all() and (table['latent'] == 20).all()
@@ -110,6 +113,7 @@ def test_defaults_are_the_released_notebooks_protocol():
   assert -(-cfg.samples // cfg.batch) == 235 and cfg.samples - 234 * cfg.batch == 96
 
 
+@pytest.mark.e2e
 def test_fresh_batches_are_new_decoder_outputs():
   cfg = vae.TrainConfig(batch=8)
   params = vae.init(conv_vae.VAE(cfg.latent), jax.random.key(0))
@@ -162,6 +166,7 @@ def test_a_temperature_sweep_runs_as_three_groups(tmp_path, cache):
     assert np.all(other['train_loss'][1] != sub[0]['train_loss'][1])
 
 
+@pytest.mark.e2e
 def test_fresh_and_fixed_synthetic_data_share_generation_0_only(tmp_path, cache, tiny_run):
   fresh = pd.read_csv(os.path.join(tiny_run, 'metrics.csv'))
   fixed = vae.run(_tiny(generations=1, classifier_cache=cache, fresh_batches=False),
@@ -203,6 +208,7 @@ def test_epoch_order_draws_rows_in_proportion_to_their_weights():
                                 jax.lax.top_k(jnp.where(equal > 0, u, -1.0), 6)[1])
 
 
+@pytest.mark.e2e
 def test_verify_keeps_the_images_generation_0_finds_likeliest(tmp_path, cache):
   """Generation 1 trains on the better half, by generation 0's ELBO, of generation 0's
   images: their mean ELBO is above that of generation 0's samples as a whole, by about 8
