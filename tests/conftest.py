@@ -52,6 +52,19 @@ def run_fresh(module: str, *args: str, devices: int = 0, timeout: int = 600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def assert_tempered_groups_share_generation_0(table, same: str, apart: str):
+  """A table of runs at temperatures (0.8, 1, 1.25) under replace: three groups of runs in
+  that order, column `same` equal in each at generation 0 (its fit precedes any sampling),
+  `apart` different at generation 1 in every seed."""
+  from collapse_jax.core import results  # noqa: PLC0415 (after the cache is set up)
+  groups = results.groups(table)
+  assert [dict(g.knobs)['temperature'] for g in groups] == pytest.approx([0.8, 1.0, 1.25])
+  sub = [results.select(table, 'replace', 0.0, knob_values=g.knobs) for g in groups]
+  for other in sub[1:]:
+    np.testing.assert_array_equal(other[same][0], sub[0][same][0])
+    assert np.all(other[apart][1] != sub[0][apart][1])
+
+
 def assert_gmm_matches_scikit_learn(mix, x_NxD, seed: int):
   """A fitted 2-component mixture equals scikit-learn's GaussianMixture on the same data
   (the paper's protocol: tol 1e-5, max_iter 2000) to 1e-3; returns the reference, fitted."""

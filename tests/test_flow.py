@@ -18,7 +18,7 @@ import pytest
 
 from collapse_jax.core import regimes, results, sampling, scores, validation
 from collapse_jax.families import flow
-from conftest import run_experiment
+from conftest import assert_tempered_groups_share_generation_0, run_experiment
 
 Z999 = 3.2905  # two-sided 99.9% normal quantile
 
@@ -339,12 +339,7 @@ def test_a_temperature_sweep_runs_as_three_groups(tmp_path):
   table = flow.run(flow.FlowConfig(**{**MINI, 'generations': 1},
                                    temperatures=(0.8, 1.0, 1.25)),
                    str(tmp_path), progress=False, log=lambda _: None)
-  groups = results.groups(table)
-  assert [dict(g.knobs)['temperature'] for g in groups] == pytest.approx([0.8, 1.0, 1.25])
-  sub = [results.select(table, 'replace', 0.0, knob_values=g.knobs) for g in groups]
-  for other in sub[1:]:
-    np.testing.assert_array_equal(other['train_loss'][0], sub[0]['train_loss'][0])
-    assert np.all(other['train_loss'][1] != sub[0]['train_loss'][1])
+  assert_tempered_groups_share_generation_0(table, 'train_loss', 'train_loss')
 
 
 # ---------------------------------------------------------------- bad input

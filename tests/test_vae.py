@@ -14,6 +14,7 @@ from collapse_jax.core import results, validation
 from collapse_jax.data import mnist
 from collapse_jax.families import vae
 from collapse_jax.nets import conv_vae
+from conftest import assert_tempered_groups_share_generation_0
 
 
 def test_kl_matches_a_monte_carlo_estimate():
@@ -158,12 +159,7 @@ def test_a_temperature_sweep_runs_as_three_groups(tmp_path, cache):
   cfg = _tiny(generations=1, samples=128, eval_images=64, test_images=64,
               classifier_cache=cache, temperatures=(0.8, 1.0, 1.25))
   table = vae.run(cfg, str(tmp_path), progress=False, log=lambda _: None)
-  groups = results.groups(table)
-  assert [dict(g.knobs)['temperature'] for g in groups] == pytest.approx([0.8, 1.0, 1.25])
-  sub = [results.select(table, 'replace', 0.0, knob_values=g.knobs) for g in groups]
-  for other in sub[1:]:
-    np.testing.assert_array_equal(other['test_nelbo'][0], sub[0]['test_nelbo'][0])
-    assert np.all(other['train_loss'][1] != sub[0]['train_loss'][1])
+  assert_tempered_groups_share_generation_0(table, 'test_nelbo', 'train_loss')
 
 
 @pytest.mark.e2e

@@ -65,6 +65,21 @@ def sampling(knobs: dict, g=None) -> dict:
   return {k: value(knobs, k, g) for k in SAMPLING if k in knobs}
 
 
+def with_temperature(params, knobs: dict) -> dict:
+  """params marked with the sampling temperature (knobs: {'temperature': t}), for a family
+  whose sampler scales noise of its own by it (a flow's initial noise, a VAE's latents, a
+  regression's label noise): its Family.biased."""
+  return {**params, 'temperature': knobs['temperature']}
+
+
+def split_temperature(params: dict):
+  """(params without the mark, its temperature or None) of params with_temperature may have
+  marked."""
+  if 'temperature' not in params:
+    return params, None
+  return {k: v for k, v in params.items() if k != 'temperature'}, params['temperature']
+
+
 def grid(fractions, knobs) -> list[tuple[float, dict]]:
   """(regime value, {knob: value}) of every group of runs, the regime's value slowest."""
   names = [name for name, _ in knobs]

@@ -178,6 +178,11 @@ class Sweep:
     """Each swept knob's value of every run, B each, in the order of runs()."""
     return knobs.per_run(self.fractions, self.knobs, self.seeds)
 
+  def group_knobs(self) -> dict[str, float]:
+    """{knob: value} of a sweep of one group of runs (results.one_group: what closed forms
+    are handed); knobs.value reads a knob it leaves out at its default."""
+    return {k: v for k, (v,) in self.knobs}
+
 
 # ---------------------------------------------------------------- the pool
 # The regimes' policies (regimes.py) draw on the previous generation's samples and,

@@ -233,7 +233,7 @@ def sampling_theory(p_K, regime: str, value: float, knob_values: dict,
   large-M law's distance from the truth and entropy (under `replace`): the limits of
   tv_mean and entropy_bits_mean as M grows. NaN where none holds."""
   nan = np.full(generations + 1, np.nan)
-  t, k, top_p = (knob_values.get(name, knobs.KNOBS[name].default) for name in knobs.SAMPLING)
+  t, k, top_p = (knobs.value(knob_values, name) for name in knobs.SAMPLING)
   floor = nan.copy()
   if k and trains_on_law(regime, value):
     floor[1:] = cut_mass(p_K, k)
@@ -426,7 +426,7 @@ def set_aside(cfg: DiscreteConfig, sweep, metrics):
 def unbiased(knob_values: dict) -> bool:
   """Whether a group's sampling knobs (knob -> value) are at their defaults: the model samples
   its own law, as the unbiased chain's closed forms assume."""
-  return all(knob_values.get(k, knobs.KNOBS[k].default) == knobs.KNOBS[k].default
+  return all(knobs.value(knob_values, k) == knobs.KNOBS[k].default
              for k in knobs.SAMPLING)
 
 
@@ -479,7 +479,7 @@ def run(cfg: DiscreteConfig, workdir: str, progress: bool = True, log=print):
 
   def closed_form(sweep, fraction):
     g1 = sweep.generations + 1
-    chosen = {k: v[0] for k, v in sweep.knobs}  # the group's knobs (results.one_group)
+    chosen = sweep.group_knobs()
     theory = (gini_simpson_theory(p, sweep.samples, sweep.generations)
               if absorbing(cfg, sweep.regime) and unbiased(chosen) else np.full(g1, np.nan))
     return {'gini_simpson_mean_theory': theory, **(

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from collapse_jax.core import experiment, placement, plots, protocol, sampling, scores, validation
+from collapse_jax.core import (experiment, knobs, placement, plots, protocol, sampling, scores,
+                               validation)
 from collapse_jax.core.settings import setting
 from collapse_jax.nets.mlp import VelocityMLP
 
@@ -321,21 +322,9 @@ def integrate(cfg: TrainConfig, params, x_NxD, forward: bool = True):
   return jax.lax.fori_loop(0, cfg.ode_steps, step, x_NxD)
 
 
-TEMPERATURE = 'temperature'  # the entry `tempered` adds to a network's params
-
-
-def tempered(params, knobs):
-  """The law the flow samples at temperature t (knobs: {'temperature': t}): its initial
-  noise N(0, t^2 I), carried by the same ODE."""
-  return {**params, TEMPERATURE: knobs['temperature']}
-
-
-def network(params):
-  """(the network's own params, the initial noise's scale t or None) of params that
-  `tempered` may have marked."""
-  if TEMPERATURE not in params:
-    return params, None
-  return {k: v for k, v in params.items() if k != TEMPERATURE}, params[TEMPERATURE]
+# The law sampled at temperature t: its initial noise N(0, t^2 I), carried by the same ODE;
+# network(params): (the network's own params, t or None).
+tempered, network = knobs.with_temperature, knobs.split_temperature
 
 
 def sample(cfg: TrainConfig, params, key, n):

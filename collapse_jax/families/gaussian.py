@@ -639,7 +639,7 @@ SUMMARY_COLUMNS = ('mean_error', 'sigma', 'logdet', 'w2_sq')
 def closed_forms(cfg: GaussianConfig):
   """The closed forms beside each sweep's statistics over seeds, as curves' columns."""
   def closed_form(sweep, fraction):
-    knob = lambda name: knobs.value({k: v[0] for k, v in sweep.knobs}, name)  # noqa: E731
+    knob = lambda name: knobs.value(sweep.group_knobs(), name)  # noqa: E731
     out = theory(sweep.regime, cfg.estimator, sweep.samples, cfg.dims, cfg.true_std,
                  sweep.generations, knob('temperature'))
     weighted = 'real_weight' in dict(sweep.knobs) and knob('temperature') == 1.0

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from collapse_jax.core import (experiment, placement, plots, protocol, regimes, results,
+from collapse_jax.core import (experiment, knobs, placement, plots, protocol, regimes, results,
                                sampling, scores, validation)
 from collapse_jax.core.settings import setting
 
@@ -523,7 +523,7 @@ def spread_figure(curves, cfg: KDEConfig, path: str):
     half_G = 3.2905 * sd_G / np.sqrt(cfg.seeds)  # the 99.9% interval of the mean
     naive_G = spread_theory(var0, DIMS, cfg.samples, cfg.bandwidth_rule, cfg.bandwidth,
                             cfg.generations, finite=False,
-                            temperature=dict(grp.knobs).get('temperature', 1.0))
+                            temperature=knobs.value(dict(grp.knobs), 'temperature'))
     tag = ''.join(f', {k} {v:g}' for k, v in grp.knobs)
     ax.plot(g_G, mean_G, color=f'C{2 * i}', label=f'mean over {cfg.seeds} seeds{tag}')
     ax.fill_between(g_G, mean_G - half_G, mean_G + half_G, color=f'C{2 * i}', alpha=0.25,
@@ -567,7 +567,7 @@ def closed_forms(cfg: KDEConfig):
     del fraction
     if sweep.regime != 'replace':
       return {'spread_theory': np.full(sweep.generations + 1, np.nan)}
-    t = dict(sweep.knobs).get('temperature', (1.0,))[0]
+    t = knobs.value(sweep.group_knobs(), 'temperature')
     return {'spread_theory': spread_theory(var0, DIMS, sweep.samples, cfg.bandwidth_rule,
                                            cfg.bandwidth, sweep.generations, temperature=t)}
   return closed_form

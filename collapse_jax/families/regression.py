@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from collapse_jax.core import experiment, placement, plots, protocol, regimes, results, validation
+from collapse_jax.core import (experiment, knobs, placement, plots, protocol, regimes, results,
+                               validation)
 from collapse_jax.core.settings import setting
 
 INPUTS = ('fresh', 'same')
@@ -128,10 +129,9 @@ def labelled(w_LxP, key, n: int, scale_P, noise: float, design_TxP=None):
   return jnp.concatenate([x_NxP, y_NxL], axis=1)
 
 
-def tempered(params, knobs):
-  """The law the fit samples at temperature t (knobs: {'temperature': t}): its labels' noise
-  t sigma; the weights, what evaluate reads, unchanged."""
-  return {**params, 'temperature': knobs['temperature']}
+# The law sampled at temperature t: its labels' noise t sigma (label_noise); the weights, what
+# evaluate reads, unchanged.
+tempered = knobs.with_temperature
 
 
 def label_noise(params, noise: float):
@@ -333,7 +333,7 @@ def theory(cfg: 'RegressionConfig', regime: str, value: float, ridge: float,
   if regime not in ('replace', 'accumulate') or (regime == 'accumulate' and (
       value != 1.0 or 'real_weight' in knob_values)):
     return out
-  t = knob_values.get('temperature', 1.0)
+  t = knobs.value(knob_values, 'temperature')
   lam_P = spectrum(cfg.dims, cfg.alpha)
   if cfg.inputs == 'same':
     x_TxP = design(cfg.samples, cfg.dims, cfg.alpha, cfg.design_seed)
@@ -455,7 +455,7 @@ def curves_table(cfg: RegressionConfig, sweeps):
   def closed_form(ridge):  # over_seeds passes each group of runs, its knobs' values alone
     return lambda sweep, value: {f'{k}_mean_theory': v for k, v in theory(
         cfg, sweep.regime, value, ridge, sweep.generations,
-        {name: values[0] for name, values in sweep.knobs}).items()}
+        sweep.group_knobs()).items()}
   return results.stacked([_with_ridge(results.over_seeds(pairs, extra=closed_form(ridge)), ridge)
                  for ridge, pairs in per_ridge(cfg, sweeps)])
 

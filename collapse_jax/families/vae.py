@@ -15,7 +15,7 @@ import optax
 from flax import traverse_util
 
 from collapse_jax import data
-from collapse_jax.core import checkpoints, experiment, files, plots, protocol, validation
+from collapse_jax.core import checkpoints, experiment, files, knobs, plots, protocol, validation
 from collapse_jax.core.settings import setting
 from collapse_jax.data import mnist
 from collapse_jax.nets.conv_vae import PIXELS, VAE, Classifier, neg_elbo_B
@@ -108,21 +108,9 @@ def fit(cfg: TrainConfig, x_NxD, w_N, key, epoch_rows: int | None = None):
   return _train(cfg, rows, batches, key)
 
 
-TEMPERATURE = 'temperature'  # the entry `tempered` adds to a VAE's params
-
-
-def tempered(params, knobs):
-  """The law the VAE samples at temperature t (knobs: {'temperature': t}): its latent prior
-  N(0, t^2 I), the decoder unchanged."""
-  return {**params, TEMPERATURE: knobs['temperature']}
-
-
-def network(params):
-  """(the VAE's own params, the latent prior's scale t or None) of params that `tempered`
-  may have marked."""
-  if TEMPERATURE not in params:
-    return params, None
-  return {k: v for k, v in params.items() if k != TEMPERATURE}, params[TEMPERATURE]
+# The law sampled at temperature t: its latent prior N(0, t^2 I), the decoder unchanged;
+# network(params): (the VAE's own params, t or None).
+tempered, network = knobs.with_temperature, knobs.split_temperature
 
 
 def prior_draws(params, key, n: int, latent: int):
